@@ -1,0 +1,24 @@
+"""deepres: very deep residual networks and their infinite-depth limit.
+
+Fused kernels and a memory-efficient PyTorch engine for stacks of thousands
+of two-layer-perceptron residual blocks, the Neural Mean ODE limit, and the
+studies that compare the two (see README.md and DESIGN notes).
+"""
+
+from deepres.activations import ACTIVATIONS
+from deepres.functional import BACKENDS, residual_stack
+from deepres.modules import DeepResNet, ResidualStack
+from deepres.parameterization import PARAMETERIZATIONS, Parameterization
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ACTIVATIONS",
+    "BACKENDS",
+    "PARAMETERIZATIONS",
+    "DeepResNet",
+    "Parameterization",
+    "ResidualStack",
+    "__version__",
+    "residual_stack",
+]

@@ -1,0 +1,89 @@
+"""Activations σ of the residual blocks and their derivatives σ'.
+
+The engines need σ(z) in the forward pass and both σ(z) and σ'(z) when they
+recompute a layer in the backward pass, so each activation is given as a pair
+of functions. They work on any floating dtype and device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+
+__all__ = ["ACTIVATIONS", "activation", "activation_and_derivative", "check_activation"]
+
+_INV_SQRT2 = 1.0 / math.sqrt(2.0)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def _tanh_pair(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    s = torch.tanh(z)
+    return s, 1.0 - s * s  # tanh' = 1 − tanh²
+
+
+def _relu_pair(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    positive = z > 0
+    return torch.where(positive, z, torch.zeros_like(z)), positive.to(z.dtype)
+
+
+def _gelu_pair(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # Exact (erf) GELU: σ(z) = z Φ(z), σ'(z) = Φ(z) + z φ(z).
+    cdf = 0.5 * (1.0 + torch.erf(z * _INV_SQRT2))
+    pdf = torch.exp(-0.5 * z * z) * _INV_SQRT_2PI
+    return z * cdf, cdf + z * pdf
+
+
+def _silu_pair(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    # σ(z) = z·sig(z), σ'(z) = sig(z)·(1 + z·(1 − sig(z))).
+    sig = torch.sigmoid(z)
+    return z * sig, sig * (1.0 + z * (1.0 - sig))
+
+
+def _identity_pair(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    return z, torch.ones_like(z)
+
+
+_FORWARD: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "gelu": lambda z: torch.nn.functional.gelu(z, approximate="none"),
+    "silu": torch.nn.functional.silu,
+    "identity": lambda z: z,
+}
+
+_PAIR: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = {
+    "tanh": _tanh_pair,
+    "relu": _relu_pair,
+    "gelu": _gelu_pair,
+    "silu": _silu_pair,
+    "identity": _identity_pair,
+}
+
+#: Names accepted wherever an ``activation`` argument is taken.
+ACTIVATIONS: tuple[str, ...] = tuple(_FORWARD)
+
+
+def check_activation(name: object, argument: str = "activation") -> str:
+    """Return ``name`` if it names a supported activation, else raise.
+
+    Raises:
+        TypeError: ``name`` is not a string.
+        ValueError: ``name`` is not one of :data:`ACTIVATIONS`.
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"{argument} must be a str, one of {ACTIVATIONS}; got {type(name).__name__}")
+    if name not in _FORWARD:
+        raise ValueError(f"{argument} must be one of {ACTIVATIONS}; got {name!r}")
+    return name
+
+
+def activation(name: str, z: torch.Tensor) -> torch.Tensor:
+    """σ(z) for the activation called ``name`` (elementwise)."""
+    return _FORWARD[name](z)
+
+
+def activation_and_derivative(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(σ(z), σ'(z)) for the activation called ``name`` (elementwise, fresh tensors)."""
+    return _PAIR[name](z)

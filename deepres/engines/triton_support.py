@@ -1,0 +1,52 @@
+"""Whether the Triton backend can run on given tensors, and why not.
+
+Importing this module does not import triton; :func:`unavailable_reason`
+imports it on first use only.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import os
+
+import torch
+
+__all__ = ["interpreter_enabled", "triton_importable", "unavailable_reason"]
+
+
+def interpreter_enabled() -> bool:
+    """True when ``TRITON_INTERPRET=1`` is set (it must be set before triton is imported)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@functools.lru_cache(maxsize=1)
+def triton_importable() -> bool:
+    """True when the ``triton`` package can be imported."""
+    if importlib.util.find_spec("triton") is None:
+        return False
+    try:
+        import triton  # noqa: F401
+    except Exception:  # a broken install counts as missing
+        return False
+    return True
+
+
+def unavailable_reason(device: torch.device) -> str | None:
+    """Why ``backend="triton"`` cannot run on tensors on ``device``, or None if it can.
+
+    The kernels run on CUDA devices, and on the CPU through Triton's
+    interpreter when ``TRITON_INTERPRET=1`` was set before triton was imported.
+    """
+    if not triton_importable():
+        return "the triton package is not installed (pip install 'deepres[triton]')"
+    if device.type == "cuda":
+        return None
+    if device.type == "cpu":
+        if interpreter_enabled():
+            return None
+        return (
+            "the tensors are on the CPU and no CUDA device is used; set TRITON_INTERPRET=1 "
+            "before importing triton to run the kernels in Triton's (slow) interpreter"
+        )
+    return f"the Triton kernels run on CUDA devices only; the tensors are on {device.type}"

@@ -1,0 +1,232 @@
+"""``torch.nn.Module`` wrappers: :class:`ResidualStack` and :class:`DeepResNet`."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from deepres._checks import check_positive_int, check_tensor
+from deepres.activations import check_activation
+from deepres.engines.common import resolve_checkpoint_every
+from deepres.functional import BACKENDS, residual_stack
+from deepres.parameterization import Parameterization
+
+__all__ = ["DeepResNet", "ResidualStack"]
+
+
+def _check_replicas(replicas: object) -> int | None:
+    if replicas is None:
+        return None
+    return check_positive_int(replicas, "replicas")
+
+
+def _check_backend_name(backend: object) -> str:
+    if not isinstance(backend, str) or backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    return backend
+
+
+class ResidualStack(nn.Module):
+    """A stack of L two-layer-perceptron residual blocks (DESIGN §1, eq. (1)).
+
+    ``forward(h)`` returns ``h_L`` where ``h_l = h_{l-1} + c·Σ_j v_{l,j} σ(a·u_{l,j}ᵀ h_{l-1})``.
+    The weights are initialized, and c, a and the learning-rate multiplier
+    chosen, by the parameterization (:class:`deepres.Parameterization`).
+
+    Args:
+        depth: number of blocks L.
+        dim: embedding dimension D.
+        hidden: units per block M.
+        alpha: scale α of the parameterization. Default 1.0.
+        parameterization: ``"mlu"`` (default), ``"depth_mup"`` or ``"standard"``.
+        activation: ``"tanh"`` (default), ``"relu"``, ``"gelu"``, ``"silu"``, ``"identity"``.
+        backend: ``"auto"`` (default), ``"torch"``, ``"triton"``, ``"reference"``
+            (see :func:`deepres.residual_stack`).
+        checkpoint_every: ``None`` (default), an int k or ``"sqrt"``: memory
+            policy of the backward pass (see :func:`deepres.residual_stack`).
+        replicas: None (default) for one network; an int R for R independent
+            networks trained in one launch (weights (R, L, M, D), inputs (R, B, D)).
+        device, dtype: of the parameters. Defaults: PyTorch's defaults.
+        generator: a ``torch.Generator`` for the initialization. Default: the
+            global generator.
+
+    Attributes:
+        u, v: ``nn.Parameter`` of shape (L, M, D), or (R, L, M, D).
+        multiplier (float): c. pre_scale (float): a.
+        lr_multiplier (float): factor on the base learning rate η.
+        parameterization (Parameterization): the full scheme.
+
+    Example:
+        >>> stack = ResidualStack(depth=512, dim=16, hidden=4, checkpoint_every="sqrt")
+        >>> stack(torch.randn(8, 16)).shape
+        torch.Size([8, 16])
+    """
+
+    def __init__(
+        self,
+        depth: int,
+        dim: int,
+        hidden: int,
+        *,
+        alpha: float = 1.0,
+        parameterization: str = "mlu",
+        activation: str = "tanh",
+        backend: str = "auto",
+        checkpoint_every: int | str | None = None,
+        replicas: int | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.parameterization = Parameterization(parameterization, depth, hidden, dim, alpha)
+        self.activation = check_activation(activation)
+        self.backend = _check_backend_name(backend)
+        resolve_checkpoint_every(depth, checkpoint_every)  # validate now, not at first forward
+        self.checkpoint_every = checkpoint_every
+        self.replicas = _check_replicas(replicas)
+        shape = (depth, hidden, dim) if self.replicas is None else (self.replicas, depth, hidden, dim)
+        p = self.parameterization
+        u = torch.empty(shape, device=device, dtype=dtype)
+        v = torch.empty(shape, device=device, dtype=dtype)
+        with torch.no_grad():
+            u.normal_(0.0, p.init_std_u, generator=generator)
+            v.normal_(0.0, p.init_std_v, generator=generator)
+        self.u = nn.Parameter(u)
+        self.v = nn.Parameter(v)
+        self.multiplier = float(p.multiplier)
+        self.pre_scale = float(p.pre_scale)
+        self.lr_multiplier = float(p.lr_multiplier)
+
+    @property
+    def depth(self) -> int:
+        return self.parameterization.depth
+
+    @property
+    def dim(self) -> int:
+        return self.parameterization.dim
+
+    @property
+    def hidden(self) -> int:
+        return self.parameterization.hidden
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        """Args: h (B, D), or (R, B, D) with replicas. Returns: h_L, same shape."""
+        return residual_stack(
+            h, self.u, self.v,
+            multiplier=self.multiplier, pre_scale=self.pre_scale, activation=self.activation,
+            backend=self.backend, checkpoint_every=self.checkpoint_every,
+        )
+
+    def extra_repr(self) -> str:
+        p = self.parameterization
+        replicas = "" if self.replicas is None else f", replicas={self.replicas}"
+        return (f"depth={p.depth}, dim={p.dim}, hidden={p.hidden}, alpha={p.alpha}, "
+                f"parameterization={p.name!r}, activation={self.activation!r}, "
+                f"backend={self.backend!r}, checkpoint_every={self.checkpoint_every!r}{replicas}")
+
+
+class DeepResNet(nn.Module):
+    """The full network of the paper's experiments: embedding, residual stack, readout.
+
+    ``f(x) = W_Uᵀ h_L / D`` with ``h_0 = W_E x``; W_E (D, d_in) has N(0, 1/d_in)
+    entries and W_U (D, d_out) N(0, d_out) entries. By default only the stack's
+    u and v are trained; W_E and W_U are buffers.
+
+    Args:
+        in_features: d_in. out_features: d_out.
+        depth, dim, hidden: L, D, M of the stack.
+        train_embedding: hold W_E as a trainable ``nn.Parameter``. Default False.
+        train_readout: hold W_U as a trainable ``nn.Parameter``. Default False.
+        **stack options: ``alpha``, ``parameterization``, ``activation``,
+            ``backend``, ``checkpoint_every``, ``replicas``, ``device``,
+            ``dtype``, ``generator`` as for :class:`ResidualStack`. The
+            generator draws W_E, then W_U, then the stack's u and v.
+
+    Attributes:
+        embed_weight: W_E, (D, d_in). readout_weight: W_U, (D, d_out).
+        stack: the :class:`ResidualStack`.
+        lr_multiplier: the stack's lr multiplier.
+
+    Example:
+        >>> net = DeepResNet(5, 5, depth=64, dim=16, hidden=4, replicas=3)
+        >>> net(torch.randn(10, 5)).shape   # three networks, one call
+        torch.Size([3, 10, 5])
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        depth: int,
+        dim: int,
+        hidden: int,
+        *,
+        alpha: float = 1.0,
+        parameterization: str = "mlu",
+        activation: str = "tanh",
+        backend: str = "auto",
+        checkpoint_every: int | str | None = None,
+        replicas: int | None = None,
+        train_embedding: bool = False,
+        train_readout: bool = False,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        super().__init__()
+        self.in_features = check_positive_int(in_features, "in_features")
+        self.out_features = check_positive_int(out_features, "out_features")
+        check_positive_int(dim, "dim")
+        embed = torch.empty(dim, in_features, device=device, dtype=dtype)
+        readout = torch.empty(dim, out_features, device=device, dtype=dtype)
+        with torch.no_grad():
+            embed.normal_(0.0, 1.0 / math.sqrt(in_features), generator=generator)
+            readout.normal_(0.0, math.sqrt(out_features), generator=generator)
+        self.stack = ResidualStack(
+            depth, dim, hidden, alpha=alpha, parameterization=parameterization,
+            activation=activation, backend=backend, checkpoint_every=checkpoint_every,
+            replicas=replicas, device=device, dtype=dtype, generator=generator,
+        )
+        self._register("embed_weight", embed, train_embedding)
+        self._register("readout_weight", readout, train_readout)
+
+    def _register(self, name: str, value: torch.Tensor, trainable: bool) -> None:
+        if trainable:
+            self.register_parameter(name, nn.Parameter(value))
+        else:
+            self.register_buffer(name, value)
+
+    @property
+    def lr_multiplier(self) -> float:
+        return self.stack.lr_multiplier
+
+    @property
+    def replicas(self) -> int | None:
+        return self.stack.replicas
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:
+        """h_0 = W_E x: (N, d_in) → (N, D), or (R, N, D) with replicas (shared x)."""
+        x = check_tensor(x, "x")
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"x must have shape (N, {self.in_features}); got {tuple(x.shape)}")
+        if x.dtype != self.embed_weight.dtype:
+            raise TypeError(f"x must have dtype {self.embed_weight.dtype}; got {x.dtype}")
+        h0 = x @ self.embed_weight.T
+        if self.replicas is not None:
+            h0 = h0.unsqueeze(0).expand(self.replicas, -1, -1)
+        return h0
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """f = W_Uᵀ h / D: (..., N, D) → (..., N, d_out)."""
+        return h @ self.readout_weight / self.stack.dim
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final embedding h_L, (N, D) or (R, N, D)."""
+        return self.stack(self.embed(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (N, d_in). Returns: f(x), (N, d_out); or (R, N, d_out) with replicas."""
+        return self.readout(self.features(x))

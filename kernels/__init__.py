@@ -1,0 +1,1 @@
+"""Triton kernels for stacks of two-layer-perceptron residual blocks (installed as ``deepres.kernels``)."""
