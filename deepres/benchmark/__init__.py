@@ -1,0 +1,1 @@
+"""Benchmark harness: throughput and memory of every backend against common baselines."""

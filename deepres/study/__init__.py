@@ -1,0 +1,1 @@
+"""Training comparisons and convergence studies: ResNets against their mean-ODE limit (DESIGN §3)."""
