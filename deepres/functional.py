@@ -48,10 +48,10 @@ def _check_shapes(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
         raise ValueError(f"v must have the shape of u, {tuple(u.shape)}; got {tuple(v.shape)}")
     dim = u.shape[-1]
     if u.dim() == 3:
-        expected = "(B, D) = (B, %d)" % dim
+        expected = f"(B, D) = (B, {dim})"
         ok = h.dim() == 2 and h.shape[1] == dim
     else:
-        expected = "(R, B, D) = (%d, B, %d)" % (u.shape[0], dim)
+        expected = f"(R, B, D) = ({u.shape[0]}, B, {dim})"
         ok = h.dim() == 3 and h.shape[0] == u.shape[0] and h.shape[2] == dim
     if not ok:
         raise ValueError(f"h must have shape {expected} to match u {tuple(u.shape)}; "

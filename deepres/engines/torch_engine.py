@@ -82,7 +82,7 @@ class TorchStackFunction(torch.autograd.Function):
         ca = c * a
         layout = segments(depth, every)
         # Inputs of the layers of the current segment, recomputed from its checkpoint.
-        inputs = checkpoints.new_empty((min(every, depth),) + tuple(checkpoints.shape[1:]))
+        inputs = checkpoints.new_empty((min(every, depth), *checkpoints.shape[1:]))
         for index in range(len(layout) - 1, -1, -1):
             start, stop = layout[index]
             if every == 1:
