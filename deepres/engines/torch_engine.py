@@ -35,19 +35,21 @@ from deepres.engines.common import segments
 __all__ = ["TorchStackFunction", "torch_residual_stack"]
 
 
-def _preactivation(h: torch.Tensor, u_l: torch.Tensor, a: float) -> torch.Tensor:
-    """z = a · h u_lᵀ, (R, B, M)."""
+def _scaled_bmm(left: torch.Tensor, right: torch.Tensor, scale: float,
+                out: torch.Tensor | None = None) -> torch.Tensor:
+    """scale · left @ right, batched, with the scale applied inside the GEMM."""
     # beta=0 makes baddbmm ignore its first argument (here a zero-stride view,
-    # no memory): the scale a then rides in the GEMM's alpha instead of costing
-    # a separate pass over the M-wide z.
-    unused = h.new_empty(()).expand(h.shape[0], h.shape[1], u_l.shape[1])
-    return torch.baddbmm(unused, h, u_l.transpose(1, 2), beta=0.0, alpha=a)
+    # no memory): the scale rides in the GEMM's alpha instead of costing a
+    # separate elementwise pass over the result.
+    unused = left.new_empty(()).expand(left.shape[0], left.shape[1], right.shape[2])
+    return torch.baddbmm(unused, left, right, beta=0.0, alpha=scale, out=out)
 
 
 def _layer(h: torch.Tensor, u_l: torch.Tensor, v_l: torch.Tensor, c: float, a: float, act: str,
-           ) -> torch.Tensor:
+           out: torch.Tensor | None = None) -> torch.Tensor:
     """One layer of eq. (1): h + c·σ(a·h uᵀ) v, batched over replicas."""
-    return torch.baddbmm(h, apply_activation(act, _preactivation(h, u_l, a)), v_l, alpha=c)
+    z = _scaled_bmm(h, u_l.transpose(1, 2), a)
+    return torch.baddbmm(h, apply_activation(act, z), v_l, alpha=c, out=out)
 
 
 class TorchStackFunction(torch.autograd.Function):
@@ -90,20 +92,19 @@ class TorchStackFunction(torch.autograd.Function):
             else:
                 inputs[0].copy_(checkpoints[index])
                 for offset, layer in enumerate(range(start, stop - 1)):
-                    inputs[offset + 1].copy_(_layer(inputs[offset], u[:, layer].to(compute),
-                                                    v[:, layer].to(compute), c, a, act))
+                    _layer(inputs[offset], u[:, layer].to(compute), v[:, layer].to(compute),
+                           c, a, act, out=inputs[offset + 1])
                 layer_inputs = inputs
             for layer in range(stop - 1, start - 1, -1):
                 x = layer_inputs[layer - start]
                 u_l = u[:, layer].to(compute)
                 v_l = v[:, layer].to(compute)
-                z = _preactivation(x, u_l, a)
-                s, ds = activation_and_derivative(act, z)
+                s, ds = activation_and_derivative(act, _scaled_bmm(x, u_l.transpose(1, 2), a))
                 if need_v:
-                    grad_v[:, layer] = torch.bmm(s.transpose(1, 2), g).mul_(c)
+                    grad_v[:, layer] = _scaled_bmm(s.transpose(1, 2), g, c)
                 p = ds.mul_(torch.bmm(g, v_l.transpose(1, 2)))
                 if need_u:
-                    grad_u[:, layer] = torch.bmm(p.transpose(1, 2), x).mul_(ca)
+                    grad_u[:, layer] = _scaled_bmm(p.transpose(1, 2), x, ca)
                 g = torch.baddbmm(g, p, u_l, alpha=ca)
         grad_h = g if need_h else None
         return grad_h, grad_u, grad_v, None, None, None, None
