@@ -1,0 +1,90 @@
+"""DistributedDataParallel: two gloo processes on loopback give the single-process gradients."""
+
+from __future__ import annotations
+
+import os
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.nn.parallel import DistributedDataParallel
+
+from deepres import DeepResNet, ResidualStack
+from deepres.engines.triton_support import unavailable_reason
+
+WORLD = 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _build(kind: str, backend: str) -> torch.nn.Module:
+    generator = torch.Generator().manual_seed(0)
+    if kind == "stack":
+        return ResidualStack(7, 4, 3, backend=backend, checkpoint_every=3, dtype=torch.float64,
+                             generator=generator)
+    return DeepResNet(3, 2, depth=6, dim=4, hidden=3, backend=backend, replicas=2,
+                      dtype=torch.float64, generator=generator)
+
+
+def _data(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(1)
+    if kind == "stack":
+        x = torch.randn(8, 4, generator=generator, dtype=torch.float64)
+        return x, torch.randn(8, 4, generator=generator, dtype=torch.float64)
+    x = torch.randn(8, 3, generator=generator, dtype=torch.float64)
+    return x, torch.randn(2, 8, 2, generator=generator, dtype=torch.float64)
+
+
+def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return 0.5 * (model(x) - y).pow(2).sum(-1).mean()
+
+
+def _cases() -> list[tuple[str, str]]:
+    backends = ["torch", "reference"]
+    if unavailable_reason(torch.device("cpu")) is None:  # Triton interpreter enabled (tests/conftest.py)
+        backends.append("triton")
+    return [(kind, backend) for kind in ("stack", "network") for backend in backends]
+
+
+def _worker(rank: int, port: int, out_path: str) -> None:
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD)
+    grads = {}
+    try:
+        for kind, backend in _cases():
+            net = _build(kind, backend)
+            x, y = _data(kind)
+            share = x.shape[0] // WORLD
+            x = x[rank * share:(rank + 1) * share]
+            y = y[..., rank * share:(rank + 1) * share, :]
+            model = DistributedDataParallel(net)
+            _loss(model, x, y).backward()
+            grads[kind, backend] = {name: p.grad for name, p in net.named_parameters()}
+        if rank == 0:
+            torch.save(grads, out_path)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture(scope="module")
+def distributed_grads(tmp_path_factory):
+    """Gradients from one 2-process gloo run (process start-up dominates: start it once)."""
+    out_path = str(tmp_path_factory.mktemp("ddp") / "grads.pt")
+    mp.spawn(_worker, args=(_free_port(), out_path), nprocs=WORLD, join=True)
+    return torch.load(out_path)
+
+
+@pytest.mark.parametrize(("kind", "backend"), _cases())
+def test_ddp_gradients_equal_single_process(distributed_grads, kind, backend):
+    net = _build(kind, backend)
+    x, y = _data(kind)
+    _loss(net, x, y).backward()
+    for name, param in net.named_parameters():
+        error = ((distributed_grads[kind, backend][name] - param.grad).norm() / param.grad.norm()).item()
+        assert error <= 1e-12, (name, error)
