@@ -1,0 +1,230 @@
+"""The Triton engine against the PyTorch engine.
+
+Without CUDA these run in Triton's interpreter (tests/conftest.py sets
+``TRITON_INTERPRET=1``), with tiny odd shapes; the ``gpu`` tests need a CUDA
+device. The references run in float64 on the same values, so the float32
+kernels are held to the exact answer (relative error ≤ 1e-5). Every call runs
+with PyTorch's uninitialized-memory filling on, so an output element that a
+kernel forgets to write is NaN and fails the comparison.
+"""
+
+import pytest
+import torch
+
+from deepres import ACTIVATIONS, residual_stack
+from deepres.engines.torch_engine import torch_residual_stack
+from deepres.engines.triton_support import unavailable_reason
+from tests.helpers import random_stack_inputs, relative_error
+
+DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+_REASON = unavailable_reason(DEVICE)
+pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"Triton backend unavailable: {_REASON}")
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+if _REASON is None:
+    import triton
+    import triton.language as tl
+    from deepres.kernels.activations import activation_and_derivative
+    from deepres.kernels.launch import MAX_FUSED_DIM, StackConfig
+
+    from deepres.engines.triton_engine import TritonStackFunction, triton_residual_stack
+
+    @triton.jit
+    def _activation_kernel(z_ptr, s_ptr, ds_ptr, N, ACT: tl.constexpr, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < N
+        s, ds = activation_and_derivative(tl.load(z_ptr + offsets, mask=mask, other=0.0), ACT)
+        tl.store(s_ptr + offsets, s, mask=mask)
+        tl.store(ds_ptr + offsets, ds, mask=mask)
+
+
+@pytest.fixture(autouse=True)
+def _nan_filled_empty_tensors():
+    """torch.empty returns NaN-filled memory while a test runs (unwritten outputs show)."""
+    previous = (torch.are_deterministic_algorithms_enabled(),
+                torch.is_deterministic_algorithms_warn_only_enabled(),
+                torch.utils.deterministic.fill_uninitialized_memory)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+    torch.utils.deterministic.fill_uninitialized_memory = previous[2]
+
+
+def _inputs(replicas, batch, dim, hidden, depth, seed):
+    """Fresh float64 N(0, 1) h, u, v (replica form) and the scalars c, a of a well-conditioned stack."""
+    h, u, v = random_stack_inputs(batch, dim, hidden, depth, replicas, seed=seed)
+    # a = 1/√D makes the pre-activations O(1) (the nonlinearity matters); c = 2/(L·M) is mlu with α = 2.
+    return h, u, v, 2.0 / (depth * hidden), dim**-0.5
+
+
+def _outputs_and_grads(fn, h, u, v, seed):
+    out = fn(h, u, v)
+    weight = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+    grads = torch.autograd.grad((out * weight.to(out.device, out.dtype)).sum(), (h, u, v))
+    return (out, *grads)
+
+
+def _compare(replicas, batch, dim, hidden, depth, every, activation, *, seed=0, tolerance=1e-5,
+             weight_dtype=torch.float32, allow_tf32=False, deterministic=False, config=None):
+    """Triton (float32 h) vs the PyTorch engine in float64 on the same values: h_L, ∂h_0, ∂u, ∂v."""
+    h, u, v, c, a = _inputs(replicas, batch, dim, hidden, depth, seed)
+    with torch.no_grad():  # the reference sees exactly the (rounded) weights the kernels see
+        u.copy_(u.to(weight_dtype).double())
+        v.copy_(v.to(weight_dtype).double())
+    triton_args = [h.detach().float(), u.detach().to(weight_dtype), v.detach().to(weight_dtype)]
+    triton_args = [t.to(DEVICE).requires_grad_() for t in triton_args]
+    fused = lambda h, u, v: triton_residual_stack(h, u, v, c, a, activation, every, allow_tf32=allow_tf32,
+                                                  deterministic=deterministic, config=config)
+    engine = lambda h, u, v: torch_residual_stack(h, u, v, c, a, activation, every)
+    got = _outputs_and_grads(fused, *triton_args, seed + 1)
+    want = _outputs_and_grads(engine, h, u, v, seed + 1)
+    for name, x, ref, arg in zip(("h_L", "dh", "du", "dv"), got, want, (h, *triton_args), strict=True):
+        assert x.shape == ref.shape and x.dtype == (torch.float32 if name == "h_L" else arg.dtype), name
+        error = relative_error(x.cpu(), ref)
+        # Half-precision weight gradients are returned rounded to the weights' dtype.
+        limit = tolerance if x.dtype == torch.float32 else max(tolerance, torch.finfo(x.dtype).eps)
+        assert error <= limit, (name, error)
+    return got
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_matches_torch_engine_odd_shapes_with_replicas(activation):
+    # B, D, M not powers of two and below the 16-wide blocks; L = 5 is not a multiple of every = 2.
+    _compare(2, 5, 6, 7, 5, 2, activation, seed=1)
+
+
+@pytest.mark.parametrize("every", [1, 3, 5, 8])
+def test_checkpoint_segment_lengths(every):
+    # every = 1: checkpoints are the layer inputs (no recompute); 8 > L: a single segment.
+    _compare(3, 6, 5, 9, 5, every, "tanh", seed=2)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_several_batch_and_hidden_tiles(deterministic):
+    # 3 batch tiles (atomic or per-tile partial weight gradients) × 2 hidden tiles, D padded 20 → 32.
+    config = StackConfig(block_b=16, block_d=32, block_m=16)
+    _compare(2, 37, 20, 20, 4, 3, "gelu", seed=3, deterministic=deterministic, config=config)
+
+
+def test_deterministic_mode_is_bitwise_reproducible():
+    config = StackConfig(block_b=16, block_d=16, block_m=16)
+    first = _compare(1, 40, 9, 11, 3, 2, "silu", seed=4, deterministic=True, config=config)
+    second = _compare(1, 40, 9, 11, 3, 2, "silu", seed=4, deterministic=True, config=config)
+    for x, y in zip(first, second, strict=True):
+        assert torch.equal(x, y)
+
+
+def test_float16_weights_with_float32_stream():
+    _compare(2, 5, 6, 7, 4, 2, "tanh", seed=5, weight_dtype=torch.float16)
+
+
+@pytest.mark.parametrize("needs", [(True, False, False), (False, True, True), (False, False, True)])
+def test_only_requested_gradients(needs):
+    h, u, v, c, a = _inputs(2, 5, 6, 7, 4, seed=6)
+    args = [t.detach().float().to(DEVICE).requires_grad_(need) for t, need in zip((h, u, v), needs, strict=True)]
+    out = triton_residual_stack(*args, c, a, "relu", 2)
+    out.square().sum().backward()
+    ref_args = [t.detach().requires_grad_(need) for t, need in zip((h, u, v), needs, strict=True)]
+    torch_residual_stack(*ref_args, c, a, "relu", 2).square().sum().backward()
+    for got, want in zip(args, ref_args, strict=True):
+        assert (got.grad is None) == (want.grad is None)
+        if want.grad is not None:
+            assert relative_error(got.grad.cpu(), want.grad) <= 1e-5
+
+
+def test_forward_without_grad_matches():
+    h, u, v, c, a = _inputs(2, 7, 6, 5, 6, seed=7)
+    with torch.no_grad():
+        out = triton_residual_stack(h.float().to(DEVICE), u.float().to(DEVICE), v.float().to(DEVICE),
+                                    c, a, "identity", 4)
+    assert relative_error(out.cpu(), torch_residual_stack(h, u, v, c, a, "identity", 4)) <= 1e-5
+
+
+def test_public_api_unbatched_sqrt_checkpoints():
+    h, u, v, c, a = _inputs(None, 5, 6, 3, 10, seed=8)
+    kwargs = {"multiplier": c, "pre_scale": a, "activation": "gelu", "checkpoint_every": "sqrt"}
+    fused = lambda h, u, v: residual_stack(h, u, v, backend="triton", **kwargs)
+    engine = lambda h, u, v: residual_stack(h, u, v, backend="torch", **kwargs)
+    args32 = [t.detach().float().to(DEVICE).requires_grad_() for t in (h, u, v)]
+    for got, want in zip(_outputs_and_grads(fused, *args32, 9), _outputs_and_grads(engine, h, u, v, 9),
+                         strict=True):
+        assert got.shape == want.shape
+        assert relative_error(got.cpu(), want) <= 1e-5
+
+
+def test_wide_embedding_falls_back_with_a_warning():
+    dim = MAX_FUSED_DIM + 1
+    h, u, v, c, a = _inputs(1, 2, dim, 2, 2, seed=10)
+    h, u, v = (t.detach().float().to(DEVICE) for t in (h, u, v))
+    with pytest.warns(UserWarning, match=f"D = {dim} exceeds the largest fused embedding dimension"):
+        out = residual_stack(h, u, v, multiplier=c, pre_scale=a, backend="triton")
+    assert torch.equal(out, residual_stack(h, u, v, multiplier=c, pre_scale=a, backend="torch"))
+
+
+def test_float64_falls_back_with_a_warning():
+    h, u, v, c, a = _inputs(1, 3, 4, 2, 2, seed=11)
+    h, u, v = (t.detach().to(DEVICE) for t in (h, u, v))
+    with pytest.warns(UserWarning, match="compute in float32"):
+        out = residual_stack(h, u, v, multiplier=c, pre_scale=a, backend="triton")
+    assert out.dtype == torch.float64
+    assert torch.equal(out, residual_stack(h, u, v, multiplier=c, pre_scale=a, backend="torch"))
+
+
+def _kernel_activation(z, activation):
+    z32 = z.float().to(DEVICE)
+    s, ds = torch.empty_like(z32), torch.empty_like(z32)
+    _activation_kernel[(triton.cdiv(z32.numel(), 1024),)](z32, s, ds, z32.numel(), ACT=activation, BLOCK=1024)
+    return s.cpu(), ds.cpu()
+
+
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_kernel_activations_match_deepres_activations(activation):
+    from deepres.activations import activation_and_derivative as torch_pair
+
+    z = torch.cat([torch.linspace(-30, 30, 601, dtype=torch.float64), 3 * torch.randn(400, dtype=torch.float64)])
+    z = z.float().double()  # values exactly representable in float32
+    for got, want in zip(_kernel_activation(z, activation), torch_pair(activation, z), strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=2e-6, atol=2e-7)
+
+
+def test_kernel_tanh_is_relatively_accurate_near_zero():
+    magnitude = torch.logspace(-8, 0, 500, dtype=torch.float64)
+    z = torch.cat([magnitude, -magnitude]).float().double()
+    s, _ = _kernel_activation(z, "tanh")
+    torch.testing.assert_close(s.double(), torch.tanh(z), rtol=2e-6, atol=0.0)
+
+
+def test_autograd_function_rejects_double_backward():
+    h, u, v, c, a = _inputs(1, 3, 4, 2, 2, seed=12)
+    h = h.detach().float().to(DEVICE).requires_grad_()
+    out = TritonStackFunction.apply(h, u.float().to(DEVICE), v.float().to(DEVICE), c, a, "tanh", 1, False, False,
+                                    None)
+    # The incoming gradient 2·out depends on h, so a second backward would need the first one's graph.
+    (grad,) = torch.autograd.grad(out.square().sum(), h, create_graph=True)
+    with pytest.raises(RuntimeError, match="once_differentiable"):
+        grad.sum().backward()
+
+
+@gpu
+def test_gpu_bfloat16_weights():
+    _compare(2, 100, 64, 48, 32, 6, "tanh", seed=20, weight_dtype=torch.bfloat16)
+
+
+@gpu
+def test_gpu_tf32_is_close_but_not_exact():
+    _compare(1, 200, 64, 64, 32, 8, "gelu", seed=21, allow_tf32=True, tolerance=1e-2)
+
+
+@gpu
+@pytest.mark.parametrize(("dim", "hidden"), [(256, 256), (128, 200), (33, 500)])
+def test_gpu_large_shapes(dim, hidden):
+    _compare(2, 300, dim, hidden, 64, 8, "silu", seed=22)
+
+
+@gpu
+def test_gpu_deterministic_many_tiles_reproducible():
+    first = _compare(1, 2048, 64, 64, 16, 4, "tanh", seed=23, deterministic=True)
+    second = _compare(1, 2048, 64, 64, 16, 4, "tanh", seed=23, deterministic=True)
+    for x, y in zip(first, second, strict=True):
+        assert torch.equal(x, y)
