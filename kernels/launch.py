@@ -22,15 +22,30 @@ __all__ = ["MAX_FUSED_DIM", "StackConfig", "choose_config", "stack_backward", "s
 
 #: Largest embedding dimension D the fused kernels handle: one program keeps
 #: a (BLOCK_B, D) tile of h, and in the backward also x, g and the g update,
-#: in registers. NOTE: at D = 256 the tiles are already 16 × 256 (4096 fp32
-#: per tile); beyond that they spill. Larger D falls back to the PyTorch engine.
+#: in registers. NOTE: at D = 256, with the smallest tiles (16 rows, 16 hidden
+#: units) and 16 warps, the sm_90 build already spills 60 B (forward) and
+#: 140 B (backward) per thread; larger D falls back to the PyTorch engine.
 MAX_FUSED_DIM = 256
 
-# Elements per register tile that a program of 4 warps (128 threads) holds
-# comfortably: 4096 fp32 = 32 registers per thread per tile.
-_TILE_ELEMENTS = 4096
 # Smallest block along any tl.dot axis on the GPU.
 _MIN_BLOCK = 16
+
+# NOTE: tile table, from compiling both kernels for sm_90 (Triton 3.9, ptxas -v,
+# float32 IEEE dots, which Triton lowers to FMA loops holding the whole K
+# extent of both operands in registers). Backward, 8 warps: (BLOCK_B, BLOCK_D,
+# BLOCK_M) = (16, 64, 16) uses 141 registers, (16, 64, 32) 252 and (16, 64, 64)
+# spills 1.6 kB; (16, 128, 16) uses 183; (16, 256, 16) spills 308 B with 8
+# warps and 140 B with 16. Forward, 8 warps: (16, 64, 32) 103, (32, 64, 32)
+# 161, (16, 128, 32) 206, (16, 64, 64) 146 (255 and spills with 4 warps).
+# TF32 and bfloat16-weight variants use fewer registers than these.
+# Each row: largest BLOCK_D, then (max BLOCK_B, BLOCK_M, num_warps) for the
+# forward and for the backward kernel.
+_TILE_TABLE: tuple[tuple[int, tuple[int, int, int], tuple[int, int, int]], ...] = (
+    (32, (32, 32, 4), (16, 16, 4)),
+    (64, (32, 32, 8), (16, 16, 8)),
+    (128, (16, 32, 8), (16, 16, 8)),
+    (256, (16, 16, 16), (16, 16, 16)),
+)
 
 
 @dataclass(frozen=True)
@@ -69,10 +84,12 @@ def _multiprocessors(device_index: int) -> int:
 
 @functools.lru_cache(maxsize=256)
 def _choose_config_cached(batch: int, dim: int, width: int, replicas: int, multiprocessors: int,
-                          ) -> StackConfig:
+                          backward: bool) -> StackConfig:
     block_d = max(_MIN_BLOCK, triton.next_power_of_2(dim))
-    block_m = max(_MIN_BLOCK, min(triton.next_power_of_2(width), _TILE_ELEMENTS // block_d))
-    cap_b = max(_MIN_BLOCK, min(64, _TILE_ELEMENTS // block_d, triton.next_power_of_2(batch)))
+    row = next(row for row in _TILE_TABLE if block_d <= row[0])
+    max_b, max_m, num_warps = row[2] if backward else row[1]
+    block_m = max(_MIN_BLOCK, min(triton.next_power_of_2(width), max_m))
+    cap_b = max(_MIN_BLOCK, min(max_b, triton.next_power_of_2(batch)))
     # The layers are sequential, so the only parallelism is batch tiles ×
     # replicas: take the largest batch tile that still gives every
     # multiprocessor a program (larger tiles reread the weights fewer times
@@ -84,11 +101,11 @@ def _choose_config_cached(batch: int, dim: int, width: int, replicas: int, multi
             block_b = candidate
             break
         candidate //= 2
-    num_warps = 4 if block_b * block_d <= 2048 else 8
     return StackConfig(block_b=block_b, block_d=block_d, block_m=block_m, num_warps=num_warps)
 
 
-def choose_config(batch: int, dim: int, width: int, replicas: int, device: torch.device) -> StackConfig:
+def choose_config(batch: int, dim: int, width: int, replicas: int, device: torch.device, *,
+                  backward: bool = False) -> StackConfig:
     """The tiles for a (R, B, D) stream and (R, L, M, D) weights on ``device`` (cached).
 
     Args:
@@ -96,6 +113,8 @@ def choose_config(batch: int, dim: int, width: int, replicas: int, device: torch
         device: where the tensors are; on the CPU (Triton's interpreter, which
             runs programs one after the other) the batch tile is as large as
             allowed, since fewer programs run faster there.
+        backward: tiles for the backward kernel (which holds more tiles in
+            registers) instead of the forward one. Default False.
 
     Returns:
         A :class:`StackConfig`.
@@ -113,7 +132,7 @@ def choose_config(batch: int, dim: int, width: int, replicas: int, device: torch
         multiprocessors = _multiprocessors(index)
     else:
         multiprocessors = 1
-    return _choose_config_cached(batch, dim, width, replicas, multiprocessors)
+    return _choose_config_cached(batch, dim, width, replicas, multiprocessors, backward)
 
 
 def _precision(allow_tf32: bool) -> str:
@@ -164,6 +183,7 @@ def stack_forward(
         replicas, batch, dim, width, depth, every,
         float(multiplier), float(pre_scale),
         ACT=activation, PRECISION=_precision(allow_tf32), SAVE_CHECKPOINTS=save_checkpoints,
+        ONE_M_TILE=width <= cfg.block_m,
         BLOCK_B=cfg.block_b, BLOCK_D=cfg.block_d, BLOCK_M=cfg.block_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
@@ -198,8 +218,9 @@ def stack_backward(
             tile writes its own float32 partial gradients (extra memory:
             n_batch_tiles × 2 × R·L·M·D × 4 bytes) which are then summed in a
             fixed order. Default False (float32 atomics into one buffer).
-        config: tiles; default :func:`choose_config` (must match nothing in
-            the forward: any config gives the same result up to rounding).
+        config: tiles; default :func:`choose_config` with ``backward=True``
+            (it need not match the forward's: the checkpoints do not depend
+            on the tiles).
 
     Returns:
         (∂loss/∂h_0 (R, B, D) float32, ∂loss/∂u and ∂loss/∂v (R, L, M, D)
@@ -210,7 +231,7 @@ def stack_backward(
     """
     replicas, batch, dim = grad_out.shape
     depth, width = u.shape[1], u.shape[2]
-    cfg = config or choose_config(batch, dim, width, replicas, grad_out.device)
+    cfg = config or choose_config(batch, dim, width, replicas, grad_out.device, backward=True)
     batch_tiles = triton.cdiv(batch, cfg.block_b)
     grad_h = torch.empty_like(grad_out)
     recompute = every > 1
@@ -235,7 +256,7 @@ def stack_backward(
         replicas, batch, dim, width, depth, every,
         float(multiplier), float(pre_scale),
         ACT=activation, PRECISION=_precision(allow_tf32), RECOMPUTE=recompute,
-        NEED_WEIGHTS=need_weights, W_MODE=mode,
+        NEED_WEIGHTS=need_weights, W_MODE=mode, ONE_M_TILE=width <= cfg.block_m,
         BLOCK_B=cfg.block_b, BLOCK_D=cfg.block_d, BLOCK_M=cfg.block_m,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )

@@ -61,13 +61,32 @@ def _write_weight_grad(ptr, offsets, value, mask, W_MODE: tl.constexpr):
 
 
 @triton.jit
+def _backward_m_tile(x, g, g_acc, u_ptr, v_ptr, grad_u_ptr, grad_v_ptr, offsets, mask_w, a, c,
+                     ACT: tl.constexpr, PRECISION: tl.constexpr, NEED_WEIGHTS: tl.constexpr,
+                     W_MODE: tl.constexpr):
+    """One BLOCK_M tile of hidden units of one layer: returns g_acc + p u_t and
+    adds this batch tile's share of ∂u_t, ∂v_t (see the module docstring)."""
+    u_t = tl.load(u_ptr + offsets, mask=mask_w, other=0.0).to(tl.float32)
+    v_t = tl.load(v_ptr + offsets, mask=mask_w, other=0.0).to(tl.float32)
+    z = tl.dot(x, tl.trans(u_t), input_precision=PRECISION) * a
+    s, ds = activation_and_derivative(z, ACT)
+    p = ds * tl.dot(g, tl.trans(v_t), input_precision=PRECISION)
+    if NEED_WEIGHTS:
+        grad_v = tl.dot(tl.trans(s), g, input_precision=PRECISION) * c
+        grad_u = tl.dot(tl.trans(p), x, input_precision=PRECISION) * (c * a)
+        _write_weight_grad(grad_v_ptr, offsets, grad_v, mask_w, W_MODE)
+        _write_weight_grad(grad_u_ptr, offsets, grad_u, mask_w, W_MODE)
+    return tl.dot(p, u_t, g_acc, input_precision=PRECISION)
+
+
+@triton.jit
 def stack_backward_kernel(
     g_ptr, ckpt_ptr, scratch_ptr, u_ptr, v_ptr,
     grad_h_ptr, grad_u_ptr, grad_v_ptr,
     R, B, D, M, L, every,
     c, a,
     ACT: tl.constexpr, PRECISION: tl.constexpr, RECOMPUTE: tl.constexpr,
-    NEED_WEIGHTS: tl.constexpr, W_MODE: tl.constexpr,
+    NEED_WEIGHTS: tl.constexpr, W_MODE: tl.constexpr, ONE_M_TILE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """∂loss/∂h_0, ∂loss/∂u, ∂loss/∂v for one batch tile of one replica.
@@ -83,6 +102,8 @@ def stack_backward_kernel(
             (zeroed for "atomic"), or (n_batch_tiles, R, L, M, D) for
             "partial"; unused unless NEED_WEIGHTS.
         c, a: the multiplier and pre-activation scale (float32).
+        ONE_M_TILE: M ≤ BLOCK_M: no loop over hidden tiles, so the loop over
+            layers is innermost and the compiler can prefetch weights across it.
     """
     pid_b = tl.program_id(0)
     r = tl.program_id(1).to(tl.int64)
@@ -94,9 +115,10 @@ def stack_backward_kernel(
     tile = offs_b[:, None] * D + offs_d[None, :]
     w_tile = offs_m[:, None] * D + offs_d[None, :]
     ca = c * a
-    grad_base = tl.zeros((), dtype=tl.int64)
     if W_MODE == "partial":
-        grad_base = pid_b.to(tl.int64) * R * L * M * D
+        # This batch tile's own slot of the (n_batch_tiles, R, L, M, D) buffers.
+        grad_u_ptr += pid_b.to(tl.int64) * R * L * M * D
+        grad_v_ptr += pid_b.to(tl.int64) * R * L * M * D
 
     # Padded rows of g are zero, so they add nothing to the weight gradients.
     g = tl.load(g_ptr + r * B * D + tile, mask=mask_bd, other=0.0)
@@ -110,7 +132,8 @@ def stack_backward_kernel(
             tl.store(scratch_ptr + r * B * D + tile, h, mask=mask_bd)
             for layer in range(start, stop - 1):
                 h = layer_forward(h, u_ptr, v_ptr, (r * L + layer) * M * D, M, D, a, c,
-                                  offs_m, offs_d, mask_d, ACT, PRECISION, BLOCK_B, BLOCK_D, BLOCK_M)
+                                  offs_m, offs_d, mask_d, ACT, PRECISION, ONE_M_TILE,
+                                  BLOCK_B, BLOCK_D, BLOCK_M)
                 tl.store(scratch_ptr + ((layer - start + 1) * R + r) * B * D + tile, h, mask=mask_bd)
             # The inputs are read back below in a different thread layout: make
             # this program's stores visible to all its threads first.
@@ -124,20 +147,16 @@ def stack_backward_kernel(
             x = tl.load(x_ptr + tile, mask=mask_bd, other=0.0)
             w_base = (r * L + layer) * M * D
             g_acc = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
-            for m0 in range(0, M, BLOCK_M):
-                mask_w = ((m0 + offs_m) < M)[:, None] & mask_d[None, :]
-                w_offsets = w_base + m0 * D + w_tile
-                u_t = tl.load(u_ptr + w_offsets, mask=mask_w, other=0.0).to(tl.float32)
-                v_t = tl.load(v_ptr + w_offsets, mask=mask_w, other=0.0).to(tl.float32)
-                z = tl.dot(x, tl.trans(u_t), input_precision=PRECISION) * a
-                s, ds = activation_and_derivative(z, ACT)
-                p = ds * tl.dot(g, tl.trans(v_t), input_precision=PRECISION)
-                g_acc = tl.dot(p, u_t, g_acc, input_precision=PRECISION)
-                if NEED_WEIGHTS:
-                    grad_v = tl.dot(tl.trans(s), g, input_precision=PRECISION) * c
-                    grad_u = tl.dot(tl.trans(p), x, input_precision=PRECISION) * ca
-                    _write_weight_grad(grad_v_ptr + grad_base, w_offsets, grad_v, mask_w, W_MODE)
-                    _write_weight_grad(grad_u_ptr + grad_base, w_offsets, grad_u, mask_w, W_MODE)
+            if ONE_M_TILE:
+                mask_w = (offs_m < M)[:, None] & mask_d[None, :]
+                g_acc = _backward_m_tile(x, g, g_acc, u_ptr, v_ptr, grad_u_ptr, grad_v_ptr, w_base + w_tile,
+                                         mask_w, a, c, ACT, PRECISION, NEED_WEIGHTS, W_MODE)
+            else:
+                for m0 in range(0, M, BLOCK_M):
+                    mask_w = ((m0 + offs_m) < M)[:, None] & mask_d[None, :]
+                    g_acc = _backward_m_tile(x, g, g_acc, u_ptr, v_ptr, grad_u_ptr, grad_v_ptr,
+                                             w_base + m0 * D + w_tile, mask_w, a, c,
+                                             ACT, PRECISION, NEED_WEIGHTS, W_MODE)
             g = g + ca * g_acc
         if RECOMPUTE:
             # Other threads may still read this segment's inputs: wait before

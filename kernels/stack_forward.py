@@ -25,22 +25,37 @@ __all__ = ["layer_forward", "stack_forward_kernel"]
 
 
 @triton.jit
+def _forward_m_tile(h, acc, u_ptr, v_ptr, offsets, mask_w, a,
+                    ACT: tl.constexpr, PRECISION: tl.constexpr):
+    """acc + σ(a · h u_tᵀ) v_t for one BLOCK_M tile of hidden units."""
+    u_t = tl.load(u_ptr + offsets, mask=mask_w, other=0.0).to(tl.float32)
+    v_t = tl.load(v_ptr + offsets, mask=mask_w, other=0.0).to(tl.float32)
+    z = tl.dot(h, tl.trans(u_t), input_precision=PRECISION) * a
+    return tl.dot(activation(z, ACT), v_t, acc, input_precision=PRECISION)
+
+
+@triton.jit
 def layer_forward(h, u_ptr, v_ptr, w_base, M, D, a, c, offs_m, offs_d, mask_d,
-                  ACT: tl.constexpr, PRECISION: tl.constexpr,
+                  ACT: tl.constexpr, PRECISION: tl.constexpr, ONE_M_TILE: tl.constexpr,
                   BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr):
     """One layer of eq. (1) on a (BLOCK_B, BLOCK_D) float32 tile h.
 
     ``w_base`` is the element offset of u_l (and v_l) in the (R, L, M, D)
     weight tensors. Weights of any float dtype are upcast to float32 on load.
+    ``ONE_M_TILE`` (M ≤ BLOCK_M) drops the loop over hidden tiles, so that the
+    caller's loop over layers is the innermost loop and the compiler can
+    prefetch the next layers' weights while this one computes.
     """
     acc = tl.zeros((BLOCK_B, BLOCK_D), dtype=tl.float32)
     w_tile = offs_m[:, None] * D + offs_d[None, :]
-    for m0 in range(0, M, BLOCK_M):
-        mask_w = ((m0 + offs_m) < M)[:, None] & mask_d[None, :]
-        u_t = tl.load(u_ptr + w_base + m0 * D + w_tile, mask=mask_w, other=0.0).to(tl.float32)
-        v_t = tl.load(v_ptr + w_base + m0 * D + w_tile, mask=mask_w, other=0.0).to(tl.float32)
-        z = tl.dot(h, tl.trans(u_t), input_precision=PRECISION) * a
-        acc = tl.dot(activation(z, ACT), v_t, acc, input_precision=PRECISION)
+    if ONE_M_TILE:
+        mask_w = (offs_m < M)[:, None] & mask_d[None, :]
+        acc = _forward_m_tile(h, acc, u_ptr, v_ptr, w_base + w_tile, mask_w, a, ACT, PRECISION)
+    else:
+        for m0 in range(0, M, BLOCK_M):
+            mask_w = ((m0 + offs_m) < M)[:, None] & mask_d[None, :]
+            acc = _forward_m_tile(h, acc, u_ptr, v_ptr, w_base + m0 * D + w_tile, mask_w, a,
+                                  ACT, PRECISION)
     return h + c * acc
 
 
@@ -49,7 +64,7 @@ def stack_forward_kernel(
     h0_ptr, u_ptr, v_ptr, out_ptr, ckpt_ptr,
     R, B, D, M, L, every,
     c, a,
-    ACT: tl.constexpr, PRECISION: tl.constexpr, SAVE_CHECKPOINTS: tl.constexpr,
+    ACT: tl.constexpr, PRECISION: tl.constexpr, SAVE_CHECKPOINTS: tl.constexpr, ONE_M_TILE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """h_L of eq. (1) for one batch tile of one replica.
@@ -61,6 +76,7 @@ def stack_forward_kernel(
         ckpt_ptr: checkpoints, (⌈L/every⌉, R, B, D) float32: h_{i·every} is
             written to slot i when SAVE_CHECKPOINTS (else unused).
         c, a: the multiplier and pre-activation scale (float32).
+        ONE_M_TILE: M ≤ BLOCK_M (see :func:`layer_forward`).
     """
     pid_b = tl.program_id(0)
     r = tl.program_id(1).to(tl.int64)
@@ -80,5 +96,5 @@ def stack_forward_kernel(
                 tl.store(ckpt_ptr + (slot * R + r) * B * D + tile, h, mask=mask_bd)
         w_base = (r * L + layer) * M * D
         h = layer_forward(h, u_ptr, v_ptr, w_base, M, D, a, c, offs_m, offs_d, mask_d,
-                          ACT, PRECISION, BLOCK_B, BLOCK_D, BLOCK_M)
+                          ACT, PRECISION, ONE_M_TILE, BLOCK_B, BLOCK_D, BLOCK_M)
     tl.store(out_ptr + r * B * D + tile, h, mask=mask_bd)
