@@ -23,26 +23,30 @@ __all__ = ["MAX_FUSED_DIM", "StackConfig", "choose_config", "stack_backward", "s
 #: Largest embedding dimension D the fused kernels handle: one program keeps
 #: a (BLOCK_B, D) tile of h, and in the backward also x, g and the g update,
 #: in registers. NOTE: at D = 256, with the smallest tiles (16 rows, 16 hidden
-#: units) and 16 warps, the sm_90 build already spills 60 B (forward) and
-#: 140 B (backward) per thread; larger D falls back to the PyTorch engine.
+#: units) and 16 warps, the sm_90 backward already spills 88 B per thread
+#: (see the tile table below); larger D falls back to the PyTorch engine.
 MAX_FUSED_DIM = 256
 
 # Smallest block along any tl.dot axis on the GPU.
 _MIN_BLOCK = 16
 
-# NOTE: tile table, from compiling both kernels for sm_90 (Triton 3.9, ptxas -v,
-# float32 IEEE dots, which Triton lowers to FMA loops holding the whole K
-# extent of both operands in registers). Backward, 8 warps: (BLOCK_B, BLOCK_D,
-# BLOCK_M) = (16, 64, 16) uses 141 registers, (16, 64, 32) 252 and (16, 64, 64)
-# spills 1.6 kB; (16, 128, 16) uses 183; (16, 256, 16) spills 308 B with 8
-# warps and 140 B with 16. Forward, 8 warps: (16, 64, 32) 103, (32, 64, 32)
-# 161, (16, 128, 32) 206, (16, 64, 64) 146 (255 and spills with 4 warps).
+# NOTE: tile table, from compiling both kernels for sm_90 without a GPU
+# (``python -m deepres.kernels.compile_check``; Triton 3.9, float32 IEEE dots,
+# which Triton lowers to FMA loops that hold the whole K extent of both
+# operands in registers, so register pressure grows with BLOCK_D·BLOCK_M).
+# Registers per thread / spill bytes, (BLOCK_B, BLOCK_D, BLOCK_M) and warps:
+#   forward  (16, 64, 64) 8 warps: 146 / 0   (4 warps: 255 / 564)
+#   forward  (16, 128, 32) 8: 211 / 0;       (16, 256, 16) 16: 116 / 0
+#   backward (16, 64, 16) 8: 142 / 0;        (16, 64, 32) 8: 252 / 0 (too close)
+#   backward (16, 64, 64) 4: 255 / 1656;     (16, 128, 16) 8: 194 / 0
+#   backward (16, 256, 16) 16: 128 / 88 (8 warps: 255 / 308)
+#   forward (32, 32, 64) 4 warps: 255 / 244, 8 warps: 152 / 0
 # TF32 and bfloat16-weight variants use fewer registers than these.
-# Each row: largest BLOCK_D, then (max BLOCK_B, BLOCK_M, num_warps) for the
-# forward and for the backward kernel.
+# Each row: largest BLOCK_D, then (max BLOCK_B, max BLOCK_M, num_warps) for
+# the forward and for the backward kernel.
 _TILE_TABLE: tuple[tuple[int, tuple[int, int, int], tuple[int, int, int]], ...] = (
-    (32, (32, 32, 4), (16, 16, 4)),
-    (64, (32, 32, 8), (16, 16, 8)),
+    (32, (32, 64, 8), (16, 16, 8)),
+    (64, (32, 64, 8), (16, 16, 8)),
     (128, (16, 32, 8), (16, 16, 8)),
     (256, (16, 16, 16), (16, 16, 16)),
 )

@@ -228,3 +228,38 @@ def test_gpu_deterministic_many_tiles_reproducible():
     second = _compare(1, 2048, 64, 64, 16, 4, "tanh", seed=23, deterministic=True)
     for x, y in zip(first, second, strict=True):
         assert torch.equal(x, y)
+
+
+def _compile_reports(*args):
+    """Run deepres.kernels.compile_check in a fresh process without the interpreter."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, "-m", "deepres.kernels.compile_check", "--json", *args],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return json.loads(run.stdout.strip().splitlines()[-1])
+
+
+def _has_bundled_ptxas():
+    import os
+
+    import triton
+
+    return os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(_REASON is not None or not _has_bundled_ptxas(), reason="needs Triton's NVIDIA backend")
+def test_kernels_compile_for_hopper_without_spills():
+    # The interpreter accepts what the GPU compiler may reject (dot shapes, layouts) or spill: build the
+    # real sm_90 binaries with the chosen tiles. D = 256 is allowed its measured small spill.
+    reports = _compile_reports("--shapes", "20x7,64x64,64x200,128x128,256x256")
+    reports += _compile_reports("--shapes", "64x64", "--tf32", "--weight-dtype", "bf16", "--activation", "gelu")
+    assert len(reports) == 12
+    for report in reports:
+        assert report["registers"] <= 255, report
+        assert report["spill_bytes"] <= (128 if report["dim"] > 128 else 0), report
