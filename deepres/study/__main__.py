@@ -1,0 +1,18 @@
+"""``python -m deepres.study``: the ``deepres study`` command (see :mod:`deepres.study.cli`)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from deepres.study.cli import configure_parser, main
+
+
+def _entry() -> int:
+    parser = argparse.ArgumentParser(prog="python -m deepres.study", description=__doc__)
+    configure_parser(parser)
+    return main(parser.parse_args())
+
+
+if __name__ == "__main__":
+    sys.exit(_entry())

@@ -1,0 +1,245 @@
+"""``deepres study``: run a ResNet-vs-limit convergence study and write its report.
+
+Usage (the ``quick`` preset runs on a 2-core CPU in a few minutes)::
+
+    deepres study --preset quick --out study-quick
+    python -m deepres.study --preset quick --out study-quick      # the same
+
+Rerunning the same command resumes: finished units are read back from
+``OUT/units/`` and only the missing ones run. Every flag overrides one field of
+the preset (:class:`deepres.study.presets.StudyConfig`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepres.study.presets import PRESETS, StudyConfig, preset
+
+__all__ = ["configure_parser", "main", "run_study", "write_report"]
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated ints; got {text!r}") from None
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") from None
+
+
+#: flag → (config field, parser, help).
+_AXES: dict[str, tuple[str, Any, str]] = {
+    "--depths": ("depths", _ints, "depths L, comma-separated"),
+    "--widths": ("widths", _ints, "hidden widths M"),
+    "--dims": ("dims", _ints, "embedding dimensions D"),
+    "--alphas": ("alphas", _floats, "scales α"),
+    "--etas": ("etas", _floats, "base learning rates η"),
+    "--steps": ("steps", _ints, "numbers of GD steps"),
+    "--seeds": ("seeds", _ints, "seeds of data, embedding and limit"),
+    "--replicas": ("replicas", int, "replicas R per (L, M, ...)"),
+    "--particles": ("particles", int, "particles K per limit set"),
+    "--grid-steps": ("grid_steps", int, "steps N of the limit's depth grid"),
+    "--limit-sets": ("limit_sets", int, "independent particle sets averaged into the limit"),
+    "--solver": ("solver", str, "limit solver: euler, midpoint, rk4 (default: rk4 with MeanODENet, else euler)"),
+    "--particle-init": ("particle_init", str, "limit particles: sobol or antithetic (default: sobol with MeanODENet)"),
+    "--task": ("task", str, "task: paper or teacher"),
+    "--samples": ("samples", int, "number of samples N"),
+    "--activation": ("activation", str, "activation σ"),
+    "--records": ("records", int, "recorded steps, evenly spaced from 0 to the last"),
+    "--lazy-alphas": ("lazy_alphas", _floats, "α values of the lazy sweep (empty string: skip)"),
+    "--lazy-depth": ("lazy_depth", int, "L of the lazy sweep"),
+    "--lazy-hidden": ("lazy_hidden", int, "M of the lazy sweep (even)"),
+    "--lazy-replicas": ("lazy_replicas", int, "replicas of the lazy sweep"),
+    "--bootstrap": ("bootstrap", int, "bootstrap draws per fit"),
+    "--ref-ratio": ("ref_ratio", float, "fit a point only if reference error ≤ ratio × error"),
+}
+
+
+def configure_parser(parser: argparse.ArgumentParser) -> None:
+    """Add the ``deepres study`` options to ``parser``."""
+    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
+                        help="base configuration (default: quick)")
+    parser.add_argument("--seed", type=int, default=None, help="a single seed (same as --seeds N)")
+    for flag, (_, kind, text) in _AXES.items():
+        parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
+    parser.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
+                        help="replicas in antithetic pairs (default: the preset's, on)")
+    parser.add_argument("--dtype", choices=["float32", "float64"], default=None,
+                        help="dtype of the networks (default: the preset's, float32)")
+    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--backend", default="auto", help="stack backend: auto, torch, triton, reference")
+    parser.add_argument("--out", default="study-out", help="output directory (default: study-out)")
+    parser.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+
+
+def config_from_args(args: argparse.Namespace) -> StudyConfig:
+    """The :class:`StudyConfig` of the preset with the flags given applied."""
+    overrides: dict[str, Any] = {}
+    for flag, (name, _, _) in _AXES.items():
+        value = getattr(args, flag.lstrip("-").replace("-", "_"))
+        if value is not None:
+            overrides[name] = value
+    if args.seed is not None:
+        overrides["seeds"] = [args.seed]
+    if args.antithetic is not None:
+        overrides["antithetic"] = args.antithetic
+    if args.dtype is not None:
+        overrides["dtype"] = args.dtype
+    return preset(args.preset, **overrides)
+
+
+def _versions(device: str) -> dict[str, Any]:
+    import numpy
+
+    import deepres
+
+    info: dict[str, Any] = {"deepres": deepres.__version__, "torch": torch.__version__,
+                            "numpy": numpy.__version__, "python": platform.python_version(),
+                            "platform": platform.platform(), "processor": platform.processor(),
+                            "torch_threads": torch.get_num_threads(), "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["device_name"] = torch.cuda.get_device_name(torch.device(device))
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info
+
+
+def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
+              progress: bool = True, plots: bool = True) -> dict[str, Any]:
+    """Run (or resume) a study, analyze it and write its report to ``out``.
+
+    Args:
+        config: the study. out: output directory.
+        device: Default ``"cpu"``. backend: stack backend. Default ``"auto"``.
+        progress: tqdm bar. Default True. plots: write PNGs. Default True.
+
+    Returns:
+        The report dict written to ``out/study.json``.
+    """
+    from deepres.study.analysis import analyze
+    from deepres.study.compare import limit_backend
+    from deepres.study.sweep import ResultStore, run_units
+
+    store = ResultStore(out)
+    start = time.perf_counter()
+    counts = run_units(config.units(), store, device=device, backend=backend, progress=progress)
+    ran = time.perf_counter() - start
+    analysis = analyze(config, store)
+    report = {
+        "config": config.as_dict(),
+        "limit_backend": limit_backend(config.resolved_solver),
+        "environment": _versions(device),
+        "units": counts,
+        "wall_seconds": {"run": ran, "total": time.perf_counter() - start},
+        **analysis,
+    }
+    write_report(report, out, plots=plots)
+    report["wall_seconds"]["total"] = time.perf_counter() - start
+    _write_json(report, Path(out) / "study.json")
+    return report
+
+
+def _clean(value: Any) -> Any:
+    """JSON-safe: NaN/inf → None, numpy/tensor scalars → Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return _clean(value.tolist())
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _write_json(report: dict[str, Any], path: Path) -> None:
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(_clean(report), indent=1))
+    tmp.replace(path)
+
+
+def write_report(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
+    """Write ``study.json``, ``measurements.csv``, ``fits.csv`` and (optionally) the PNG plots."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "study.json", out / "measurements.csv", out / "fits.csv"]
+    _write_json(report, written[0])
+    rows = report["measurements"]
+    if rows:
+        with open(written[1], "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(_clean(rows))
+    fits = report["fits"] + report["lazy"]["fits"]
+    with open(written[2], "w", newline="") as handle:
+        names = ["name", "space", "fixed", "slope", "ci_low", "ci_high", "theory", "points", "excluded"]
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        for f in fits:
+            writer.writerow({"name": f["name"], "space": f["space"], "fixed": json.dumps(_clean(f["fixed"])),
+                             "slope": f["slope"], "ci_low": f["ci_low"], "ci_high": f["ci_high"],
+                             "theory": f["theory"], "points": f["points"], "excluded": len(f["excluded"])})
+    if plots:
+        from deepres.study.plots import plot_report
+
+        written += plot_report(report, out)
+    return written
+
+
+def _summary(report: dict[str, Any]) -> str:
+    lines = [f"deepres study: {report['units']['ran']} units run, {report['units']['resumed']} resumed, "
+             f"{report['wall_seconds']['total']:.1f} s; limit: {report['limit_backend']} "
+             f"({report['config']['resolved_solver']})"]
+    for f in report["fits"]:
+        if f["space"] != "output" or f["slope"] is None or f["name"] == "rms_vs_depth":
+            continue
+        fixed = ", ".join(f"{k}={v}" for k, v in f["fixed"].items() if k in ("hidden", "depth"))
+        lines.append(f"  {f['name']:<22} {fixed:<10} slope {f['slope']:+.3f} "
+                     f"[{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]  theory {f['theory']:+.1f}"
+                     + (f"  ({len(f['excluded'])} points excluded)" if f["excluded"] else ""))
+    for f in report["lazy"]["fits"]:
+        if f["slope"] is not None:
+            lines.append(f"  {f['name']:<34} slope {f['slope']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]")
+    for c in report["checks"]:
+        lines.append(f"  [{'ok' if c['holds'] else 'NO'}] {c['check']}: {c['value']:.4g}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``deepres study`` with parsed ``args``; returns the exit status (0 on success)."""
+    try:
+        config = config_from_args(args)
+    except (TypeError, ValueError) as error:
+        print(f"deepres study: {error}", file=sys.stderr)
+        return 2
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    report = run_study(config, args.out, device=args.device, backend=args.backend,
+                       progress=not args.no_progress, plots=not args.no_plots)
+    print(_summary(report))
+    print(f"report: {Path(args.out) / 'study.json'}")
+    return 0

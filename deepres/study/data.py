@@ -1,0 +1,152 @@
+"""Seeded synthetic regression tasks for the studies, and a loader for user tensors.
+
+Every task is a pair (x, y) of float tensors, (N, d_in) and (N, d_out), built from
+a seed so that a study is reproducible and every network of a sweep sees the same data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from deepres._checks import check_positive_int, check_tensor
+
+__all__ = ["TASKS", "Task", "load_task", "make_task", "paper_task", "teacher_task"]
+
+#: Names accepted by :func:`make_task`.
+TASKS: tuple[str, ...] = ("paper", "teacher")
+
+
+@dataclass(frozen=True)
+class Task:
+    """A regression data set: inputs ``x`` (N, d_in), targets ``y`` (N, d_out), and its name."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    name: str
+
+    @property
+    def in_features(self) -> int:
+        return int(self.x.shape[1])
+
+    @property
+    def out_features(self) -> int:
+        return int(self.y.shape[1])
+
+
+def _generator(seed: int) -> torch.Generator:
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int; got {type(seed).__name__} {seed!r}")
+    return torch.Generator().manual_seed(seed)
+
+
+def paper_task(seed: int = 0, *, samples: int = 10, in_features: int = 5, out_features: int = 5,
+               dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Task:
+    """The companion paper's task: x and y with i.i.d. N(0, 1) entries (pure memorization).
+
+    Args:
+        seed: seed of the draw. Default 0.
+        samples: N. Default 10. in_features: d_in. Default 5. out_features: d_out. Default 5.
+        dtype: Default float32. device: Default CPU.
+
+    Returns:
+        A :class:`Task` with x (N, d_in) and y (N, d_out).
+
+    Example:
+        >>> task = paper_task(0)
+        >>> task.x.shape, task.y.shape
+        (torch.Size([10, 5]), torch.Size([10, 5]))
+    """
+    check_positive_int(samples, "samples")
+    check_positive_int(in_features, "in_features")
+    check_positive_int(out_features, "out_features")
+    gen = _generator(seed)
+    x = torch.randn(samples, in_features, generator=gen, dtype=torch.float64)
+    y = torch.randn(samples, out_features, generator=gen, dtype=torch.float64)
+    return Task(x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype), "paper")
+
+
+def teacher_task(seed: int = 0, *, samples: int = 10, in_features: int = 5, out_features: int = 5,
+                 hidden: int = 32, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str | None = None) -> Task:
+    """A teacher-network regression: y = B tanh(A x / √d_in) / √hidden, x with N(0, 1) entries.
+
+    The targets are a smooth function of the inputs of unit scale (A and B have
+    N(0, 1) entries), so a network can fit them by learning features rather than
+    memorizing noise.
+
+    Args:
+        seed: seed of the draw (teacher and inputs). Default 0.
+        samples: N. Default 10. in_features: d_in. Default 5. out_features: d_out. Default 5.
+        hidden: width of the teacher's hidden layer. Default 32.
+        dtype: Default float32. device: Default CPU.
+
+    Returns:
+        A :class:`Task`.
+
+    Example:
+        >>> teacher_task(1, samples=20).y.shape
+        torch.Size([20, 5])
+    """
+    check_positive_int(samples, "samples")
+    check_positive_int(in_features, "in_features")
+    check_positive_int(out_features, "out_features")
+    check_positive_int(hidden, "hidden")
+    gen = _generator(seed)
+    x = torch.randn(samples, in_features, generator=gen, dtype=torch.float64)
+    a = torch.randn(hidden, in_features, generator=gen, dtype=torch.float64)
+    b = torch.randn(out_features, hidden, generator=gen, dtype=torch.float64)
+    y = torch.tanh(x @ a.T / math.sqrt(in_features)) @ b.T / math.sqrt(hidden)
+    return Task(x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype), "teacher")
+
+
+def make_task(name: str, seed: int = 0, **options: object) -> Task:
+    """Build a task by name: ``"paper"`` (:func:`paper_task`) or ``"teacher"`` (:func:`teacher_task`).
+
+    Example:
+        >>> make_task("paper", 3).name
+        'paper'
+    """
+    if name == "paper":
+        return paper_task(seed, **options)  # type: ignore[arg-type]
+    if name == "teacher":
+        return teacher_task(seed, **options)  # type: ignore[arg-type]
+    raise ValueError(f"task must be one of {TASKS}; got {name!r}")
+
+
+def load_task(source: str | Path | tuple[torch.Tensor, torch.Tensor], *,
+              dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Task:
+    """Wrap the user's own data as a :class:`Task`.
+
+    Args:
+        source: a pair (x, y) of tensors, (N, d_in) and (N, d_out); or the path of a
+            file written by ``torch.save`` holding such a pair or a dict with keys
+            ``"x"`` and ``"y"``.
+        dtype: converted to this dtype. Default float32. device: Default CPU.
+
+    Returns:
+        A :class:`Task` named ``"user"``.
+
+    Example:
+        >>> load_task((torch.randn(8, 3), torch.randn(8, 2))).out_features
+        2
+    """
+    if isinstance(source, (str, Path)):
+        loaded = torch.load(Path(source), map_location="cpu", weights_only=True)
+        if isinstance(loaded, dict):
+            if "x" not in loaded or "y" not in loaded:
+                raise ValueError(f"the file {source} must hold a dict with keys 'x' and 'y'; "
+                                 f"got keys {sorted(loaded)}")
+            loaded = (loaded["x"], loaded["y"])
+        source = loaded
+    if not isinstance(source, (tuple, list)) or len(source) != 2:
+        raise TypeError(f"source must be a path or a pair (x, y) of tensors; got {type(source).__name__}")
+    x = check_tensor(source[0], "x")
+    y = check_tensor(source[1], "y")
+    if x.dim() != 2 or y.dim() != 2 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y must have shapes (N, d_in) and (N, d_out) with the same N; "
+                         f"got {tuple(x.shape)} and {tuple(y.shape)}")
+    return Task(x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype), "user")

@@ -1,0 +1,201 @@
+"""Study configurations: the full set of axes and options, and the named presets.
+
+A :class:`StudyConfig` says everything a study does; :func:`StudyConfig.units`
+cuts it into units of work (see :mod:`deepres.study.sweep`). Presets:
+
+* ``quick`` — runs on a 2-core CPU in a few minutes and shows every rate: the
+  fluctuation's −1/2 in L and in M, the bias's −1 in L, and the lazy α sweep.
+  Its design (measured, see docs/study.md): D = 4, α = 1, η = 0.1, 20 GD steps on
+  the companion paper's task (N = 10, d_in = d_out = 5); L ∈ {4..64},
+  M ∈ {1, 4, 16}; 256 replicas in antithetic pairs; the limit from 4 independent
+  sets of 8192 particles (scrambled Sobol points in antithetic pairs) on a 16-step
+  RK4 grid.
+* ``paper`` — the large sweep for a GPU: L up to 1024, M up to 64, D ∈ {4, 16},
+  several α, more replicas and a finer limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from deepres.study.compare import SOLVERS, limit_backend
+
+__all__ = ["PRESETS", "StudyConfig", "preset"]
+
+
+def _record_steps(steps: int, count: int) -> list[int]:
+    """``count`` steps from 0 to ``steps`` (included), evenly spaced, unique."""
+    if count <= 1 or steps == 0:
+        return [steps]
+    return sorted({round(i * steps / (count - 1)) for i in range(count)})
+
+
+@dataclass
+class StudyConfig:
+    """Every axis and option of a ResNet-vs-limit study.
+
+    Attributes (defaults in brackets):
+        task: ``"paper"`` or ``"teacher"`` ["paper"]. samples: N [10].
+        depths: L values [4, 8, 16, 32, 64]. widths: M values [1, 4, 16]. dims: D values [4].
+        alphas: α values [1.0]. etas: η values [0.1]. steps: GD step counts [20].
+        seeds: data/embedding/limit seeds [0]. replicas: R per (L, M, ...) [256].
+        antithetic: replicas in antithetic pairs (u, v), (u, −v) [True].
+        particles: K per limit set [8192]. grid_steps: N [16]. limit_sets: independent
+            particle sets averaged into the limit [4]. solver: ``"euler"``, ``"midpoint"``,
+            ``"rk4"``; None picks rk4 when deepres.meanode provides MeanODENet, else euler [None].
+        particle_init: ``"sobol"`` or ``"antithetic"``; None picks sobol with MeanODENet,
+            else antithetic [None].
+        activation: ["tanh"]. dtype: ``"float32"`` or ``"float64"`` ["float32"].
+        records: how many steps to record, evenly spaced from 0 to the last [5].
+        lazy_alphas: α values of the lazy sweep, [] to skip [1, 2, 4, 8, 16, 32].
+        lazy_depth, lazy_hidden, lazy_replicas: shape of its networks [16, 4, 16].
+        bootstrap: bootstrap draws per fit [400]. level: CI coverage [0.95].
+        ref_ratio: a point enters a fit only if reference error ≤ ref_ratio × error [1/3].
+        noise_ratio: a bias enters a fit only if it is ≥ noise_ratio × its replica
+            standard error [3.0].
+    """
+
+    task: str = "paper"
+    samples: int = 10
+    depths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    widths: list[int] = field(default_factory=lambda: [1, 4, 16])
+    dims: list[int] = field(default_factory=lambda: [4])
+    alphas: list[float] = field(default_factory=lambda: [1.0])
+    etas: list[float] = field(default_factory=lambda: [0.1])
+    steps: list[int] = field(default_factory=lambda: [20])
+    seeds: list[int] = field(default_factory=lambda: [0])
+    replicas: int = 256
+    antithetic: bool = True
+    particles: int = 8192
+    grid_steps: int = 16
+    limit_sets: int = 4
+    solver: str | None = None
+    particle_init: str | None = None
+    activation: str = "tanh"
+    dtype: str = "float32"
+    records: int = 5
+    lazy_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    lazy_depth: int = 16
+    lazy_hidden: int = 4
+    lazy_replicas: int = 16
+    bootstrap: int = 400
+    level: float = 0.95
+    ref_ratio: float = 1 / 3
+    noise_ratio: float = 3.0
+
+    def __post_init__(self) -> None:
+        for name in ("depths", "widths", "dims", "steps", "seeds", "alphas", "etas"):
+            values = getattr(self, name)
+            if not isinstance(values, (list, tuple)) or not values:
+                raise ValueError(f"{name} must be a non-empty list; got {values!r}")
+        for name in ("depths", "widths", "dims"):
+            if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in getattr(self, name)):
+                raise ValueError(f"{name} must hold ints ≥ 1; got {getattr(self, name)!r}")
+        if any(not isinstance(v, int) or v < 0 for v in self.steps):
+            raise ValueError(f"steps must hold ints ≥ 0; got {self.steps!r}")
+        for name in ("alphas", "etas", "lazy_alphas"):
+            if any(not float(v) > 0 for v in getattr(self, name)):
+                raise ValueError(f"{name} must hold numbers > 0; got {getattr(self, name)!r}")
+        if self.antithetic and self.replicas % 2:
+            raise ValueError(f"replicas must be even with antithetic pairs; got {self.replicas}")
+        if self.replicas < 2:
+            raise ValueError(f"replicas must be ≥ 2 (fluctuations need a spread); got {self.replicas}")
+        if self.particles < 2 or self.particles % 2:
+            raise ValueError(f"particles must be even and ≥ 2 (antithetic pairs); got {self.particles}")
+        if self.grid_steps < 2:
+            raise ValueError(f"grid_steps must be ≥ 2 (the grid check halves it); got {self.grid_steps}")
+        if self.limit_sets < 2:
+            raise ValueError(f"limit_sets must be ≥ 2 (their spread is the particle error); "
+                             f"got {self.limit_sets}")
+        if self.solver is not None and self.solver not in SOLVERS:
+            raise ValueError(f"solver must be one of {SOLVERS} or None; got {self.solver!r}")
+        if self.particle_init is not None and self.particle_init not in ("sobol", "antithetic"):
+            raise ValueError(f"particle_init must be 'sobol', 'antithetic' or None; got {self.particle_init!r}")
+        if self.dtype not in ("float32", "float64"):
+            raise ValueError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
+        if self.lazy_alphas and self.lazy_hidden % 2:
+            raise ValueError(f"lazy_hidden must be even (paired units); got {self.lazy_hidden}")
+        if not 0 < self.ref_ratio <= 1:
+            raise ValueError(f"ref_ratio must be in (0, 1]; got {self.ref_ratio!r}")
+
+    @property
+    def resolved_solver(self) -> str:
+        """The solver the limit uses: the configured one, or rk4 with MeanODENet and euler without."""
+        if self.solver is not None:
+            return self.solver
+        return "rk4" if limit_backend("rk4") == "meanode" else "euler"
+
+    @property
+    def resolved_particle_init(self) -> str:
+        """The particle init: the configured one, or sobol with MeanODENet and antithetic without."""
+        if self.particle_init is not None:
+            return self.particle_init
+        return "sobol" if limit_backend("rk4") == "meanode" else "antithetic"
+
+    def as_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self) | {"resolved_solver": self.resolved_solver,
+                                           "resolved_particle_init": self.resolved_particle_init}
+
+    def _base(self, seed: int, dim: int, alpha: float, eta: float, steps: int) -> dict[str, Any]:
+        return {"task": self.task, "samples": self.samples, "seed": seed, "dim": dim, "alpha": float(alpha),
+                "eta": float(eta), "steps": steps, "activation": self.activation, "dtype": self.dtype,
+                "record_steps": _record_steps(steps, self.records)}
+
+    def groups(self) -> list[dict[str, Any]]:
+        """One dict per (seed, D, α, η, steps): the settings shared by a limit and its ResNets."""
+        return [self._base(seed, dim, alpha, eta, steps) for seed in self.seeds for dim in self.dims
+                for alpha in self.alphas for eta in self.etas for steps in self.steps]
+
+    def limit_unit(self, group: dict[str, Any], *, grid_check: bool = False) -> dict[str, Any]:
+        """The limit unit of a group; with ``grid_check`` its one-set, half-grid check."""
+        return group | {"kind": "limit", "particles": self.particles, "solver": self.resolved_solver,
+                        "particle_init": self.resolved_particle_init,
+                        "grid_steps": self.grid_steps // 2 if grid_check else self.grid_steps,
+                        "sets": 1 if grid_check else self.limit_sets}
+
+    def resnet_unit(self, group: dict[str, Any], depth: int, hidden: int) -> dict[str, Any]:
+        return group | {"kind": "resnet", "depth": depth, "hidden": hidden, "replicas": self.replicas,
+                        "antithetic": self.antithetic}
+
+    def lazy_units(self) -> list[dict[str, Any]]:
+        """The α-sweep units (float64: the distances reach 1e-5 and below)."""
+        return [self._base(seed, dim, alpha, eta, steps)
+                | {"kind": "lazy", "depth": self.lazy_depth, "hidden": self.lazy_hidden,
+                   "replicas": self.lazy_replicas, "dtype": "float64"}
+                for seed in self.seeds for dim in self.dims for eta in self.etas for steps in self.steps
+                for alpha in self.lazy_alphas]
+
+    def units(self) -> list[dict[str, Any]]:
+        """Every unit of work of the study."""
+        out: list[dict[str, Any]] = []
+        for group in self.groups():
+            out.append(self.limit_unit(group))
+            out.append(self.limit_unit(group, grid_check=True))
+            out.extend(self.resnet_unit(group, depth, hidden)
+                       for hidden in self.widths for depth in self.depths)
+        return out + self.lazy_units()
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "quick": {},
+    "paper": {
+        "depths": [8, 16, 32, 64, 128, 256, 512, 1024], "widths": [1, 4, 16, 64], "dims": [4, 16],
+        "alphas": [1.0], "steps": [50], "replicas": 512, "particles": 65536, "grid_steps": 32,
+        "limit_sets": 8, "lazy_alphas": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "lazy_depth": 64,
+        "lazy_hidden": 8, "lazy_replicas": 32, "bootstrap": 1000,
+    },
+}
+
+
+def preset(name: str, **overrides: Any) -> StudyConfig:
+    """The named preset's :class:`StudyConfig`, with ``overrides`` applied.
+
+    Example:
+        >>> preset("quick", depths=[4, 8]).depths
+        [4, 8]
+    """
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {tuple(PRESETS)}; got {name!r}")
+    return StudyConfig(**(PRESETS[name] | overrides))

@@ -1,0 +1,275 @@
+"""Sweeps: units of work, a results store that survives interruption, executors.
+
+A study is cut into independent *units*, each a plain JSON-able dict:
+
+* ``{"kind": "resnet", ...}``: R coupled ResNet replicas of one (L, M, D, α, η, steps, seed);
+* ``{"kind": "limit", ...}``: the limit for one (D, α, η, steps, seed), with ``sets``
+  independent particle draws of K particles on an N-step grid (the grid check is
+  another limit unit with N/2 steps);
+* ``{"kind": "lazy", ...}``: the α-sweep measurements of one (L, M, D, α, η, steps, seed).
+
+A unit's result depends only on the unit (its seeds are derived from its content),
+so units can run in any order, on any worker. :class:`ResultStore` keeps one file
+per finished unit, written atomically (a temporary file then ``os.replace``): a
+rerun reads back what is there and runs only what is missing, and a run killed
+midway loses only the unit it was running.
+
+Executors run units: :class:`LocalExecutor` runs them one after the other in this
+process. Another executor (a Ray or multiprocessing pool) only has to implement
+:meth:`Executor.run`: call ``work(unit)`` somewhere, and ``on_done(unit, result)``
+in this process for each result, as they finish, so that the store is written by
+one process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+
+from deepres.study.compare import build_limit_sets, build_resnet, coupling_weights
+from deepres.study.data import make_task
+from deepres.study.lazy import lazy_measurements
+from deepres.train import train
+
+__all__ = [
+    "Executor",
+    "LocalExecutor",
+    "ResultStore",
+    "derived_seed",
+    "run_unit",
+    "run_units",
+    "unit_cost",
+    "unit_key",
+]
+
+_COST_SCALE = 1e6
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def unit_key(unit: dict[str, Any]) -> str:
+    """A stable file-name-safe key for ``unit``: its kind and a digest of its canonical JSON."""
+    text = json.dumps(unit, sort_keys=True, separators=(",", ":"))
+    return f"{unit['kind']}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
+
+
+def derived_seed(*parts: object) -> int:
+    """A 62-bit seed derived from ``parts`` (stable across runs and machines)."""
+    text = json.dumps(parts, sort_keys=True, separators=(",", ":"), default=str)
+    return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
+
+
+def unit_cost(unit: dict[str, Any]) -> float:
+    """Rough relative cost of a unit (unit-layer evaluations), for the progress bar's ETA."""
+    samples = unit["samples"]
+    steps = max(unit["steps"], 1)
+    if unit["kind"] == "resnet":
+        # Per-layer overhead dominates small layers: count at least 64 unit-layers each.
+        return steps * unit["depth"] * max(unit["replicas"] * unit["hidden"] * samples, 2048)
+    if unit["kind"] == "limit":
+        stages = {"euler": 1, "midpoint": 2, "rk4": 4}[unit["solver"]]
+        return steps * unit["grid_steps"] * stages * max(unit["sets"] * unit["particles"] * samples, 2048)
+    # lazy: the network, plus its linearization (a forward-mode and a reverse pass per step).
+    return 4 * steps * unit["depth"] * max(unit["replicas"] * unit["hidden"] * samples, 2048)
+
+
+def _task_and_coupling(unit: dict[str, Any], device: torch.device | str | None,
+                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    dtype = _DTYPES[unit["dtype"]]
+    task = make_task(unit["task"], unit["seed"], samples=unit["samples"], dtype=dtype, device=device)
+    embed, readout = coupling_weights(task.in_features, task.out_features, unit["dim"],
+                                      derived_seed("coupling", unit["seed"], unit["dim"]),
+                                      dtype=dtype, device=device)
+    return task.x, task.y, embed, readout
+
+
+def _weights(net: torch.nn.Module) -> torch.Tensor:
+    """u and v of a replicated stack, flattened per replica: (R, 2·L·M·D)."""
+    stack = net.stack  # type: ignore[attr-defined]
+    return torch.cat([stack.u.detach().flatten(1), stack.v.detach().flatten(1)], dim=1).clone()
+
+
+def run_unit(unit: dict[str, Any], *, device: torch.device | str | None = None,
+             backend: str = "auto") -> dict[str, Any]:
+    """Run one unit of work and return its result (CPU tensors and floats).
+
+    Args:
+        unit: a unit dict (see the module docstring).
+        device: where to run. Default: CPU. backend: stack backend. Default ``"auto"``.
+
+    Returns:
+        For ``resnet``: ``outputs`` (S, R, N, d_out) and ``features`` (S, R, N, D) at
+        ``record_steps``, ``losses`` (steps+1, R), ``nonfinite`` (R,), ``nonfinite_step``
+        (R,), ``weight_movement`` (R,) = ‖θ_K − θ_0‖/‖θ_0‖. For ``limit``: ``outputs``
+        (S, sets, N, d_out), ``features`` (S, sets, N, D), ``losses``, ``nonfinite``.
+        For ``lazy``: see :func:`deepres.study.lazy.lazy_measurements`. Always
+        ``seconds`` (wall time).
+    """
+    start = time.perf_counter()
+    x, y, embed, readout = _task_and_coupling(unit, device)
+    record = unit["record_steps"]
+    kind = unit["kind"]
+    if kind == "resnet":
+        net = build_resnet(embed, readout, depth=unit["depth"], hidden=unit["hidden"],
+                           replicas=unit["replicas"], alpha=unit["alpha"], activation=unit["activation"],
+                           antithetic=unit["antithetic"], backend=backend,
+                           seed=derived_seed("resnet", unit))
+        initial = _weights(net)
+        result = train(net, x, y, steps=unit["steps"], eta=unit["eta"], record_steps=record)
+        moved = (_weights(net) - initial).double().norm(dim=1) / initial.double().norm(dim=1)
+        out: dict[str, Any] = {
+            "outputs": result.recorded_outputs.cpu(), "features": result.recorded_features.cpu(),
+            "losses": result.losses.cpu(), "nonfinite": result.nonfinite.cpu(),
+            "nonfinite_step": result.nonfinite_step.cpu(), "weight_movement": moved.cpu(),
+        }
+    elif kind == "limit":
+        nets = build_limit_sets(embed, readout, particles=unit["particles"], grid_steps=unit["grid_steps"],
+                                sets=unit["sets"], alpha=unit["alpha"], activation=unit["activation"],
+                                solver=unit["solver"], particle_init=unit["particle_init"],
+                                seed=derived_seed("limit", unit["seed"], unit["dim"], unit["particles"]),
+                                backend=backend)
+        results = [train(net, x, y, steps=unit["steps"], eta=unit["eta"], record_steps=record)
+                   for net in nets]
+
+        def stacked(name: str) -> torch.Tensor:
+            parts = [getattr(r, name) for r in results]
+            # A MeanODENet has no replica axis: give each of its records one.
+            parts = [p.unsqueeze(1) if p.dim() == 3 else p for p in parts]
+            return torch.cat(parts, dim=1).cpu()
+
+        losses = [r.losses if r.losses.dim() == 2 else r.losses.unsqueeze(1) for r in results]
+        nonfinite = [r.nonfinite.reshape(-1) for r in results]
+        out = {"outputs": stacked("recorded_outputs"), "features": stacked("recorded_features"),
+               "losses": torch.cat(losses, dim=1).cpu(), "nonfinite": torch.cat(nonfinite).cpu()}
+    elif kind == "lazy":
+        out = lazy_measurements(x, y, embed, readout, depth=unit["depth"], hidden=unit["hidden"],
+                                replicas=unit["replicas"], alpha=unit["alpha"], eta=unit["eta"],
+                                steps=unit["steps"], activation=unit["activation"],
+                                seed=derived_seed("lazy", unit))
+    else:
+        raise ValueError(f"unit kind must be 'resnet', 'limit' or 'lazy'; got {kind!r}")
+    out["seconds"] = time.perf_counter() - start
+    return out
+
+
+class ResultStore:
+    """One file per finished unit under ``root/units/``, written atomically.
+
+    Args:
+        root: the study's output directory (created if missing).
+
+    Example:
+        >>> store = ResultStore(tempfile.mkdtemp())
+        >>> unit = {"kind": "resnet", "depth": 4}
+        >>> store.save(unit, {"x": torch.ones(2)})
+        >>> store.has(unit), store.load(unit)["x"].tolist()
+        (True, [1.0, 1.0])
+    """
+
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+        self.units_dir = self.root / "units"
+        self.units_dir.mkdir(parents=True, exist_ok=True)
+
+    def path(self, unit: dict[str, Any]) -> Path:
+        return self.units_dir / f"{unit_key(unit)}.pt"
+
+    def has(self, unit: dict[str, Any]) -> bool:
+        return self.path(unit).is_file()
+
+    def load(self, unit: dict[str, Any]) -> dict[str, Any]:
+        """The stored result of ``unit``; raises FileNotFoundError when it has not finished."""
+        payload = torch.load(self.path(unit), map_location="cpu", weights_only=True)
+        if payload.get("unit") != json.loads(json.dumps(unit)):
+            raise ValueError(f"the file {self.path(unit)} holds another unit (digest collision)")
+        return payload["result"]
+
+    def save(self, unit: dict[str, Any], result: dict[str, Any]) -> None:
+        """Write ``result`` for ``unit``: to a temporary file in the same folder, then renamed.
+
+        ``os.replace`` is atomic on one file system, so a reader (or a rerun after a
+        kill) sees either no file or the whole file, never a partial one.
+        """
+        target = self.path(unit)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=self.units_dir)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save({"unit": unit, "result": result}, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+
+class Executor(Protocol):
+    """Runs units of work; see the module docstring for the contract."""
+
+    def run(self, work: Callable[[dict[str, Any]], dict[str, Any]], units: Sequence[dict[str, Any]],
+            on_done: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
+        """Call ``work(unit)`` for every unit, and ``on_done(unit, result)`` here as each finishes."""
+        ...
+
+
+class LocalExecutor:
+    """Runs the units one after the other in this process (the default executor)."""
+
+    def run(self, work: Callable[[dict[str, Any]], dict[str, Any]], units: Sequence[dict[str, Any]],
+            on_done: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
+        for unit in units:
+            on_done(unit, work(unit))
+
+
+def run_units(units: Sequence[dict[str, Any]], store: ResultStore, *, executor: Executor | None = None,
+              device: torch.device | str | None = None, backend: str = "auto", progress: bool = True,
+              ) -> dict[str, int]:
+    """Run the units that the store does not hold yet; store each as it finishes.
+
+    Args:
+        units: the study's units. store: where results go.
+        executor: Default :class:`LocalExecutor`.
+        device: Default CPU. backend: stack backend. Default ``"auto"``.
+        progress: show a tqdm bar weighted by :func:`unit_cost` (its ETA). Default True.
+
+    Returns:
+        ``{"total": ..., "resumed": ..., "ran": ...}`` counts of units.
+    """
+    executor = executor or LocalExecutor()
+    todo = [u for u in units if not store.has(u)]
+    counts = {"total": len(units), "resumed": len(units) - len(todo), "ran": 0}
+    # Cheapest first: the bar's rate settles early and an interruption keeps the most units.
+    todo.sort(key=unit_cost)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        # The bar counts work (unit_cost), not units, so that its ETA weighs big units right.
+        total = sum(unit_cost(u) for u in todo) / _COST_SCALE
+        bar = tqdm(total=total, desc="study", bar_format="{l_bar}{bar}| {percentage:3.0f}% "
+                   "[{elapsed}<{remaining}] {postfix}")
+        bar.set_postfix_str(f"{counts['resumed']} units resumed, {len(todo)} to run")
+
+    def done(unit: dict[str, Any], result: dict[str, Any]) -> None:
+        store.save(unit, result)
+        counts["ran"] += 1
+        if bar is not None:
+            bar.update(unit_cost(unit) / _COST_SCALE)
+            bar.set_postfix_str(f"{unit_key(unit)[:14]} {result['seconds']:.1f}s")
+
+    def work(unit: dict[str, Any]) -> dict[str, Any]:
+        return run_unit(unit, device=device, backend=backend)
+
+    try:
+        executor.run(work, todo, done)
+    finally:
+        if bar is not None:
+            bar.close()
+    return counts
