@@ -75,24 +75,29 @@ class Tableau:
         return torch.arange(count, dtype=torch.float64).div_(self.nodes_per_step * steps).to(
             device=device, dtype=dtype)
 
-    def node_weights(self, steps: int) -> list[float]:
-        """The quadrature weights q_j of the nodes (they multiply the gradient density).
+    def quadrature_weights(self, steps: int) -> list[float]:
+        """The weights the tableau induces on the nodes: Σ of Δ·b_r over the stages reading node j.
 
-        Euler and midpoint: Δ at every node. rk4: composite Simpson,
-        Δ·(1/6, 2/3, 1/3, 2/3, …, 1/3, 2/3, 1/6).
+        euler: Δ (left rectangle rule); midpoint: 0 at the nodes 2i, Δ at the
+        half-step nodes (midpoint rule); rk4: composite Simpson,
+        Δ·(1/6, 2/3, 1/3, 2/3, …, 1/3, 2/3, 1/6). ∫₀¹ g ds ≈ Σ_j q_j g(s_j) to the solver's order.
         """
         delta = 1.0 / steps
-        if self.name != "rk4":
-            return [delta] * self.num_nodes(steps)
-        weights = []
-        for j in range(self.num_nodes(steps)):
-            if j % 2 == 1:
-                weights.append(2.0 * delta / 3.0)
-            elif j in (0, 2 * steps):
-                weights.append(delta / 6.0)
-            else:
-                weights.append(delta / 3.0)
+        weights = [0.0] * self.num_nodes(steps)
+        for step in range(steps):
+            for r, coef in enumerate(self.b):
+                weights[self.node(step, r)] += delta * coef
         return weights
+
+    def node_weights(self, steps: int) -> list[float]:
+        """The weights q_j that multiply the gradient density at node j in the adjoint route.
+
+        The induced :meth:`quadrature_weights`, except that nodes the tableau
+        gives no weight (midpoint's 2i) get Δ, so that every node has a finite
+        lr multiplier and moves pointwise.
+        """
+        delta = 1.0 / steps
+        return [w if w > 0 else delta for w in self.quadrature_weights(steps)]
 
 
 TABLEAUS: dict[str, Tableau] = {
