@@ -60,7 +60,9 @@ def _resources(ptx: str, arch: int) -> tuple[int, int]:
     try:
         # The newest bundled ptxas first: Triton may emit a PTX version the older one lacks.
         for ptxas in _ptxas_candidates():
-            run = subprocess.run([ptxas, "-v", f"--gpu-name=sm_{arch}a", handle.name, "-o", os.devnull],
+            # sm_90a and later: the arch-specific ("a") variant Triton targets (wgmma etc.).
+            name = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+            run = subprocess.run([ptxas, "-v", f"--gpu-name={name}", handle.name, "-o", os.devnull],
                                  capture_output=True, text=True)
             if run.returncode == 0:
                 log = run.stdout + run.stderr

@@ -139,6 +139,13 @@ def choose_config(batch: int, dim: int, width: int, replicas: int, device: torch
     return _choose_config_cached(batch, dim, width, replicas, multiprocessors, backward)
 
 
+def _check_config(cfg: StackConfig, dim: int) -> StackConfig:
+    if cfg.block_d < dim:
+        raise ValueError(f"config.block_d must cover D = {dim} (one program holds whole rows of h); "
+                         f"got block_d = {cfg.block_d}")
+    return cfg
+
+
 def _precision(allow_tf32: bool) -> str:
     return "tf32" if allow_tf32 else "ieee"
 
@@ -177,7 +184,7 @@ def stack_forward(
     """
     replicas, batch, dim = h0.shape
     depth, width = u.shape[1], u.shape[2]
-    cfg = config or choose_config(batch, dim, width, replicas, h0.device)
+    cfg = _check_config(config or choose_config(batch, dim, width, replicas, h0.device), dim)
     out = torch.empty_like(h0)
     n_segments = triton.cdiv(depth, every)
     ckpt = h0.new_empty((n_segments, replicas, batch, dim)) if save_checkpoints else None
@@ -235,7 +242,8 @@ def stack_backward(
     """
     replicas, batch, dim = grad_out.shape
     depth, width = u.shape[1], u.shape[2]
-    cfg = config or choose_config(batch, dim, width, replicas, grad_out.device, backward=True)
+    cfg = _check_config(config or choose_config(batch, dim, width, replicas, grad_out.device, backward=True),
+                        dim)
     batch_tiles = triton.cdiv(batch, cfg.block_b)
     grad_h = torch.empty_like(grad_out)
     recompute = every > 1

@@ -10,6 +10,8 @@ kernel forgets to write is NaN and fails the comparison.
 
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from deepres import ACTIVATIONS, residual_stack
 from deepres.engines.torch_engine import torch_residual_stack
@@ -303,3 +305,25 @@ def test_gpu_check_dry_run_writes_a_complete_report(tmp_path):
         assert row["median_ms"] > 0 and row["repeats"] >= 3 and row["model_TFLOPs"] > 0
     assert {(s["L"], s["pass"]) for s in report["speedups"]} == {
         (L, p) for L in (4, 8) for p in ("forward", "forward+backward")}
+
+
+def test_config_must_cover_the_embedding_dimension():
+    h, u, v, c, a = _inputs(1, 3, 20, 2, 2, seed=13)
+    with pytest.raises(ValueError, match="config.block_d must cover D = 20"):
+        triton_residual_stack(h.float(), u.float(), v.float(), c, a, "tanh", 1,
+                              config=StackConfig(block_b=16, block_d=16, block_m=16))
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_shapes_and_tiles(data):
+    replicas = data.draw(st.integers(1, 3), "R")
+    batch, dim, hidden = (data.draw(st.integers(1, 40), name) for name in ("B", "D", "M"))
+    depth = data.draw(st.integers(1, 7), "L")
+    every = data.draw(st.integers(1, 8), "every")
+    activation = data.draw(st.sampled_from(ACTIVATIONS), "activation")
+    block_d = max(16, triton.next_power_of_2(dim))
+    config = StackConfig(block_b=data.draw(st.sampled_from([16, 32]), "block_b"), block_d=block_d,
+                         block_m=data.draw(st.sampled_from([16, 32]), "block_m"))
+    _compare(replicas, batch, dim, hidden, depth, every, activation, seed=data.draw(st.integers(0, 99), "seed"),
+             deterministic=data.draw(st.booleans(), "deterministic"), config=config)
