@@ -39,7 +39,7 @@ THEORY: dict[str, float | None] = {
     "bias_vs_depth": -1.0,
     "rms_vs_depth": None,
     "weight_movement_vs_alpha": -1.0,
-    "lazy_ode_distance_vs_alpha": -1.0,
+    "lazy_ode_distance_vs_alpha": None,
     "linearization_distance_vs_alpha": None,
 }
 
@@ -117,7 +117,8 @@ def _fit(x: list[float], values: list[dict[str, Any]], stat: str, *, ref_ratio: 
             reason = (f"reference error {point['reference_error']:.3g} above {ref_ratio:.3g} × "
                       f"{stat} {value:.3g}")
         elif stat == "bias_debiased" and value < noise_ratio * point["bias_se"]:
-            reason = f"bias {value:.3g} below {noise_ratio:g} × its replica standard error {point['bias_se']:.3g}"
+            reason = (f"bias {value:.3g} below {noise_ratio:g} × its replica standard error "
+                      f"{point['bias_se']:.3g}")
         if reason is None:
             kept_x.append(xi)
             kept.append(point)
@@ -141,9 +142,10 @@ def analyze(config: StudyConfig, store: ResultStore) -> dict[str, Any]:
     for group in config.groups():
         limit = _limit_target(config, store, group)
         gkey = {k: group[k] for k in _GROUP_KEYS}
-        limits.append(gkey | {"record_steps": group["record_steps"], "nonfinite_sets": limit["nonfinite_sets"],
-                              "final_loss_mean": limit["final_loss_mean"], "seconds": limit["seconds"]}
-                      | {space: {k: v for k, v in limit[space].items() if k != "target"} for space in _SPACES})
+        summary = {"record_steps": group["record_steps"], "nonfinite_sets": limit["nonfinite_sets"],
+                   "final_loss_mean": limit["final_loss_mean"], "seconds": limit["seconds"]}
+        spaces = {space: {k: v for k, v in limit[space].items() if k != "target"} for space in _SPACES}
+        limits.append(gkey | summary | spaces)
         last = len(group["record_steps"]) - 1
         for hidden in config.widths:
             for depth in config.depths:
@@ -168,7 +170,8 @@ def analyze(config: StudyConfig, store: ResultStore) -> dict[str, Any]:
                             draws = bootstrap_errors(result[key][s], lim["target"][s], valid=valid,
                                                      antithetic=config.antithetic, draws=config.bootstrap,
                                                      seed=derived_seed("bootstrap", unit, space))
-                            final_points[(space, *gkey.values(), depth, hidden)] = {"row": row, "draws": draws}
+                            point = {"row": row, "draws": draws}
+                            final_points[(space, *gkey.values(), depth, hidden)] = point
         for space in _SPACES:
             fits.extend(_group_fits(config, gkey, space, final_points))
     fits.extend(_dim_fits(config, final_points))
@@ -186,8 +189,9 @@ def _point(entry: dict[str, Any], stat: str) -> dict[str, Any]:
 
 def _record(name: str, stat: str, space: str, fixed: dict[str, Any], fit: SlopeFit) -> dict[str, Any]:
     theory = THEORY[name]
+    covered = None if theory is None or fit.slope is None else fit.covers(theory)
     return {"name": name, "statistic": stat, "space": space, "fixed": fixed, "theory": theory,
-            **fit.as_dict(), "theory_in_ci": None if theory is None or fit.slope is None else fit.covers(theory)}
+            **fit.as_dict(), "theory_in_ci": covered}
 
 
 def _group_fits(config: StudyConfig, gkey: dict[str, Any], space: str,
@@ -200,7 +204,8 @@ def _group_fits(config: StudyConfig, gkey: dict[str, Any], space: str,
             entries = [points[(*key, d, hidden)] for d in config.depths]
             for name, stat in (("fluctuation_vs_depth", "fluctuation"), ("bias_vs_depth", "bias_debiased"),
                                ("rms_vs_depth", "rms")):
-                fit = _fit([float(d) for d in config.depths], [_point(e, stat) for e in entries], stat, **opts)
+                fit = _fit([float(d) for d in config.depths], [_point(e, stat) for e in entries], stat,
+                           **opts)
                 out.append(_record(name, stat, space, gkey | {"hidden": hidden}, fit))
     if len(config.widths) >= 2:
         for depth in config.depths:
@@ -284,7 +289,8 @@ def _checks(config: StudyConfig, result: dict[str, Any]) -> list[dict[str, Any]]
                            "holds": -0.6 <= f["slope"] <= -0.4})
         elif f["name"] == "bias_vs_depth":
             checks.append({"check": f"bias slope in L at M={f['fixed']['hidden']} below -0.6",
-                           "value": f["slope"], "ci": [f["ci_low"], f["ci_high"]], "holds": f["slope"] < -0.6})
+                           "value": f["slope"], "ci": [f["ci_low"], f["ci_high"]],
+                           "holds": f["slope"] < -0.6})
     fitted = [y for f in fits if f["slope"] is not None for y in f["y"]]
     # The fits are made at the last recorded step: that is where the limit's error matters.
     reference = max((lim["output"]["reference_error"][-1] for lim in result["limits"]), default=math.nan)

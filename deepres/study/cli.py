@@ -56,8 +56,8 @@ _AXES: dict[str, tuple[str, Any, str]] = {
     "--particles": ("particles", int, "particles K per limit set"),
     "--grid-steps": ("grid_steps", int, "steps N of the limit's depth grid"),
     "--limit-sets": ("limit_sets", int, "independent particle sets averaged into the limit"),
-    "--solver": ("solver", str, "limit solver: euler, midpoint, rk4 (default: rk4 with MeanODENet, else euler)"),
-    "--particle-init": ("particle_init", str, "limit particles: sobol or antithetic (default: sobol with MeanODENet)"),
+    "--solver": ("solver", str, "limit solver: euler, midpoint, rk4 (default: rk4 with MeanODENet)"),
+    "--particle-init": ("particle_init", str, "limit particles: sobol or antithetic (default: sobol)"),
     "--task": ("task", str, "task: paper or teacher"),
     "--samples": ("samples", int, "number of samples N"),
     "--activation": ("activation", str, "activation σ"),
@@ -218,12 +218,14 @@ def _summary(report: dict[str, Any]) -> str:
         if f["space"] != "output" or f["slope"] is None or f["name"] == "rms_vs_depth":
             continue
         fixed = ", ".join(f"{k}={v}" for k, v in f["fixed"].items() if k in ("hidden", "depth"))
+        theory = "" if f["theory"] is None else f"  theory {f['theory']:+.1f}"
         lines.append(f"  {f['name']:<22} {fixed:<10} slope {f['slope']:+.3f} "
-                     f"[{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]  theory {f['theory']:+.1f}"
+                     f"[{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]{theory}"
                      + (f"  ({len(f['excluded'])} points excluded)" if f["excluded"] else ""))
     for f in report["lazy"]["fits"]:
         if f["slope"] is not None:
-            lines.append(f"  {f['name']:<34} slope {f['slope']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]")
+            lines.append(f"  {f['name']:<34} slope {f['slope']:+.3f} "
+                         f"[{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]")
     for c in report["checks"]:
         lines.append(f"  [{'ok' if c['holds'] else 'NO'}] {c['check']}: {c['value']:.4g}")
     return "\n".join(lines)

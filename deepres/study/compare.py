@@ -174,8 +174,9 @@ def build_limit(embed: torch.Tensor, readout: torch.Tensor, *, particles: int, g
     std = net.stack.parameterization.init_std_u
     half = torch.randn(particles // 2, dim, generator=gen, dtype=torch.float64, device=embed.device) * std
     half_v = torch.randn(particles // 2, dim, generator=gen, dtype=torch.float64, device=embed.device) * std
-    u0 = torch.cat([half, half]).to(embed.dtype)
-    v0 = torch.cat([half_v, -half_v]).to(embed.dtype)
+    # Interleaved pairs (2k, 2k+1) = (u, v), (u, −v), as deepres.meanode draws them.
+    u0 = half.repeat_interleave(2, dim=0).to(embed.dtype)
+    v0 = torch.stack([half_v, -half_v], dim=1).flatten(0, 1).to(embed.dtype)
     with torch.no_grad():
         net.stack.u.copy_(u0.expand_as(net.stack.u))
         net.stack.v.copy_(v0.expand_as(net.stack.v))

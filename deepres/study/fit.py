@@ -33,12 +33,13 @@ def loglog_fit(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray)
         >>> loglog_fit([1, 2, 4], [1, 0.5, 0.25])
         (-1.0, 1.0)
     """
-    lx = np.log(np.asarray(x, dtype=float))
-    ly = np.log(np.asarray(y, dtype=float))
-    if lx.shape != ly.shape or lx.ndim != 1 or lx.size < 2:
-        raise ValueError(f"x and y must be 1-d of the same length ≥ 2; got {lx.shape} and {ly.shape}")
-    if not (np.isfinite(lx).all() and np.isfinite(ly).all()):
-        raise ValueError("x and y must be positive and finite")
+    xa = np.asarray(x, dtype=float)
+    ya = np.asarray(y, dtype=float)
+    if xa.shape != ya.shape or xa.ndim != 1 or xa.size < 2:
+        raise ValueError(f"x and y must be 1-d of the same length ≥ 2; got {xa.shape} and {ya.shape}")
+    if not (np.isfinite(xa).all() and np.isfinite(ya).all() and (xa > 0).all() and (ya > 0).all()):
+        raise ValueError(f"x and y must be positive and finite; got x={xa.tolist()}, y={ya.tolist()}")
+    lx, ly = np.log(xa), np.log(ya)
     if np.ptp(lx) == 0:
         raise ValueError("x must take at least two distinct values")
     slope, intercept = np.polyfit(lx, ly, 1)

@@ -20,7 +20,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from deepres.activations import check_activation
 from deepres.study.compare import SOLVERS, limit_backend
+from deepres.study.data import TASKS
 
 __all__ = ["PRESETS", "StudyConfig", "preset"]
 
@@ -112,7 +114,11 @@ class StudyConfig:
         if self.solver is not None and self.solver not in SOLVERS:
             raise ValueError(f"solver must be one of {SOLVERS} or None; got {self.solver!r}")
         if self.particle_init is not None and self.particle_init not in ("sobol", "antithetic"):
-            raise ValueError(f"particle_init must be 'sobol', 'antithetic' or None; got {self.particle_init!r}")
+            raise ValueError(f"particle_init must be 'sobol', 'antithetic' or None; "
+                             f"got {self.particle_init!r}")
+        if self.task not in TASKS:
+            raise ValueError(f"task must be one of {TASKS}; got {self.task!r}")
+        check_activation(self.activation)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
         if self.lazy_alphas and self.lazy_hidden % 2:

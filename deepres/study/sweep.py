@@ -50,7 +50,7 @@ __all__ = [
     "unit_key",
 ]
 
-_COST_SCALE = 1e6
+_COST_SCALE = 1e3
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -67,17 +67,24 @@ def derived_seed(*parts: object) -> int:
 
 
 def unit_cost(unit: dict[str, Any]) -> float:
-    """Rough relative cost of a unit (unit-layer evaluations), for the progress bar's ETA."""
+    """Rough relative cost of a unit, for the progress bar's ETA.
+
+    A layer (or solver stage) costs a fixed overhead (a few kernel launches) plus its
+    arithmetic: steps × layers × (1 + unit-evaluations per layer / 2·10⁵).
+    """
+    # NOTE: 2·10⁵ unit-sample evaluations per layer cost about as much as one layer's
+    # fixed launch overhead on a 2-core CPU (measured with the quick preset's units).
+    overhead = 2e5
     samples = unit["samples"]
     steps = max(unit["steps"], 1)
     if unit["kind"] == "resnet":
-        # Per-layer overhead dominates small layers: count at least 64 unit-layers each.
-        return steps * unit["depth"] * max(unit["replicas"] * unit["hidden"] * samples, 2048)
+        return steps * unit["depth"] * (1 + unit["replicas"] * unit["hidden"] * samples / overhead)
     if unit["kind"] == "limit":
         stages = {"euler": 1, "midpoint": 2, "rk4": 4}[unit["solver"]]
-        return steps * unit["grid_steps"] * stages * max(unit["sets"] * unit["particles"] * samples, 2048)
-    # lazy: the network, plus its linearization (a forward-mode and a reverse pass per step).
-    return 4 * steps * unit["depth"] * max(unit["replicas"] * unit["hidden"] * samples, 2048)
+        layers = unit["sets"] * unit["grid_steps"] * stages
+        return steps * layers * (1 + unit["particles"] * samples / overhead)
+    # lazy: the network, its lazy ODE (plain autograd) and its linearization (forward + reverse).
+    return 6 * steps * unit["depth"] * (1 + unit["replicas"] * unit["hidden"] * samples / overhead)
 
 
 def _task_and_coupling(unit: dict[str, Any], device: torch.device | str | None,
