@@ -139,7 +139,14 @@ def choose_config(batch: int, dim: int, width: int, replicas: int, device: torch
     return _choose_config_cached(batch, dim, width, replicas, multiprocessors, backward)
 
 
-def _check_config(cfg: StackConfig, dim: int) -> StackConfig:
+# CUDA's limit on the second grid dimension, which carries the replicas.
+_MAX_REPLICAS = 65535
+
+
+def _check_config(cfg: StackConfig, dim: int, replicas: int) -> StackConfig:
+    if replicas > _MAX_REPLICAS:
+        raise ValueError(f"the fused kernels take at most {_MAX_REPLICAS} replicas per launch (the grid's "
+                         f"second axis); got R = {replicas}")
     if cfg.block_d < dim:
         raise ValueError(f"config.block_d must cover D = {dim} (one program holds whole rows of h); "
                          f"got block_d = {cfg.block_d}")
@@ -184,7 +191,7 @@ def stack_forward(
     """
     replicas, batch, dim = h0.shape
     depth, width = u.shape[1], u.shape[2]
-    cfg = _check_config(config or choose_config(batch, dim, width, replicas, h0.device), dim)
+    cfg = _check_config(config or choose_config(batch, dim, width, replicas, h0.device), dim, replicas)
     out = torch.empty_like(h0)
     n_segments = triton.cdiv(depth, every)
     ckpt = h0.new_empty((n_segments, replicas, batch, dim)) if save_checkpoints else None
@@ -243,7 +250,7 @@ def stack_backward(
     replicas, batch, dim = grad_out.shape
     depth, width = u.shape[1], u.shape[2]
     cfg = _check_config(config or choose_config(batch, dim, width, replicas, grad_out.device, backward=True),
-                        dim)
+                        dim, replicas)
     batch_tiles = triton.cdiv(batch, cfg.block_b)
     grad_h = torch.empty_like(grad_out)
     recompute = every > 1
