@@ -9,6 +9,7 @@ per-layer Python work.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from dataclasses import dataclass
 
@@ -153,6 +154,11 @@ def _check_config(cfg: StackConfig, dim: int, replicas: int) -> StackConfig:
     return cfg
 
 
+def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
+    """Make ``device`` current: Triton launches on the current CUDA device, not the tensors' one."""
+    return torch.cuda.device(device) if device.type == "cuda" else contextlib.nullcontext()
+
+
 def _precision(allow_tf32: bool) -> str:
     return "tf32" if allow_tf32 else "ieee"
 
@@ -196,15 +202,16 @@ def stack_forward(
     n_segments = triton.cdiv(depth, every)
     ckpt = h0.new_empty((n_segments, replicas, batch, dim)) if save_checkpoints else None
     grid = (triton.cdiv(batch, cfg.block_b), replicas)
-    stack_forward_kernel[grid](
-        h0, u, v, out, ckpt if ckpt is not None else out,
-        replicas, batch, dim, width, depth, every,
-        float(multiplier), float(pre_scale),
-        ACT=activation, PRECISION=_precision(allow_tf32), SAVE_CHECKPOINTS=save_checkpoints,
-        ONE_M_TILE=width <= cfg.block_m,
-        BLOCK_B=cfg.block_b, BLOCK_D=cfg.block_d, BLOCK_M=cfg.block_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    with _on_device(h0.device):
+        stack_forward_kernel[grid](
+            h0, u, v, out, ckpt if ckpt is not None else out,
+            replicas, batch, dim, width, depth, every,
+            float(multiplier), float(pre_scale),
+            ACT=activation, PRECISION=_precision(allow_tf32), SAVE_CHECKPOINTS=save_checkpoints,
+            ONE_M_TILE=width <= cfg.block_m,
+            BLOCK_B=cfg.block_b, BLOCK_D=cfg.block_d, BLOCK_M=cfg.block_m,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
     return out, ckpt
 
 
@@ -269,16 +276,17 @@ def stack_backward(
         mode = "atomic"
         grad_u, grad_v = torch.zeros(u.shape, **f32), torch.zeros(u.shape, **f32)
     grid = (batch_tiles, replicas)
-    stack_backward_kernel[grid](
-        grad_out, checkpoints, scratch, u, v,
-        grad_h, grad_u, grad_v,
-        replicas, batch, dim, width, depth, every,
-        float(multiplier), float(pre_scale),
-        ACT=activation, PRECISION=_precision(allow_tf32), RECOMPUTE=recompute,
-        NEED_WEIGHTS=need_weights, W_MODE=mode, ONE_M_TILE=width <= cfg.block_m,
-        BLOCK_B=cfg.block_b, BLOCK_D=cfg.block_d, BLOCK_M=cfg.block_m,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    with _on_device(grad_out.device):
+        stack_backward_kernel[grid](
+            grad_out, checkpoints, scratch, u, v,
+            grad_h, grad_u, grad_v,
+            replicas, batch, dim, width, depth, every,
+            float(multiplier), float(pre_scale),
+            ACT=activation, PRECISION=_precision(allow_tf32), RECOMPUTE=recompute,
+            NEED_WEIGHTS=need_weights, W_MODE=mode, ONE_M_TILE=width <= cfg.block_m,
+            BLOCK_B=cfg.block_b, BLOCK_D=cfg.block_d, BLOCK_M=cfg.block_m,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
     if not need_weights:
         return grad_h, None, None
     if mode == "partial":
