@@ -139,7 +139,12 @@ def compile_stack_kernels(
         else:
             constexprs.update(SAVE_CHECKPOINTS=True)
         signature = {**signature, **dict.fromkeys(constexprs, "constexpr")}
-        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs),
+        # What the JIT specializes at launch: 16-byte aligned pointers (fresh torch allocations) and the
+        # integer arguments divisible by 16 (this lets it vectorize the masked loads).
+        values = {"B": batch, "D": dim, "M": width}
+        attrs = {(index,): [["tt.divisibility", 16]] for index, (name, kind) in enumerate(signature.items())
+                 if kind.startswith("*") or (values.get(name, 1) % 16 == 0 and name in values)}
+        compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
                                   target=GPUTarget("cuda", arch, 32),
                                   options={"num_warps": cfg.num_warps, "num_stages": cfg.num_stages})
         registers, spill = _resources(compiled.asm["ptx"], arch)
