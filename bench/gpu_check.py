@@ -3,6 +3,7 @@
 Usage (on a CUDA machine; about 5–8 minutes, bounded by ``--budget``)::
 
     python -m bench.gpu_check --out bench/results/gpu_check.json
+    python -m bench.gpu_check --quick --out bench/results/gpu_check_quick.json   # target shape only
 
 What it does, in this order (so that a run cut short still has the essentials):
 
@@ -76,6 +77,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--compile-max-depth", type=int, default=4096,
                         help="largest L timed with torch.compile(reduce-overhead) (default 4096)")
     parser.add_argument("--skip-compile", action="store_true", help="do not time the torch.compile baseline")
+    parser.add_argument("--quick", action="store_true",
+                        help="only the target shape L=4096, D=M=64, B in {64, 1024}, budget 240 s (for short "
+                             "device sessions)")
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny shapes on the CPU (Triton interpreter) to check the script without a GPU")
     args = parser.parse_args(argv)
@@ -89,6 +93,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         setattr(args, name, values)
     if args.budget <= 0:
         parser.error(f"--budget must be positive; got {args.budget}")
+    if args.quick:
+        args.depths, args.dims, args.batches = [TARGET["L"]], [TARGET["D"]], [64, 1024]
+        args.budget = min(args.budget, 240.0)
     return args
 
 
