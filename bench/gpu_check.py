@@ -69,8 +69,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--out", default=None,
                         help=f"JSON file to write (default {DEFAULT_OUT}; with --dry-run nothing is written "
                              "unless given)")
-    parser.add_argument("--budget", type=float, default=420.0,
-                        help="seconds after which remaining measurements are skipped (default 420)")
+    parser.add_argument("--budget", type=float, default=360.0,
+                        help="seconds after which remaining measurements are skipped (default 360; a "
+                             "measurement already started finishes, so leave a margin under 8 minutes)")
     parser.add_argument("--depths", default="1024,4096,16384", help="L values (default %(default)s)")
     parser.add_argument("--dims", default="32,64,128", help="D = M values (default %(default)s)")
     parser.add_argument("--batches", default="64,1024", help="B values (default %(default)s)")
