@@ -207,3 +207,24 @@ def test_only_requested_gradients_are_returned():
     assert ode.u.grad is not None and ode.v.grad is None
     for function in (AdjointFunction, DiscreteFunction):
         assert issubclass(function, torch.autograd.Function)
+
+
+@pytest.mark.parametrize("gradient", ["adjoint", "discrete"])
+def test_reused_gradient_buffers_never_overwrite_visible_gradients(gradient):
+    ode = perturbed_ode("rk4", 3, gradient=gradient, seed=13)
+    h0 = torch.randn(2, 3, dtype=F64, generator=torch.Generator().manual_seed(14))
+    ode(h0).square().sum().backward()
+    first_u, first_v = ode.u.grad, ode.v.grad
+    kept = first_u.clone(), first_v.clone()
+    assert first_u.data_ptr() != first_v.data_ptr()
+    ode.zero_grad(set_to_none=True)  # first_u, first_v are still referenced here
+    (2 * ode(h0).square().sum()).backward()
+    assert torch.equal(first_u, kept[0]) and torch.equal(first_v, kept[1])
+    assert rel(ode.u.grad, 2 * kept[0]) <= 1e-14
+    del first_u, first_v
+    for _ in range(2):  # released buffers are written again; accumulation stays exact
+        ode.zero_grad(set_to_none=True)
+        ode(h0).square().sum().backward()
+        ode(h0).square().sum().backward()
+        assert rel(ode.u.grad, 2 * kept[0]) <= 1e-14 and rel(ode.v.grad, 2 * kept[1]) <= 1e-14
+        assert ode.u.grad.data_ptr() != ode.v.grad.data_ptr()

@@ -76,8 +76,8 @@ class _Sweep:
         self.provider = None if self.backsolve else StateProvider(
             field, config.tab, config.steps, config.every, checkpoints, h1)
         d, k = field.ut.shape[1], field.ut.shape[2]
-        self.grad_ut = field.ut.new_empty((nodes, d, k))
-        self.grad_vt = field.ut.new_empty((nodes, d, k))
+        self.grad_ut = config.gradient_buffer((nodes, d, k), field.ut)
+        self.grad_vt = config.gradient_buffer((nodes, d, k), field.ut)
         self.s_node, self.ds_node = field.buffer(), field.buffer()
         self.s_mid, self.ds_mid = field.buffer(), field.buffer()
         self.q = field.buffer()

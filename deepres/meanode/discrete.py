@@ -47,8 +47,9 @@ class DiscreteFunction(torch.autograd.Function):
         f = make_field(u, v, config, h1.shape[0])
         provider = StateProvider(f, tab, steps, config.every, checkpoints, h1)
         nodes = u.shape[0]
-        grad_ut = f.ut.new_empty((nodes, f.ut.shape[1], f.ut.shape[2]))
-        grad_vt = torch.empty_like(grad_ut)
+        shape = (nodes, f.ut.shape[1], f.ut.shape[2])
+        grad_ut = config.gradient_buffer(shape, f.ut)
+        grad_vt = config.gradient_buffer(shape, f.ut)
         written = [False] * nodes
         s_bufs = [f.buffer() for _ in range(tab.stages)]
         ds_bufs = [f.buffer() for _ in range(tab.stages)]

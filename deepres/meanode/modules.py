@@ -13,7 +13,7 @@ from deepres.engines.common import resolve_checkpoint_every
 from deepres.meanode.adjoint import AdjointFunction
 from deepres.meanode.discrete import DiscreteFunction
 from deepres.meanode.particles import PARTICLE_INITS, init_particles
-from deepres.meanode.solver import SolveConfig
+from deepres.meanode.solver import GradientPool, SolveConfig
 from deepres.meanode.tableaus import SOLVERS, TABLEAUS
 from deepres.modules import DeepResNet
 from deepres.parameterization import Parameterization
@@ -152,6 +152,7 @@ class MeanODE(nn.Module):
         dtype = _check_dtype(dtype)
         tab = TABLEAUS[solver]
         self._tableau = tab
+        self._gradient_pool = GradientPool()
         p = self.parameterization
         u0, v0 = init_particles(particle_init, particles, dim, p.init_std_u, p.init_std_v,
                                 device=device, dtype=dtype, generator=generator)
@@ -224,7 +225,7 @@ class MeanODE(nn.Module):
         if not isinstance(return_nodes, bool):
             raise TypeError(f"return_nodes must be a bool; got {type(return_nodes).__name__}")
         config = SolveConfig(self._tableau, self.steps, self.multiplier, self.pre_scale, self.activation,
-                             self._every, return_nodes)
+                             self._every, return_nodes, self._gradient_pool)
         function = AdjointFunction if self.gradient == "adjoint" else DiscreteFunction
         h1, nodes = function.apply(h0, self.u, self.v, config)
         return (h1, nodes) if return_nodes else h1
