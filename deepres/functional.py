@@ -154,6 +154,13 @@ def residual_stack(
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool; got {type(flag).__name__} {flag!r}")
     engine = resolve_backend(backend, h.device)
+    if backend == "auto" and engine == "triton":
+        # "auto" promises the best engine that can take these tensors: where the fused
+        # kernels cannot (D too large, float64), the PyTorch engine runs without a warning.
+        from deepres.engines.triton_engine import fallback_reason
+
+        if fallback_reason(h, u) is not None:
+            engine = "torch"
 
     if engine == "reference":
         return reference_residual_stack(h, u, v, c, a, activation)

@@ -23,22 +23,26 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _dtype(backend: str) -> torch.dtype:
+    # The Triton kernels compute in float32 (float64 would fall back to the PyTorch engine).
+    return torch.float32 if backend == "triton" else torch.float64
+
+
 def _build(kind: str, backend: str) -> torch.nn.Module:
     generator = torch.Generator().manual_seed(0)
     if kind == "stack":
-        return ResidualStack(7, 4, 3, backend=backend, checkpoint_every=3, dtype=torch.float64,
+        return ResidualStack(7, 4, 3, backend=backend, checkpoint_every=3, dtype=_dtype(backend),
                              generator=generator)
     return DeepResNet(3, 2, depth=6, dim=4, hidden=3, backend=backend, replicas=2,
-                      dtype=torch.float64, generator=generator)
+                      dtype=_dtype(backend), generator=generator)
 
 
-def _data(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _data(kind: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
-    if kind == "stack":
-        x = torch.randn(8, 4, generator=generator, dtype=torch.float64)
-        return x, torch.randn(8, 4, generator=generator, dtype=torch.float64)
-    x = torch.randn(8, 3, generator=generator, dtype=torch.float64)
-    return x, torch.randn(2, 8, 2, generator=generator, dtype=torch.float64)
+    out_shape = (8, 4) if kind == "stack" else (2, 8, 2)
+    x = torch.randn(8, 4 if kind == "stack" else 3, generator=generator, dtype=torch.float64)
+    y = torch.randn(out_shape, generator=generator, dtype=torch.float64)
+    return x.to(_dtype(backend)), y.to(_dtype(backend))
 
 
 def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -59,7 +63,7 @@ def _worker(rank: int, port: int, out_path: str) -> None:
     try:
         for kind, backend in _cases():
             net = _build(kind, backend)
-            x, y = _data(kind)
+            x, y = _data(kind, backend)
             share = x.shape[0] // WORLD
             x = x[rank * share:(rank + 1) * share]
             y = y[..., rank * share:(rank + 1) * share, :]
@@ -83,8 +87,9 @@ def distributed_grads(tmp_path_factory):
 @pytest.mark.parametrize(("kind", "backend"), _cases())
 def test_ddp_gradients_equal_single_process(distributed_grads, kind, backend):
     net = _build(kind, backend)
-    x, y = _data(kind)
+    x, y = _data(kind, backend)
     _loss(net, x, y).backward()
     for name, param in net.named_parameters():
         error = ((distributed_grads[kind, backend][name] - param.grad).norm() / param.grad.norm()).item()
-        assert error <= 1e-12, (name, error)
+        # float64: equal up to the rounding of the all-reduce; float32 (Triton): to its rounding.
+        assert error <= (1e-12 if _dtype(backend) == torch.float64 else 1e-6), (name, error)
