@@ -340,3 +340,17 @@ def test_timing_options_bound_the_repeats() -> None:
     result = time_step(lambda: calls.append(1), torch.device("cpu"),
                        TimingOptions(warmup=0, min_repeats=1, max_repeats=4, min_time=100.0))
     assert result.repeats == 4 and len(calls) == 4
+
+
+def test_interleaved_timing_runs_every_step_each_round() -> None:
+    from deepres.benchmark.timing import time_interleaved
+
+    calls: dict[str, int] = {"a": 0, "b": 0}
+
+    def step(name: str):
+        return lambda: calls.__setitem__(name, calls[name] + 1)
+
+    results = time_interleaved({"a": step("a"), "b": step("b")}, torch.device("cpu"),
+                               TimingOptions(warmup=1, min_repeats=4, max_repeats=6, min_time=0.0))
+    assert calls == {"a": 5, "b": 5}
+    assert results["a"].repeats == results["b"].repeats == 4

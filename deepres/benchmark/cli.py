@@ -77,7 +77,7 @@ _GENERAL: dict[str, object] = {
     "workload": "stack", "mode": "train", "device": "cpu", "dtype": "float32", "replicas": [1],
     "activation": ["tanh"], "checkpoint_every": [None, "sqrt"], "providers": None, "alpha": 1.0, "seed": 0,
     "warmup": 1, "min_repeats": 3, "max_repeats": 20, "min_time": 1.0, "max_time": 30.0,
-    "isolation": "auto", "provider_timeout": 1800.0, "threads": None,
+    "isolation": "auto", "provider_timeout": 1800.0, "threads": None, "interleave": True,
 }
 _QUICK_TIMING: dict[str, object] = {"min_repeats": 2, "max_repeats": 5, "min_time": 0.1, "max_time": 2.0}
 
@@ -200,6 +200,10 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="stop repeating after this many seconds (default 30; --quick 2)")
     timing.add_argument("--isolation", choices=("auto", "subprocess", "inprocess"), default=None,
                         help="auto: one process per provider on CPU (peak RSS), in-process on CUDA")
+    timing.add_argument("--no-interleave", dest="interleave", action="store_const", const=False, default=None,
+                        help="time each provider alone right after its memory step, instead of all "
+                             "providers of a case together in shuffled rounds (the default, which "
+                             "exposes all providers to the same load on a shared machine)")
     timing.add_argument("--threads", type=int, default=None,
                         help="torch.set_num_threads for every provider (default: PyTorch's, one per core)")
     timing.add_argument("--provider-timeout", dest="provider_timeout", type=float, default=None,
@@ -217,7 +221,8 @@ def resolve(args: argparse.Namespace) -> dict[str, object]:
     explicit = {k: v for k, v in vars(args).items() if v is not None and k in
                 ("workload", "mode", "device", "dtype", "depths", "batch", "dims", "hidden", "replicas",
                  "activation", "checkpoint_every", "providers", "alpha", "seed", "warmup", "min_repeats",
-                 "max_repeats", "min_time", "max_time", "isolation", "provider_timeout", "threads")}
+                 "max_repeats", "min_time", "max_time", "isolation", "provider_timeout", "threads",
+                 "interleave")}
     workload = explicit.get("workload", preset.get("workload", "stack"))
     quick = bool(getattr(args, "quick", False))
     merged: dict[str, object] = {**_GENERAL, **_DEFAULTS[str(workload)]}
@@ -249,7 +254,8 @@ def build_config(options: dict[str, object]) -> BenchConfig:
     return BenchConfig(cases, providers=options["providers"],
                        checkpoint_policies=list(options["checkpoint_every"]),
                        timing=timing, isolation=options["isolation"],
-                       provider_timeout=float(options["provider_timeout"]), threads=options["threads"])
+                       provider_timeout=float(options["provider_timeout"]), threads=options["threads"],
+                       interleave=bool(options["interleave"]))
 
 
 def _command_line() -> list[str]:

@@ -41,7 +41,7 @@ from deepres.benchmark.memory import (
     reset_peak_rss,
 )
 from deepres.benchmark.providers import Case, Provider, baseline_provider, make_inputs, providers_for
-from deepres.benchmark.timing import TimingOptions, time_step
+from deepres.benchmark.timing import TimingOptions, time_interleaved, time_step
 
 __all__ = [
     "RESULT_FIELDS",
@@ -81,6 +81,9 @@ class BenchConfig:
             Default 1800.
         threads: ``torch.set_num_threads`` for the measurements (None: PyTorch's
             default, one per core). Default None.
+        interleave: time all providers of a case together, in rounds of one step
+            each in shuffled order (one process), after the memory measurements;
+            False times each provider right after its memory step. Default True.
     """
 
     cases: list[Case]
@@ -90,6 +93,7 @@ class BenchConfig:
     isolation: str = "auto"
     provider_timeout: float = 1800.0
     threads: int | None = None
+    interleave: bool = True
 
     def __post_init__(self) -> None:
         if not self.cases:
@@ -143,7 +147,8 @@ def _compare(case: Case, provider: str, outputs: dict[str, torch.Tensor],
 
 
 def measure(provider: Provider, case: Case, timing: TimingOptions,
-            reference_dir: Path | None = None, isolated: bool = False) -> dict[str, object]:
+            reference_dir: Path | None = None, isolated: bool = False, time_it: bool = True,
+            ) -> dict[str, object]:
     """Run one provider on one case: peak memory, saved bytes, timing, agreement.
 
     Args:
@@ -153,6 +158,8 @@ def measure(provider: Provider, case: Case, timing: TimingOptions,
         reference_dir: where outputs are stored/compared (None: no comparison). Default None.
         isolated: whether this process runs this provider alone (makes the CPU peak
             RSS meaningful; recorded in ``peak_method``). Default False.
+        time_it: also time the provider here (False when the harness times all
+            providers of a case together, interleaved). Default True.
 
     Returns:
         A result row: a dict with the keys of :data:`RESULT_FIELDS` (ratios are filled later).
@@ -214,19 +221,60 @@ def measure(provider: Provider, case: Case, timing: TimingOptions,
             row["reason"] = f"saved-tensor accounting failed: {type(error).__name__}: {error}"
         runner.clear()
 
-    result = time_step(runner.step, device, TimingOptions(
-        warmup=0, min_repeats=timing.min_repeats, max_repeats=timing.max_repeats,
-        min_time=timing.min_time, max_time=timing.max_time))
-    runner.clear()
-    median = result.median
+    if time_it:
+        result = time_step(runner.step, device, TimingOptions(
+            warmup=0, min_repeats=timing.min_repeats, max_repeats=timing.max_repeats,
+            min_time=timing.min_time, max_time=timing.max_time))
+        runner.clear()
+        set_time(row, case, result.to_dict())
+    return row
+
+
+def set_time(row: dict[str, object], case: Case, times: dict[str, object]) -> None:
+    """Store a timing (``TimingResult.to_dict()``) and the figures derived from its median in ``row``."""
+    median = float(times["median"])  # type: ignore[arg-type]
     row.update(
-        time=result.to_dict(),
+        time=times,
         samples_per_s=case.samples / median,
         layer_updates_per_s=case.layer_updates / median,
         tflops=case.model_flops() / median / 1e12,
         gbytes_per_s=case.model_bytes() / median / 1e9,
     )
-    return row
+
+
+def time_case(providers: list[Provider], case: Case, timing: TimingOptions,
+              ) -> dict[str, dict[str, object]]:
+    """Time several providers on one case in interleaved rounds (see :func:`time_interleaved`).
+
+    Args:
+        providers: those to time (each must be able to run ``case``).
+        case: the :class:`Case`. timing: the repeat policy.
+
+    Returns:
+        provider name → ``TimingResult.to_dict()``, or ``{"error": message}`` for a
+        provider that failed to build or run.
+    """
+    inputs = make_inputs(case)
+    out: dict[str, dict[str, object]] = {}
+    steps = {}
+    for provider in providers:
+        try:
+            runner = provider.build(case, inputs)
+            runner.step()
+            runner.clear()
+        except Exception as error:
+            out[provider.name] = {"error": f"{type(error).__name__}: {error}"}
+            continue
+
+        def step(runner=runner) -> None:
+            runner.step()
+            runner.clear()
+
+        steps[provider.name] = step
+    if steps:
+        results = time_interleaved(steps, torch.device(case.device), timing, seed=case.seed)
+        out.update({name: result.to_dict() for name, result in results.items()})
+    return out
 
 
 # ------------------------------------------------------------------------------- worker process
@@ -244,7 +292,8 @@ def _worker(spec: dict[str, object]) -> int:
     with open(str(spec["output"]), "a") as sink:
         for case in cases:
             try:
-                row = measure(provider, case, timing, reference_dir, isolated=True)
+                row = measure(provider, case, timing, reference_dir, isolated=True,
+                              time_it=bool(spec.get("time_it", True)))
             except Exception as error:
                 row = {name: None for name in RESULT_FIELDS}
                 row.update(provider=provider.name, case=case.to_dict(), status="error",
@@ -256,14 +305,34 @@ def _worker(spec: dict[str, object]) -> int:
     return 0
 
 
+def _timing_worker(spec: dict[str, object]) -> int:
+    """Time the listed providers of every case together (``spec["jobs"]``: case → names)."""
+    policies = spec["checkpoint_policies"]
+    timing = TimingOptions(**spec["timing"])  # type: ignore[arg-type]
+    if spec.get("threads"):
+        torch.set_num_threads(int(spec["threads"]))  # type: ignore[arg-type]
+    with open(str(spec["output"]), "a") as sink:
+        for job in spec["jobs"]:  # type: ignore[union-attr]
+            case = Case(**job["case"])
+            by_name = {p.name: p for p in providers_for(case.workload, policies)}  # type: ignore[arg-type]
+            results = time_case([by_name[name] for name in job["providers"]], case, timing)
+            for name, times in results.items():
+                sink.write(json.dumps({"case": case.to_dict(), "provider": name, "time": times}) + "\n")
+                sink.flush()
+                text = times.get("error") or f"{float(times['median']) * 1e3:.2f} ms"
+                print(f"  {name:<26} L={case.depth} B={case.batch} D={case.dim} M={case.hidden} "
+                      f"R={case.replicas}: {text}", file=sys.stderr, flush=True)
+    return 0
+
+
 def _progress(row: dict[str, object]) -> None:
     case = row["case"]
     where = f"L={case['depth']} B={case['batch']} D={case['dim']} M={case['hidden']} R={case['replicas']}"
     if row["status"] == "ok":
         peak = row["peak_bytes"]
         peak_text = "?" if peak is None else f"{peak / 2**20:.1f} MiB"
-        print(f"  {row['provider']:<26} {where}: {row['time']['median'] * 1e3:9.2f} ms, "
-              f"peak {peak_text}", file=sys.stderr, flush=True)
+        time_text = "" if row["time"] is None else f"{row['time']['median'] * 1e3:9.2f} ms, "
+        print(f"  {row['provider']:<26} {where}: {time_text}peak {peak_text}", file=sys.stderr, flush=True)
     else:
         print(f"  {row['provider']:<26} {where}: {row['status']}: {row['reason']}", file=sys.stderr,
               flush=True)
@@ -279,6 +348,7 @@ def _run_isolated(provider: Provider, config: BenchConfig, reference_dir: Path) 
         "reference_dir": str(reference_dir),
         "output": str(output),
         "threads": config.threads,
+        "time_it": not config.interleave,
     }
     env = {**os.environ, **_WORKER_ENV, **provider.env}
     failure = None
@@ -299,6 +369,57 @@ def _run_isolated(provider: Provider, config: BenchConfig, reference_dir: Path) 
                        reason=failure or "no result")
             rows.append(row)
     return rows
+
+
+def _time_rows(rows: list[dict[str, object]], config: BenchConfig, isolation: str, tmp: Path,
+               ) -> dict[str, str]:
+    """Time, interleaved, the providers whose memory step succeeded; fill their rows.
+
+    Returns the environment the timing process ran with.
+    """
+    by_name = {p.name: p for p in config.selected_providers()}
+    jobs = []
+    for case in config.cases:
+        names = [row["provider"] for row in rows if row["case"] == case.to_dict() and row["status"] == "ok"]
+        if names:
+            jobs.append({"case": case.to_dict(), "providers": names})
+    env_extra: dict[str, str] = {}
+    for job in jobs:
+        for name in job["providers"]:
+            env_extra.update(by_name[name].env)
+    results: list[dict[str, object]] = []
+    if isolation == "subprocess":
+        output = tmp / "timing.jsonl"
+        spec = {"jobs": jobs, "checkpoint_policies": config.checkpoint_policies,
+                "timing": asdict(config.timing), "threads": config.threads, "output": str(output)}
+        failure = None
+        try:
+            completed = subprocess.run(
+                [sys.executable, "-m", "deepres.benchmark.harness", "--timing-worker"],
+                input=json.dumps(spec), text=True, env={**os.environ, **_WORKER_ENV, **env_extra},
+                timeout=config.provider_timeout * max(1, len(by_name)), stdout=subprocess.DEVNULL)
+            if completed.returncode != 0:
+                failure = f"timing process exited with status {completed.returncode}"
+        except subprocess.TimeoutExpired:
+            failure = "timing process ran past its time limit"
+        if output.exists():
+            results = [json.loads(line) for line in output.read_text().splitlines()]
+    else:
+        failure = None
+        for job in jobs:
+            case = Case(**job["case"])
+            timed = time_case([by_name[name] for name in job["providers"]], case, config.timing)
+            results += [{"case": job["case"], "provider": name, "time": t} for name, t in timed.items()]
+    found = {(json.dumps(r["case"], sort_keys=True), r["provider"]): r["time"] for r in results}
+    for row in rows:
+        if row["status"] != "ok":
+            continue
+        times = found.get((json.dumps(row["case"], sort_keys=True), row["provider"]))
+        if times is None or "error" in times:
+            row.update(status="error", reason=(times or {}).get("error") or failure or "not timed")
+        else:
+            set_time(row, Case(**row["case"]), times)
+    return {**_WORKER_ENV, **env_extra} if isolation == "subprocess" else {}
 
 
 # ---------------------------------------------------------------------------------- the report
@@ -497,9 +618,13 @@ def run_benchmark(config: BenchConfig, argv: Sequence[str] | None = None, quick:
                 rows.extend(_run_isolated(provider, config, reference_dir))
             else:
                 for case in config.cases:
-                    row = measure(provider, case, config.timing, reference_dir)
+                    row = measure(provider, case, config.timing, reference_dir, time_it=not config.interleave)
                     _progress(row)
                     rows.append(row)
+        timing_env: dict[str, str] = {}
+        if config.interleave:
+            log("timing: every provider of a case in interleaved rounds")
+            timing_env = _time_rows(rows, config, isolation, reference_dir)
     baseline = baseline_provider(config.workload)
     growth = _add_ratios_and_fits(rows, baseline)
     env["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
@@ -512,6 +637,9 @@ def run_benchmark(config: BenchConfig, argv: Sequence[str] | None = None, quick:
             "checkpoint_policies": config.checkpoint_policies,
             "timing": asdict(config.timing),
             "isolation": isolation,
+            "interleave": config.interleave,
+            "timing_env": timing_env,
+            "threads": config.threads,
         },
         "baseline": baseline,
         "results": rows,
@@ -522,7 +650,11 @@ def run_benchmark(config: BenchConfig, argv: Sequence[str] | None = None, quick:
 def _main() -> int:
     parser = argparse.ArgumentParser(description="deepres benchmark worker (internal)")
     parser.add_argument("--worker", action="store_true", help="read a job spec as JSON on stdin")
+    parser.add_argument("--timing-worker", action="store_true",
+                        help="read an interleaved-timing spec as JSON on stdin")
     args = parser.parse_args()
+    if args.timing_worker:
+        return _timing_worker(json.loads(sys.stdin.read()))
     if not args.worker:
         parser.error("this module is the benchmark's worker; run `deepres bench` instead")
     return _worker(json.loads(sys.stdin.read()))

@@ -291,9 +291,10 @@ class Runner:
 
     def outputs(self, out: torch.Tensor) -> dict[str, torch.Tensor]:
         """The output of the last step and, in training, its gradients (on the CPU)."""
-        result = {"out": out.detach().cpu()}
+        # Copies: on the CPU .cpu() is the same tensor, and an engine may reuse its buffers.
+        result = {"out": out.detach().cpu().clone()}
         if self.mode == "train":
-            result.update({name: g.detach().cpu() for name, g in self.gradients().items()})
+            result.update({name: g.detach().cpu().clone() for name, g in self.gradients().items()})
         return result
 
 

@@ -11,6 +11,7 @@ next one's timing (a training step frees and re-allocates its gradients).
 from __future__ import annotations
 
 import math
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -18,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["TimingOptions", "TimingResult", "quantile", "time_step"]
+__all__ = ["TimingOptions", "TimingResult", "quantile", "time_interleaved", "time_step"]
 
 
 @dataclass(frozen=True)
@@ -121,21 +122,77 @@ def time_step(step: Callable[[], object], device: torch.device, options: TimingO
     times: list[float] = []
     spent = 0.0
     while len(times) < options.max_repeats:
-        if cuda:
-            start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            step()
-            stop.record()
-            stop.synchronize()
-            elapsed = start.elapsed_time(stop) / 1e3
-        else:
-            t0 = time.perf_counter()
-            step()
-            elapsed = time.perf_counter() - t0
+        elapsed = _time_once(step, cuda)
         times.append(elapsed)
         spent += elapsed
         if len(times) >= options.min_repeats and (spent >= options.min_time or spent >= options.max_time):
             break
+    return _summary(times, cuda)
+
+
+def time_interleaved(steps: dict[str, Callable[[], object]], device: torch.device, options: TimingOptions,
+                     seed: int = 0) -> dict[str, TimingResult]:
+    """Time several steps in rounds, one call of each per round, in a shuffled order.
+
+    On a machine shared with other work the load changes from minute to
+    minute; timing the providers one after the other would charge each with the
+    load of its own minute. Interleaving them exposes all to the same load, so
+    their ratios stay meaningful even when the absolute times move.
+
+    Args:
+        steps: name → the work to time. device: where it runs.
+        options: ``warmup`` untimed calls of each first; then rounds until at
+            least ``min_repeats`` rounds were run and ``min_time`` seconds per
+            step were spent on average, or ``max_repeats`` rounds, or
+            ``max_time`` seconds per step on average (after ``min_repeats``).
+        seed: of the shuffles. Default 0.
+
+    Returns:
+        name → :class:`TimingResult`.
+
+    Example:
+        >>> r = time_interleaved({"a": lambda: None, "b": lambda: None}, torch.device("cpu"),
+        ...                      TimingOptions(min_time=0.0))
+        >>> sorted(r), r["a"].repeats
+        (['a', 'b'], 3)
+    """
+    cuda = device.type == "cuda"
+    for step in steps.values():
+        for _ in range(options.warmup):
+            step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    names = list(steps)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    shuffler = random.Random(seed)
+    spent = 0.0
+    for done in range(1, options.max_repeats + 1):
+        order = names[:]
+        shuffler.shuffle(order)
+        for name in order:
+            elapsed = _time_once(steps[name], cuda)
+            times[name].append(elapsed)
+            spent += elapsed
+        per_step = spent / len(names)
+        if done >= options.min_repeats and (per_step >= options.min_time or per_step >= options.max_time):
+            break
+    return {name: _summary(values, cuda) for name, values in times.items()}
+
+
+def _time_once(step: Callable[[], object], cuda: bool) -> float:
+    if cuda:
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        step()
+        stop.record()
+        stop.synchronize()
+        return start.elapsed_time(stop) / 1e3
+    t0 = time.perf_counter()
+    step()
+    return time.perf_counter() - t0
+
+
+def _summary(times: list[float], cuda: bool) -> TimingResult:
     return TimingResult(
         median=statistics.median(times), p10=quantile(times, 0.1), p90=quantile(times, 0.9),
         min=min(times), mean=statistics.fmean(times), repeats=len(times),
