@@ -6,10 +6,10 @@ cuts it into units of work (see :mod:`deepres.study.sweep`). Presets:
 * ``quick`` — runs on a 2-core CPU in a few minutes and shows every rate: the
   fluctuation's −1/2 in L and in M, the bias's −1 in L, and the lazy α sweep.
   Its design (measured, see docs/study.md): D = 4, α = 1, η = 0.1, 20 GD steps on
-  the companion paper's task (N = 10, d_in = d_out = 5); L ∈ {4..64},
-  M ∈ {1, 4, 16}; 256 replicas in antithetic pairs; the limit from 4 independent
-  sets of 8192 particles (scrambled Sobol points in antithetic pairs) on a 16-step
-  RK4 grid.
+  the companion paper's task (N = 10, d_in = d_out = 5); L ∈ {4, 8, ..., 128},
+  M ∈ {1, 4, 16}; 512 replicas in antithetic pairs; the limit from 4 independent
+  sets of 16384 particles (scrambled Sobol points in antithetic pairs) on a 16-step
+  RK4 grid. About 35 s on the 2-core CPU.
 * ``paper`` — the large sweep for a GPU: L up to 1024, M up to 64, D ∈ {4, 16},
   several α, more replicas and a finer limit.
 """
@@ -40,11 +40,11 @@ class StudyConfig:
 
     Attributes (defaults in brackets):
         task: ``"paper"`` or ``"teacher"`` ["paper"]. samples: N [10].
-        depths: L values [4, 8, 16, 32, 64]. widths: M values [1, 4, 16]. dims: D values [4].
+        depths: L values [4, 8, 16, 32, 64, 128]. widths: M values [1, 4, 16]. dims: D values [4].
         alphas: α values [1.0]. etas: η values [0.1]. steps: GD step counts [20].
-        seeds: data/embedding/limit seeds [0]. replicas: R per (L, M, ...) [256].
+        seeds: data/embedding/limit seeds [0]. replicas: R per (L, M, ...) [512].
         antithetic: replicas in antithetic pairs (u, v), (u, −v) [True].
-        particles: K per limit set [8192]. grid_steps: N [16]. limit_sets: independent
+        particles: K per limit set [16384]. grid_steps: N [16]. limit_sets: independent
             particle sets averaged into the limit [4]. solver: ``"euler"``, ``"midpoint"``,
             ``"rk4"``; None picks rk4 when deepres.meanode provides MeanODENet, else euler [None].
         particle_init: ``"sobol"`` or ``"antithetic"``; None picks sobol with MeanODENet,
@@ -61,16 +61,16 @@ class StudyConfig:
 
     task: str = "paper"
     samples: int = 10
-    depths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    depths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])
     widths: list[int] = field(default_factory=lambda: [1, 4, 16])
     dims: list[int] = field(default_factory=lambda: [4])
     alphas: list[float] = field(default_factory=lambda: [1.0])
     etas: list[float] = field(default_factory=lambda: [0.1])
     steps: list[int] = field(default_factory=lambda: [20])
     seeds: list[int] = field(default_factory=lambda: [0])
-    replicas: int = 256
+    replicas: int = 512
     antithetic: bool = True
-    particles: int = 8192
+    particles: int = 16384
     grid_steps: int = 16
     limit_sets: int = 4
     solver: str | None = None
@@ -188,7 +188,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {},
     "paper": {
         "depths": [8, 16, 32, 64, 128, 256, 512, 1024], "widths": [1, 4, 16, 64], "dims": [4, 16],
-        "alphas": [1.0], "steps": [50], "replicas": 512, "particles": 65536, "grid_steps": 32,
+        "alphas": [1.0], "steps": [50], "replicas": 1024, "particles": 65536, "grid_steps": 32,
         "limit_sets": 8, "lazy_alphas": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "lazy_depth": 64,
         "lazy_hidden": 8, "lazy_replicas": 32, "bootstrap": 1000,
     },
