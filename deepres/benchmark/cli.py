@@ -155,7 +155,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--preset", choices=sorted(PRESETS), default=None,
                       help="a named measurement (see below); explicit options override its values")
     what.add_argument("--quick", action="store_true",
-                      help="a small grid and short repeats: about one minute on a 2-core CPU")
+                      help="a small grid and short repeats, torch.compile left out: about one minute "
+                           "on an idle 2-core CPU")
     what.add_argument("--workload", choices=WORKLOADS, default=None,
                       help="stack: the residual stack of eq. (1); meanode: the Neural Mean ODE with rk4 "
                            "(default stack)")
@@ -232,6 +233,13 @@ def resolve(args: argparse.Namespace) -> dict[str, object]:
     merged.update(preset)
     merged.update(explicit)
     merged["workload"] = workload
+    merged["excluded"] = {}
+    if quick and merged["providers"] is None:
+        # NOTE: torch.compile of one block takes about 20 s on the 2-core CPU, once in the
+        # memory process and again in the timing process: alone more than the minute --quick aims at.
+        merged["excluded"] = {name: "left out of --quick: torch.compile takes ~20 s per process on a "
+                                    "small CPU; run without --quick or name it in --providers"
+                              for name in ("compile", "compile-reduce-overhead")}
     return merged
 
 
@@ -255,7 +263,7 @@ def build_config(options: dict[str, object]) -> BenchConfig:
                        checkpoint_policies=list(options["checkpoint_every"]),
                        timing=timing, isolation=options["isolation"],
                        provider_timeout=float(options["provider_timeout"]), threads=options["threads"],
-                       interleave=bool(options["interleave"]))
+                       interleave=bool(options["interleave"]), excluded=dict(options.get("excluded", {})))
 
 
 def _command_line() -> list[str]:

@@ -84,6 +84,8 @@ class BenchConfig:
         interleave: time all providers of a case together, in rounds of one step
             each in shuffled order (one process), after the memory measurements;
             False times each provider right after its memory step. Default True.
+        excluded: provider name → why it is left out of this run (listed as
+            skipped with that reason). Default empty.
     """
 
     cases: list[Case]
@@ -94,6 +96,7 @@ class BenchConfig:
     provider_timeout: float = 1800.0
     threads: int | None = None
     interleave: bool = True
+    excluded: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.cases:
@@ -605,8 +608,9 @@ def run_benchmark(config: BenchConfig, argv: Sequence[str] | None = None, quick:
         reference_dir = Path(tmp)
         for provider in config.selected_providers():
             log(f"{provider.name}: {provider.description}")
-            if isolation == "subprocess":
-                reasons = [provider.unavailable_reason(case) for case in config.cases]
+            if isolation == "subprocess" or provider.name in config.excluded:
+                reasons = [config.excluded.get(provider.name) or provider.unavailable_reason(case)
+                           for case in config.cases]
                 if all(reasons):  # no process needed to say why
                     for case, reason in zip(config.cases, reasons, strict=True):
                         row = {name: None for name in RESULT_FIELDS}
