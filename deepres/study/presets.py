@@ -7,7 +7,7 @@ cuts it into units of work (see :mod:`deepres.study.sweep`). Presets:
   fluctuation's −1/2 in L and in M, the bias's −1 in L, and the lazy α sweep.
   Its design (measured, see docs/study.md): D = 4, α = 1, η = 0.1, 20 GD steps on
   the companion paper's task (N = 10, d_in = d_out = 5); L ∈ {4, 8, ..., 128},
-  M ∈ {1, 4, 16}; 512 replicas in antithetic pairs; the limit from 4 independent
+  M ∈ {1, 4, 16}; 512 replicas in antithetic pairs; the limit from 8 independent
   sets of 16384 particles (scrambled Sobol points in antithetic pairs) on a 16-step
   RK4 grid. About 35 s on the 2-core CPU.
 * ``paper`` — the large sweep for a GPU: L up to 1024, M up to 64, D ∈ {4, 16},
@@ -45,7 +45,7 @@ class StudyConfig:
         seeds: data/embedding/limit seeds [0]. replicas: R per (L, M, ...) [512].
         antithetic: replicas in antithetic pairs (u, v), (u, −v) [True].
         particles: K per limit set [16384]. grid_steps: N [16]. limit_sets: independent
-            particle sets averaged into the limit [4]. solver: ``"euler"``, ``"midpoint"``,
+            particle sets averaged into the limit [8]. solver: ``"euler"``, ``"midpoint"``,
             ``"rk4"``; None picks rk4 when deepres.meanode provides MeanODENet, else euler [None].
         particle_init: ``"sobol"`` or ``"antithetic"``; None picks sobol with MeanODENet,
             else antithetic [None].
@@ -72,7 +72,7 @@ class StudyConfig:
     antithetic: bool = True
     particles: int = 16384
     grid_steps: int = 16
-    limit_sets: int = 4
+    limit_sets: int = 8
     solver: str | None = None
     particle_init: str | None = None
     activation: str = "tanh"
@@ -188,8 +188,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     "quick": {},
     "paper": {
         "depths": [8, 16, 32, 64, 128, 256, 512, 1024], "widths": [1, 4, 16, 64], "dims": [4, 16],
-        "alphas": [1.0], "steps": [50], "replicas": 1024, "particles": 65536, "grid_steps": 32,
-        "limit_sets": 8, "lazy_alphas": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "lazy_depth": 64,
+        "alphas": [1.0], "steps": [50], "replicas": 512, "particles": 65536, "grid_steps": 32,
+        "limit_sets": 16, "lazy_alphas": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "lazy_depth": 64,
         "lazy_hidden": 8, "lazy_replicas": 32, "bootstrap": 1000,
     },
 }
