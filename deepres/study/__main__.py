@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import sys
 
+from deepres.study import cli
 from deepres.study.cli import configure_parser, main
 
 
 def _entry() -> int:
-    parser = argparse.ArgumentParser(prog="python -m deepres.study", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m deepres.study", description=cli.__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     configure_parser(parser)
     return main(parser.parse_args())
 
