@@ -112,3 +112,13 @@ def test_config_errors():
     parser = argparse.ArgumentParser()
     cli.configure_parser(parser)
     assert cli.main(parser.parse_args(["--replicas", "3", "--no-progress"])) == 2
+
+
+def test_missing_matplotlib_names_the_extra(monkeypatch):
+    import sys
+
+    from deepres.study.plots import require_matplotlib
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    with pytest.raises(ImportError, match=r"deepres\[plot\]"):
+        require_matplotlib()

@@ -132,3 +132,10 @@ def test_bad_data_and_model():
         train(_net(), x, y[:3], steps=1, eta=0.1)
     with pytest.raises(TypeError, match="nn.Module"):
         train(lambda t: t, x, y, steps=1, eta=0.1)
+
+
+def test_progress_callback_sees_every_step():
+    x, y = _data()
+    seen = []
+    train(_net(), x, y, steps=3, eta=0.1, progress=seen.append)
+    assert seen == [1, 2, 3]
