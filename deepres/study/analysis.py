@@ -35,7 +35,7 @@ __all__ = ["THEORY", "analyze", "bootstrap_errors"]
 THEORY: dict[str, float | None] = {
     "fluctuation_vs_depth": -0.5,
     "fluctuation_vs_width": -0.5,
-    "fluctuation_vs_dim": 0.5,
+    "fluctuation_vs_dim": 0.5,  # output space
     "bias_vs_depth": -1.0,
     "rms_vs_depth": None,
     "weight_movement_vs_alpha": -1.0,
@@ -189,6 +189,11 @@ def _point(entry: dict[str, Any], stat: str) -> dict[str, Any]:
 
 def _record(name: str, stat: str, space: str, fixed: dict[str, Any], fit: SlopeFit) -> dict[str, Any]:
     theory = THEORY[name]
+    if name == "fluctuation_vs_dim" and space == "embedding":
+        # The bound's √D is for f = W_Uᵀh/D; h itself moves by O(D) to fit O(1) targets
+        # through the 1/D readout, so its errors carry an extra power of D that training
+        # builds up (measured slope 1.3 at 20 steps): no single theoretical rate.
+        theory = None
     covered = None if theory is None or fit.slope is None else fit.covers(theory)
     return {"name": name, "statistic": stat, "space": space, "fixed": fixed, "theory": theory,
             **fit.as_dict(), "theory_in_ci": covered}
