@@ -124,3 +124,23 @@ def test_tied_resnet_limit_trains_like_meanode_euler(monkeypatch):
     a = train(tied, x, y, steps=3, eta=0.2).outputs
     b = train(meanode, x, y, steps=3, eta=0.2).outputs
     assert ((a - b).norm() / (b - x @ embed.T @ readout / 4).norm()).item() < 1e-10
+
+
+@pytest.mark.parametrize("antithetic", [False, True])
+def test_bootstrap_errors_equal_decompose_on_each_resample(antithetic):
+    gen = torch.Generator().manual_seed(5)
+    values = torch.randn(12, 3, 2, generator=gen, dtype=torch.float64) + 0.2
+    target = torch.randn(3, 2, generator=gen, dtype=torch.float64)
+    valid = torch.ones(12, dtype=torch.bool)
+    valid[5] = False
+    boot = bootstrap_errors(values, target, valid=valid, antithetic=antithetic, draws=4, seed=7)
+    # Redo each draw by hand: the same unit indices, then decompose on the copied replicas.
+    ok = (valid[0::2] & valid[1::2]).repeat_interleave(2) if antithetic else valid
+    kept = values[ok]
+    group = 2 if antithetic else 1
+    units = kept.reshape(-1, group, 3, 2)
+    idx = torch.randint(units.shape[0], (4, units.shape[0]), generator=torch.Generator().manual_seed(7))
+    for b in range(4):
+        d = decompose(units[idx[b]].flatten(0, 1), target, antithetic=antithetic)
+        for key in ("rms", "bias", "bias_debiased", "fluctuation"):
+            assert math.isclose(boot[key][b], d[key], rel_tol=1e-9, abs_tol=1e-12), key

@@ -51,6 +51,12 @@ def bootstrap_errors(values: torch.Tensor, target: torch.Tensor, *, valid: torch
                      draws: int, seed: int) -> dict[str, np.ndarray]:
     """Bootstrap replicates of the error decomposition, resampling independent units.
 
+    Each draw resamples, with replacement, the independent units (replicas, or
+    antithetic pairs kept whole) and recomputes :func:`deepres.study.compare.decompose`
+    on them. A draw is summarized by how many times it took each unit, w (B, units),
+    and every statistic is a moment linear in w, so all draws cost a few matrix
+    products instead of B copies of the replicas.
+
     Args:
         values: (R, N, d). target: (N, d). valid: (R,) bool. antithetic: resample
             pairs (replicas 2i, 2i+1 together). draws: B. seed: of the resampling.
@@ -63,19 +69,28 @@ def bootstrap_errors(values: torch.Tensor, target: torch.Tensor, *, valid: torch
         ok = (ok[0::2] & ok[1::2]).repeat_interleave(2)
     vals = values[ok].double()
     group = 2 if antithetic else 1
-    units = vals.reshape(vals.shape[0] // group, group, *vals.shape[1:])
+    units = vals.reshape(vals.shape[0] // group, group, -1)  # (units, group, N·d)
     count = units.shape[0]
+    size = count * group  # replicas in every draw
     gen = torch.Generator().manual_seed(seed)
     idx = torch.randint(count, (draws, count), generator=gen)
-    sample = units[idx].flatten(1, 2)  # (B, R', N, d)
-    mean = sample.mean(1)
-    bias2 = (mean - target.double()).pow(2).flatten(1).mean(1)
-    unit_means = units.mean(1)[idx]  # (B, count, N, d)
-    se2 = unit_means.var(1, unbiased=True).flatten(1).mean(1) / count
-    fluct2 = sample.var(1, unbiased=True).flatten(1).mean(1)
-    err2 = (sample - target.double()).pow(2).flatten(1).mean(1)
+    weights = torch.zeros(draws, count, dtype=torch.float64).scatter_add_(
+        1, idx, torch.ones(draws, count, dtype=torch.float64))
+    centered = units - target.double().reshape(1, 1, -1)  # errors to the target
+    unit_sum = centered.sum(1)  # (units, N·d)
+    mean = weights @ unit_sum / size  # (B, N·d): replica mean minus target
+    second = weights @ centered.pow(2).sum(1) / size  # mean of squared errors
+    err2 = second.mean(1)
+    bias2 = mean.pow(2).mean(1)
+    # Unbiased variance across the draw's replicas, and across its unit means.
+    fluct2 = ((second - mean.pow(2)) * size / (size - 1)).mean(1)
+    unit_mean = unit_sum / group
+    unit_var = weights @ unit_mean.pow(2) / count - (weights @ unit_mean / count).pow(2)
+    unit_var = unit_var * count / (count - 1)
+    se2 = unit_var.mean(1) / count
     return {"rms": err2.sqrt().numpy(), "bias": bias2.sqrt().numpy(),
-            "bias_debiased": (bias2 - se2).clamp_min(0).sqrt().numpy(), "fluctuation": fluct2.sqrt().numpy()}
+            "bias_debiased": (bias2 - se2).clamp_min(0).sqrt().numpy(),
+            "fluctuation": fluct2.clamp_min(0).sqrt().numpy()}
 
 
 def _limit_target(config: StudyConfig, store: ResultStore, group: dict[str, Any]) -> dict[str, Any]:
