@@ -1,8 +1,8 @@
 """PNG plots of a study report (matplotlib, imported lazily, Agg backend).
 
-* ``error_vs_depth.png``: fluctuation and bias against L, one colour per M, with
-  the fitted slopes (dashed) and the theoretical ones (dotted), and the limit's
-  reference error (grey line);
+* ``error_vs_depth.png``: fluctuation (filled) and bias (open) against L, one
+  colour per M, with the fitted lines (coloured, dashed), the theoretical slopes
+  (black) and the limit's reference error (grey line);
 * ``error_vs_width.png``: fluctuation against M, one colour per L;
 * ``bias_vs_depth.png``: the bias with its replica standard error, fitted and −1 slopes;
 * ``alpha_sweep.png``: the lazy sweep: weight movement, distance to the lazy ODE and
@@ -76,9 +76,10 @@ def plot_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
     for i, hidden in enumerate(widths):
         color = colors(i / max(len(widths) - 1, 1))
-        ax.plot(depths, [row(d, hidden)["fluctuation"] for d in depths], "o-", color=color,
+        # Markers are measurements, coloured dashed lines the fits, black lines the theory.
+        ax.plot(depths, [row(d, hidden)["fluctuation"] for d in depths], "o", color=color,
                 label=f"fluctuation, M={hidden}")
-        ax.plot(depths, [row(d, hidden)["bias_debiased"] or float("nan") for d in depths], "s:", color=color,
+        ax.plot(depths, [row(d, hidden)["bias_debiased"] or float("nan") for d in depths], "s", color=color,
                 mfc="none", label=f"bias, M={hidden}")
         for name in ("fluctuation_vs_depth", "bias_vs_depth"):
             fit = _find(report["fits"], name, hidden=hidden, **group)
