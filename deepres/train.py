@@ -9,12 +9,19 @@ MeanODE). One step updates each trained weight w by
 
 where the multiplier is that of the module owning w, and 1 for trained
 weights of modules without one (a trained embedding or readout).
+
+:func:`train` runs that step in a full-batch loop and records what the studies
+need. The module itself is callable: ``deepres.train(model, x, y, steps=..., eta=...)``
+is ``deepres.train.train(...)``.
 """
 
 from __future__ import annotations
 
+import sys
+import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -258,3 +265,19 @@ def _drop_frozen_gradients(model: nn.Module, frozen: torch.Tensor) -> None:
     for _, p, _ in lr_multipliers(model):
         if p.grad is not None and p.dim() >= 1 and p.shape[0] == replicas and p.dim() == 4:
             p.grad[frozen] = 0.0
+
+
+class _CallableModule(types.ModuleType):
+    """The type of this module: calling it calls :func:`train`.
+
+    The public API is ``deepres.train(model, x, y, *, steps, eta)`` while
+    ``deepres.train.gradient_descent_step`` and ``deepres.train.lr_multipliers``
+    must keep working; a function named ``train`` exported from the package would
+    shadow this module, so the module itself is made callable instead.
+    """
+
+    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **options: Any) -> TrainResult:
+        return train(model, x, y, **options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

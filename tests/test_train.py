@@ -139,3 +139,14 @@ def test_progress_callback_sees_every_step():
     seen = []
     train(_net(), x, y, steps=3, eta=0.1, progress=seen.append)
     assert seen == [1, 2, 3]
+
+
+def test_the_module_is_callable_as_the_trainer():
+    import deepres.train as module
+
+    x, y = _data()
+    net = _net()
+    reference = copy.deepcopy(net)
+    out = module(net, x, y, steps=2, eta=0.1).outputs
+    assert relative_error(out, train(reference, x, y, steps=2, eta=0.1).outputs) < 1e-12
+    assert callable(module.gradient_descent_step)
