@@ -50,11 +50,14 @@ def _resolve_every(steps: int, checkpoint_every: object, gradient: str) -> int |
                 f"discrete solve needs the forward states); got gradient={gradient!r}"
             )
         return None
-    try:
-        return resolve_checkpoint_every(steps, checkpoint_every)  # type: ignore[arg-type]
-    except (TypeError, ValueError) as error:
-        kind = TypeError if isinstance(error, TypeError) else ValueError
-        raise kind(f"{error}, or 'backsolve'") from None
+    expected = "checkpoint_every must be None, a positive int, 'sqrt' or 'backsolve'"
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, str, type(None))):
+        raise TypeError(f"{expected}; got {type(checkpoint_every).__name__} {checkpoint_every!r}")
+    if isinstance(checkpoint_every, str) and checkpoint_every != "sqrt":
+        raise ValueError(f"{expected}; got {checkpoint_every!r}")
+    if isinstance(checkpoint_every, int) and checkpoint_every < 1:
+        raise ValueError(f"{expected}; got {checkpoint_every!r}")
+    return resolve_checkpoint_every(steps, checkpoint_every)
 
 
 class MeanODE(nn.Module):
