@@ -37,6 +37,13 @@ def reference_solve(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multipli
 
     Returns:
         h(1), (B, D).
+
+    Example:
+        >>> ode = MeanODE(4, 16, 8, particle_init="iid")          # deepres.meanode.MeanODE
+        >>> h0 = torch.randn(3, 4)
+        >>> ref = reference_solve(h0, ode.u, ode.v, ode.multiplier, ode.pre_scale, "tanh", "rk4")
+        >>> torch.allclose(ref, ode(h0), atol=1e-5)
+        True
     """
     tab = TABLEAUS[solver]
     nodes = u.shape[0]
@@ -86,6 +93,15 @@ def reference_adjoint_gradients(h0: torch.Tensor, u: torch.Tensor, v: torch.Tens
 
     Returns:
         (∂/∂h0 (B, D), ∂/∂u (nodes, K, D), ∂/∂v (nodes, K, D), b at the nodes (nodes, B, D)).
+
+    Example:
+        >>> ode = MeanODE(4, 16, 8, particle_init="iid", dtype=torch.float64)
+        >>> h0, g = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
+        >>> ode(h0).backward(g)
+        >>> _, gu, gv, _ = reference_adjoint_gradients(h0, ode.u.detach(), ode.v.detach(), g,
+        ...                                            ode.multiplier, ode.pre_scale, "tanh", "rk4")
+        >>> torch.allclose(gu, ode.u.grad)
+        True
     """
     tab = TABLEAUS[solver]
     m, a, act = multiplier, pre_scale, activation

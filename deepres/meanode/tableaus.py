@@ -46,6 +46,11 @@ class Tableau:
         a: the strictly lower-triangular Butcher matrix, one row per stage.
         b: the output weights, one per stage.
         end_node: True when the grid has a node at s = 1 (rk4).
+
+    Example:
+        >>> tab = TABLEAUS["rk4"]
+        >>> tab.num_nodes(4), [tab.node(1, r) for r in range(tab.stages)]
+        (9, [2, 3, 3, 4])
     """
 
     name: str
