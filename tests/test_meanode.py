@@ -120,12 +120,20 @@ def _smooth_ode(solver: str, steps: int) -> MeanODE:
 def test_limit_converges_as_the_grid_is_refined(solver):
     """Error to a refined solve shrinks like N^-p on a smooth parameter path."""
     h0 = torch.randn(4, 3, dtype=F64, generator=torch.Generator().manual_seed(5))
+    errors, path_errors = [], []
     with torch.no_grad():
-        reference = _smooth_ode("rk4", 256)(h0)
-        errors = [rel(_smooth_ode(solver, n)(h0), reference) for n in (8, 16, 32)]
+        reference, reference_path = _smooth_ode("rk4", 256)(h0, return_nodes=True)
+        for n in (8, 16, 32):
+            ode = _smooth_ode(solver, n)
+            out, path = ode(h0, return_nodes=True)
+            errors.append(rel(out, reference))
+            # h at the nodes (half steps interpolated) against the refined path at the same times.
+            index = torch.round(ode.node_times * 512).long()
+            path_errors.append(rel(path, reference_path[index]))
     order = TABLEAUS[solver].order
-    for coarse, fine in itertools.pairwise(errors):
-        assert fine < coarse * 2.0 ** (-order + 0.4), errors
+    for history in (errors, path_errors):
+        for coarse, fine in itertools.pairwise(history):
+            assert fine < coarse * 2.0 ** (-order + 0.4), history
 
 
 def test_trained_limit_converges_as_particles_grow():
