@@ -202,6 +202,10 @@ class GradientPool:
     def __deepcopy__(self, memo: dict) -> GradientPool:
         return GradientPool(self.size)
 
+    def __getstate__(self) -> dict:
+        # Pickling a module (torch.save, multiprocessing) must not carry spare buffers.
+        return {"size": self.size, "buffers": []}
+
 
 class SolveConfig:
     """The non-tensor arguments of a solve, passed through ``autograd.Function.apply``.
