@@ -375,44 +375,51 @@ def _run_isolated(provider: Provider, config: BenchConfig, reference_dir: Path) 
 
 
 def _time_rows(rows: list[dict[str, object]], config: BenchConfig, isolation: str, tmp: Path,
-               ) -> dict[str, str]:
+               ) -> dict[str, dict[str, str]]:
     """Time, interleaved, the providers whose memory step succeeded; fill their rows.
 
-    Returns the environment the timing process ran with.
+    Providers that need a different process environment (the compile providers'
+    OpenMP wait policy) are timed in a process of their own, so that no provider's
+    environment changes another's timing. Returns provider → the environment
+    variables its timing process set.
     """
     by_name = {p.name: p for p in config.selected_providers()}
-    jobs = []
+    groups: dict[str, list[dict[str, object]]] = {}
     for case in config.cases:
         names = [row["provider"] for row in rows if row["case"] == case.to_dict() and row["status"] == "ok"]
-        if names:
-            jobs.append({"case": case.to_dict(), "providers": names})
-    env_extra: dict[str, str] = {}
-    for job in jobs:
-        for name in job["providers"]:
-            env_extra.update(by_name[name].env)
+        by_env: dict[str, list[str]] = {}
+        for name in names:
+            by_env.setdefault(json.dumps(by_name[name].env, sort_keys=True), []).append(name)
+        for env_key, members in by_env.items():
+            groups.setdefault(env_key, []).append({"case": case.to_dict(), "providers": members})
     results: list[dict[str, object]] = []
-    if isolation == "subprocess":
-        output = tmp / "timing.jsonl"
-        spec = {"jobs": jobs, "checkpoint_policies": config.checkpoint_policies,
-                "timing": asdict(config.timing), "threads": config.threads, "output": str(output)}
-        failure = None
-        try:
-            completed = subprocess.run(
-                [sys.executable, "-m", "deepres.benchmark.harness", "--timing-worker"],
-                input=json.dumps(spec), text=True, env={**os.environ, **_WORKER_ENV, **env_extra},
-                timeout=config.provider_timeout * max(1, len(by_name)), stdout=subprocess.DEVNULL)
-            if completed.returncode != 0:
-                failure = f"timing process exited with status {completed.returncode}"
-        except subprocess.TimeoutExpired:
-            failure = "timing process ran past its time limit"
-        if output.exists():
-            results = [json.loads(line) for line in output.read_text().splitlines()]
-    else:
-        failure = None
+    failure = None
+    timing_env: dict[str, dict[str, str]] = {}
+    for index, (env_key, jobs) in enumerate(groups.items()):
+        env_extra = json.loads(env_key)
         for job in jobs:
-            case = Case(**job["case"])
-            timed = time_case([by_name[name] for name in job["providers"]], case, config.timing)
-            results += [{"case": job["case"], "provider": name, "time": t} for name, t in timed.items()]
+            for name in job["providers"]:
+                timing_env[name] = {**_WORKER_ENV, **env_extra} if isolation == "subprocess" else {}
+        if isolation == "subprocess":
+            output = tmp / f"timing-{index}.jsonl"
+            spec = {"jobs": jobs, "checkpoint_policies": config.checkpoint_policies,
+                    "timing": asdict(config.timing), "threads": config.threads, "output": str(output)}
+            try:
+                completed = subprocess.run(
+                    [sys.executable, "-m", "deepres.benchmark.harness", "--timing-worker"],
+                    input=json.dumps(spec), text=True, env={**os.environ, **_WORKER_ENV, **env_extra},
+                    timeout=config.provider_timeout * max(1, len(by_name)), stdout=subprocess.DEVNULL)
+                if completed.returncode != 0:
+                    failure = f"timing process exited with status {completed.returncode}"
+            except subprocess.TimeoutExpired:
+                failure = "timing process ran past its time limit"
+            if output.exists():
+                results += [json.loads(line) for line in output.read_text().splitlines()]
+        else:
+            for job in jobs:
+                case = Case(**job["case"])
+                timed = time_case([by_name[name] for name in job["providers"]], case, config.timing)
+                results += [{"case": job["case"], "provider": name, "time": t} for name, t in timed.items()]
     found = {(json.dumps(r["case"], sort_keys=True), r["provider"]): r["time"] for r in results}
     for row in rows:
         if row["status"] != "ok":
@@ -422,7 +429,7 @@ def _time_rows(rows: list[dict[str, object]], config: BenchConfig, isolation: st
             row.update(status="error", reason=(times or {}).get("error") or failure or "not timed")
         else:
             set_time(row, Case(**row["case"]), times)
-    return {**_WORKER_ENV, **env_extra} if isolation == "subprocess" else {}
+    return timing_env
 
 
 # ---------------------------------------------------------------------------------- the report
@@ -625,7 +632,7 @@ def run_benchmark(config: BenchConfig, argv: Sequence[str] | None = None, quick:
                     row = measure(provider, case, config.timing, reference_dir, time_it=not config.interleave)
                     _progress(row)
                     rows.append(row)
-        timing_env: dict[str, str] = {}
+        timing_env: dict[str, dict[str, str]] = {}
         if config.interleave:
             log("timing: every provider of a case in interleaved rounds")
             timing_env = _time_rows(rows, config, isolation, reference_dir)
