@@ -29,7 +29,7 @@ class _DiesAfter(LocalExecutor):
     def __init__(self, count: int) -> None:
         self.count = count
 
-    def run(self, work, units, on_done):
+    def run(self, work, units, on_done, on_failed=None):
         for index, unit in enumerate(units):
             if index == self.count:
                 raise _Killed("killed")
@@ -59,7 +59,7 @@ def test_interrupted_sweep_resumes_to_the_same_results(tmp_path):
     assert len(stored) == 5
     before = {p.name: p.stat().st_mtime_ns for p in stored}
     counts = run_units(units, ResultStore(tmp_path / "a"), progress=False)
-    assert counts == {"total": len(units), "resumed": 5, "ran": len(units) - 5}
+    assert counts == {"total": len(units), "resumed": 5, "ran": len(units) - 5, "failed": 0}
     # Nothing already written was rewritten.
     assert all((tmp_path / "a" / "units" / name).stat().st_mtime_ns == t for name, t in before.items())
     run_units(units, ResultStore(tmp_path / "b"), progress=False)
@@ -122,3 +122,28 @@ def test_missing_matplotlib_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"deepres\[plot\]"):
         require_matplotlib()
+
+
+class _GivesUpOnLimits(LocalExecutor):
+    """Reports every limit unit failed (as a worker that keeps dying would be), runs the rest."""
+
+    def run(self, work, units, on_done, on_failed=None):
+        for unit in units:
+            if unit["kind"] == "limit":
+                on_failed(unit, "gave up after 2 retries: WorkerCrashedError")
+            else:
+                on_done(unit, work(unit))
+
+
+def test_failed_units_are_reported_and_a_rerun_retries_only_them(tmp_path):
+    config = StudyConfig(**TINY)
+    report = cli.run_study(config, tmp_path, progress=False, plots=False, executor=_GivesUpOnLimits())
+    limits = [u for u in config.units() if u["kind"] == "limit"]
+    assert report["units"]["failed"] == len(limits) and "fits" not in report
+    assert sorted(json.dumps(f["unit"], sort_keys=True) for f in report["failed_units"]) == sorted(
+        json.dumps(u, sort_keys=True) for u in limits)
+    assert json.loads((tmp_path / "study.json").read_text())["units"]["failed"] == len(limits)
+    report = cli.run_study(config, tmp_path, progress=False, plots=False)
+    assert report["units"] == {"total": len(config.units()), "resumed": len(config.units()) - len(limits),
+                               "ran": len(limits), "failed": 0}
+    assert ResultStore(tmp_path).failures() == [] and report["fits"]

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from deepres.study.presets import PRESETS, StudyConfig, preset
+from deepres.study.sweep import Executor, LocalExecutor
 
 __all__ = ["configure_parser", "main", "run_study", "write_report"]
 
@@ -82,11 +83,22 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="replicas in antithetic pairs (default: the preset's, on)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None,
                         help="dtype of the networks (default: the preset's, float32)")
-    parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    parser.add_argument("--device", default=None,
+                        help="torch device (default: cpu; cuda with --executor ray when the cluster has "
+                             "GPUs, one per task)")
     parser.add_argument("--backend", default="auto", help="stack backend: auto, torch, triton, reference")
     parser.add_argument("--out", default="study-out", help="output directory (default: study-out)")
     parser.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.add_argument("--executor", choices=["local", "ray"], default="local",
+                        help="where units run: local (this process, one after the other) or ray (one Ray "
+                             "task per unit, needs pip install 'deepres[ray]') (default: local)")
+    parser.add_argument("--address", default=None,
+                        help="with --executor ray: address of a running Ray cluster (e.g. 'auto' on a node "
+                             "of one); default: start a local Ray instance for this run and stop it after")
+    parser.add_argument("--max-retries", type=int, default=2,
+                        help="with --executor ray: reruns of a unit whose worker died before it is "
+                             "reported failed (default: 2)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: 1 on CPU, where the study's small tensors run "
                              "faster on one thread than on several; torch's default elsewhere)")
@@ -129,16 +141,20 @@ def _versions(device: str) -> dict[str, Any]:
 
 
 def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
-              progress: bool = True, plots: bool = True) -> dict[str, Any]:
+              progress: bool = True, plots: bool = True, executor: Executor | None = None,
+              ) -> dict[str, Any]:
     """Run (or resume) a study, analyze it and write its report to ``out``.
 
     Args:
         config: the study. out: output directory.
         device: Default ``"cpu"``. backend: stack backend. Default ``"auto"``.
         progress: tqdm bar. Default True. plots: write PNGs. Default True.
+        executor: where the units run. Default None: :class:`~deepres.study.sweep.LocalExecutor`.
 
     Returns:
-        The report dict written to ``out/study.json``.
+        The report dict written to ``out/study.json``. When units failed (see
+        :class:`~deepres.study.ray_executor.RayExecutor`), the report lists them under
+        ``failed_units`` and holds no analysis, which needs every unit; rerun to retry them.
     """
     from deepres.study.analysis import analyze
     from deepres.study.compare import limit_backend
@@ -146,17 +162,21 @@ def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", back
 
     store = ResultStore(out)
     start = time.perf_counter()
-    counts = run_units(config.units(), store, device=device, backend=backend, progress=progress)
+    counts = run_units(config.units(), store, executor=executor, device=device, backend=backend,
+                       progress=progress)
     ran = time.perf_counter() - start
-    analysis = analyze(config, store)
     report = {
         "config": config.as_dict(),
         "limit_backend": limit_backend(config.resolved_solver),
-        "environment": _versions(device),
+        "environment": _versions(device) | {"executor": type(executor or LocalExecutor()).__name__},
         "units": counts,
         "wall_seconds": {"run": ran, "total": time.perf_counter() - start},
-        **analysis,
     }
+    if counts["failed"]:
+        report["failed_units"] = store.failures()
+        _write_json(report, Path(out) / "study.json")
+        return report
+    report |= analyze(config, store)
     write_report(report, out, plots=plots)
     report["wall_seconds"]["total"] = time.perf_counter() - start
     _write_json(report, Path(out) / "study.json")
@@ -233,6 +253,16 @@ def _summary(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _executor(args: argparse.Namespace) -> Executor:
+    if args.executor == "local":
+        if args.address is not None:
+            raise ValueError("--address needs --executor ray")
+        return LocalExecutor()
+    from deepres.study.ray_executor import RayExecutor
+
+    return RayExecutor(args.address, max_retries=args.max_retries)
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``deepres study`` with parsed ``args``; returns the exit status (0 on success)."""
     try:
@@ -240,19 +270,43 @@ def main(args: argparse.Namespace) -> int:
     except (TypeError, ValueError) as error:
         print(f"deepres study: {error}", file=sys.stderr)
         return 2
+    if args.threads is not None and args.threads < 1:
+        print(f"deepres study: --threads must be ≥ 1; got {args.threads}", file=sys.stderr)
+        return 2
+    try:
+        executor = _executor(args)
+    except (ImportError, ValueError) as error:
+        print(f"deepres study: {error}", file=sys.stderr)
+        return 2
+    if args.device is None:
+        args.device = "cuda" if getattr(executor, "has_gpus", False) else "cpu"
     threads = args.threads
     if threads is None and str(args.device).startswith("cpu"):
         # NOTE: the study's tensors are small (10 samples, D = 4): intra-op threading costs
         # more than it saves, and on a loaded machine its spin-waits explode. Measured on the
         # 2-core CPU under load 6.7: the quick limit unit took 9.3 s with 1 thread, 320 s with 2.
+        # (Ray runs each task with one thread already.)
         threads = 1
     if threads is not None:
-        if threads < 1:
-            print(f"deepres study: --threads must be ≥ 1; got {threads}", file=sys.stderr)
-            return 2
         torch.set_num_threads(threads)
-    report = run_study(config, args.out, device=args.device, backend=args.backend,
-                       progress=not args.no_progress, plots=not args.no_plots)
+    try:
+        report = run_study(config, args.out, device=args.device, backend=args.backend,
+                           progress=not args.no_progress, plots=not args.no_plots, executor=executor)
+    except KeyboardInterrupt:
+        print(f"\ndeepres study: interrupted; the finished units are stored in {args.out}/units, "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
+    finally:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
+    if report["units"]["failed"]:
+        for failure in report["failed_units"]:
+            kind = failure["unit"]["kind"]
+            print(f"deepres study: unit {kind} failed: {failure['error']}", file=sys.stderr)
+        print(f"deepres study: {report['units']['failed']} unit(s) failed, listed in "
+              f"{Path(args.out) / 'study.json'}; rerun the same command to retry them", file=sys.stderr)
+        return 1
     print(_summary(report))
     print(f"report: {Path(args.out) / 'study.json'}")
     return 0

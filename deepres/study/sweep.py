@@ -15,10 +15,13 @@ rerun reads back what is there and runs only what is missing, and a run killed
 midway loses only the unit it was running.
 
 Executors run units: :class:`LocalExecutor` runs them one after the other in this
-process. Another executor (a Ray or multiprocessing pool) only has to implement
-:meth:`Executor.run`: call ``work(unit)`` somewhere, and ``on_done(unit, result)``
-in this process for each result, as they finish, so that the store is written by
-one process.
+process; :class:`deepres.study.ray_executor.RayExecutor` runs each as a Ray task, on a
+laptop or a cluster. An executor only has to implement :meth:`Executor.run`: call
+``work(unit)`` somewhere, and ``on_done(unit, result)`` in this process for each
+result, as they finish, so that the store is written by one process; a unit it gives
+up on (its worker died more often than the retries allow) goes to
+``on_failed(unit, message)``, which records the failure next to the results without
+touching them. A rerun retries failed units.
 """
 
 from __future__ import annotations
@@ -198,6 +201,20 @@ class ResultStore:
             raise ValueError(f"the file {self.path(unit)} holds another unit (digest collision)")
         return payload["result"]
 
+    def failure_path(self, unit: dict[str, Any]) -> Path:
+        return self.units_dir / f"{unit_key(unit)}.failed.json"
+
+    def save_failure(self, unit: dict[str, Any], message: str) -> None:
+        """Record that ``unit`` failed (atomically, as :meth:`save`); a later success clears it."""
+        target = self.failure_path(unit)
+        tmp = target.with_name(f".{target.name}.tmp")
+        tmp.write_text(json.dumps({"unit": unit, "error": message}, indent=1))
+        os.replace(tmp, target)
+
+    def failures(self) -> list[dict[str, Any]]:
+        """The recorded failures, ``{"unit": ..., "error": ...}`` each, oldest file name first."""
+        return [json.loads(p.read_text()) for p in sorted(self.units_dir.glob("*.failed.json"))]
+
     def save(self, unit: dict[str, Any], result: dict[str, Any]) -> None:
         """Write ``result`` for ``unit``: to a temporary file in the same folder, then renamed.
 
@@ -215,22 +232,32 @@ class ResultStore:
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
             raise
+        self.failure_path(unit).unlink(missing_ok=True)
+
+
+Work = Callable[[dict[str, Any]], dict[str, Any]]
+OnDone = Callable[[dict[str, Any], dict[str, Any]], None]
+OnFailed = Callable[[dict[str, Any], str], None]
 
 
 class Executor(Protocol):
     """Runs units of work; see the module docstring for the contract."""
 
-    def run(self, work: Callable[[dict[str, Any]], dict[str, Any]], units: Sequence[dict[str, Any]],
-            on_done: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
-        """Call ``work(unit)`` for every unit, and ``on_done(unit, result)`` here as each finishes."""
+    def run(self, work: Work, units: Sequence[dict[str, Any]], on_done: OnDone,
+            on_failed: OnFailed | None = None) -> None:
+        """Call ``work(unit)`` for every unit, and ``on_done(unit, result)`` here as each
+        finishes (``on_failed(unit, message)`` for a unit given up on)."""
         ...
 
 
 class LocalExecutor:
-    """Runs the units one after the other in this process (the default executor)."""
+    """Runs the units one after the other in this process (the default executor).
 
-    def run(self, work: Callable[[dict[str, Any]], dict[str, Any]], units: Sequence[dict[str, Any]],
-            on_done: Callable[[dict[str, Any], dict[str, Any]], None]) -> None:
+    An exception in a unit stops the sweep (what is stored stays stored).
+    """
+
+    def run(self, work: Work, units: Sequence[dict[str, Any]], on_done: OnDone,
+            on_failed: OnFailed | None = None) -> None:
         for unit in units:
             on_done(unit, work(unit))
 
@@ -247,11 +274,13 @@ def run_units(units: Sequence[dict[str, Any]], store: ResultStore, *, executor: 
         progress: show a tqdm bar weighted by :func:`unit_cost` (its ETA). Default True.
 
     Returns:
-        ``{"total": ..., "resumed": ..., "ran": ...}`` counts of units.
+        ``{"total": ..., "resumed": ..., "ran": ..., "failed": ...}`` counts of units
+        (failed: given up on by the executor, recorded with
+        :meth:`ResultStore.save_failure`).
     """
     executor = executor or LocalExecutor()
     todo = [u for u in units if not store.has(u)]
-    counts = {"total": len(units), "resumed": len(units) - len(todo), "ran": 0}
+    counts = {"total": len(units), "resumed": len(units) - len(todo), "ran": 0, "failed": 0}
     # Cheapest first: the bar's rate settles early and an interruption keeps the most units.
     todo.sort(key=unit_cost)
     bar = None
@@ -271,11 +300,18 @@ def run_units(units: Sequence[dict[str, Any]], store: ResultStore, *, executor: 
             bar.update(unit_cost(unit) / _COST_SCALE)
             bar.set_postfix_str(f"{unit_key(unit)[:14]} {result['seconds']:.1f}s")
 
+    def failed(unit: dict[str, Any], message: str) -> None:
+        store.save_failure(unit, message)
+        counts["failed"] += 1
+        if bar is not None:
+            bar.update(unit_cost(unit) / _COST_SCALE)
+            bar.set_postfix_str(f"{unit_key(unit)[:14]} FAILED")
+
     def work(unit: dict[str, Any]) -> dict[str, Any]:
         return run_unit(unit, device=device, backend=backend)
 
     try:
-        executor.run(work, todo, done)
+        executor.run(work, todo, done, failed)
     finally:
         if bar is not None:
             bar.close()
