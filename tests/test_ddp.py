@@ -1,4 +1,5 @@
-"""DistributedDataParallel: two gloo processes on loopback give the single-process gradients."""
+"""DistributedDataParallel: two gloo processes on loopback give the single-process gradients
+of ResidualStack and DeepResNet (each engine) and MeanODENet (each gradient route)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from deepres import DeepResNet, ResidualStack
 from deepres.engines.triton_support import unavailable_reason
+from deepres.meanode import MeanODENet
 
 WORLD = 2
 
@@ -30,6 +32,9 @@ def _dtype(backend: str) -> torch.dtype:
 
 def _build(kind: str, backend: str) -> torch.nn.Module:
     generator = torch.Generator().manual_seed(0)
+    if kind == "meanode":  # the limit has its own solvers; ``backend`` names its gradient route here
+        return MeanODENet(3, 2, dim=4, particles=6, steps=3, solver="rk4", gradient=backend,
+                          particle_init="iid", dtype=torch.float64, generator=generator)
     if kind == "stack":
         return ResidualStack(7, 4, 3, backend=backend, checkpoint_every=3, dtype=_dtype(backend),
                              generator=generator)
@@ -39,7 +44,7 @@ def _build(kind: str, backend: str) -> torch.nn.Module:
 
 def _data(kind: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
-    out_shape = (8, 4) if kind == "stack" else (2, 8, 2)
+    out_shape = {"stack": (8, 4), "network": (2, 8, 2), "meanode": (8, 2)}[kind]
     x = torch.randn(8, 4 if kind == "stack" else 3, generator=generator, dtype=torch.float64)
     y = torch.randn(out_shape, generator=generator, dtype=torch.float64)
     return x.to(_dtype(backend)), y.to(_dtype(backend))
@@ -53,7 +58,8 @@ def _cases() -> list[tuple[str, str]]:
     backends = ["torch", "reference"]
     if unavailable_reason(torch.device("cpu")) is None:  # Triton interpreter enabled (tests/conftest.py)
         backends.append("triton")
-    return [(kind, backend) for kind in ("stack", "network") for backend in backends]
+    cases = [(kind, backend) for kind in ("stack", "network") for backend in backends]
+    return [*cases, ("meanode", "adjoint"), ("meanode", "discrete")]
 
 
 def _worker(rank: int, port: int, out_path: str) -> None:
