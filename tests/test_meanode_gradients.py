@@ -228,3 +228,6 @@ def test_reused_gradient_buffers_never_overwrite_visible_gradients(gradient):
         ode(h0).square().sum().backward()
         assert rel(ode.u.grad, 2 * kept[0]) <= 1e-14 and rel(ode.v.grad, 2 * kept[1]) <= 1e-14
         assert ode.u.grad.data_ptr() != ode.v.grad.data_ptr()
+    ode.zero_grad(set_to_none=True)  # two solves in one graph: both backward passes need buffers
+    (ode(h0).square().sum() + ode(h0).square().sum()).backward()
+    assert rel(ode.u.grad, 2 * kept[0]) <= 1e-14 and rel(ode.v.grad, 2 * kept[1]) <= 1e-14
