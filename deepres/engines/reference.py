@@ -9,7 +9,14 @@ from __future__ import annotations
 
 import torch
 
-from deepres.activations import activation as apply_activation
+# The oracle computes σ with torch's own functions, not the engines' (faster) forms.
+_PLAIN_ACTIVATIONS = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "gelu": lambda z: torch.nn.functional.gelu(z, approximate="none"),
+    "silu": torch.nn.functional.silu,
+    "identity": lambda z: z,
+}
 
 __all__ = ["reference_residual_stack"]
 
@@ -39,5 +46,5 @@ def reference_residual_stack(
     layers_v = v.unbind(dim=-3)
     for u_l, v_l in zip(layers_u, layers_v, strict=True):
         z = pre_scale * (h @ u_l.to(h.dtype).transpose(-1, -2))
-        h = h + multiplier * (apply_activation(activation, z) @ v_l.to(h.dtype))
+        h = h + multiplier * (_PLAIN_ACTIVATIONS[activation](z) @ v_l.to(h.dtype))
     return h
