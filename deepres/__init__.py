@@ -7,8 +7,10 @@ studies that compare the two (see README.md and DESIGN notes).
 
 from deepres.activations import ACTIVATIONS
 from deepres.functional import BACKENDS, residual_stack
+from deepres.meanode import MeanODE, MeanODENet
 from deepres.modules import DeepResNet, ResidualStack
 from deepres.parameterization import PARAMETERIZATIONS, Parameterization
+from deepres.training import TrainResult, gradient_descent_step, train
 
 __version__ = "0.1.0"
 
@@ -17,8 +19,13 @@ __all__ = [
     "BACKENDS",
     "PARAMETERIZATIONS",
     "DeepResNet",
+    "MeanODE",
+    "MeanODENet",
     "Parameterization",
     "ResidualStack",
+    "TrainResult",
     "__version__",
+    "gradient_descent_step",
     "residual_stack",
+    "train",
 ]

@@ -23,7 +23,7 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 import deepres
-from deepres.train import gradient_descent_step
+from deepres.training import gradient_descent_step
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import torch
 import deepres
 from deepres.meanode import TABLEAUS, MeanODE, MeanODENet, init_particles
 from deepres.meanode.reference import reference_adjoint_gradients
-from deepres.train import gradient_descent_step
+from deepres.training import gradient_descent_step
 
 F64 = torch.float64
 SOLVERS = ("euler", "midpoint", "rk4")

@@ -106,7 +106,7 @@ def test_tied_resnet_limit_is_the_euler_limit(monkeypatch):
 def test_tied_resnet_limit_trains_like_meanode_euler(monkeypatch):
     """GD on the tied ResNet equals GD on MeanODENet(euler, discrete gradient), same particles."""
     from deepres.meanode import MeanODENet
-    from deepres.train import train
+    from deepres.training import train
 
     embed, readout = coupling_weights(5, 3, 4, seed=0, dtype=torch.float64)
     assert isinstance(build_limit(embed, readout, particles=6, grid_steps=4, solver="euler"), MeanODENet)

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 import deepres
-from deepres.train import gradient_descent_step, train
+from deepres import DeepResNet, MeanODENet
+from deepres.training import TrainResult, gradient_descent_step, lr_multipliers, train
 from tests.helpers import relative_error
 
 
@@ -141,12 +142,22 @@ def test_progress_callback_sees_every_step():
     assert seen == [1, 2, 3]
 
 
-def test_the_module_is_callable_as_the_trainer():
-    import deepres.train as module
+def test_package_exports_the_trainer():
+    import deepres
 
-    x, y = _data()
-    net = _net()
-    reference = copy.deepcopy(net)
-    out = module(net, x, y, steps=2, eta=0.1).outputs
-    assert relative_error(out, train(reference, x, y, steps=2, eta=0.1).outputs) < 1e-12
-    assert callable(module.gradient_descent_step)
+    assert deepres.train is train and deepres.TrainResult is TrainResult
+
+
+def test_trained_embedding_and_readout_take_the_plain_learning_rate():
+    net = DeepResNet(3, 2, depth=4, dim=5, hidden=2, train_embedding=True, train_readout=True,
+                     dtype=torch.float64)
+    multipliers = {name: m for name, _, m in lr_multipliers(net)}
+    assert multipliers == {"embed_weight": 1.0, "readout_weight": 1.0,
+                           "stack.u": net.lr_multiplier, "stack.v": net.lr_multiplier}
+    limit = MeanODENet(3, 2, dim=5, particles=4, steps=2, solver="rk4", train_readout=True,
+                       dtype=torch.float64)
+    before = limit.readout_weight.detach().clone()
+    x = torch.randn(6, 3, dtype=torch.float64)
+    limit(x).sum().backward()
+    gradient_descent_step(limit, eta=0.5)  # the rk4 multiplier is a per-node tensor
+    assert torch.allclose(limit.readout_weight, before - 0.5 * limit.readout_weight.grad, atol=1e-15)

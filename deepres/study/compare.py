@@ -4,7 +4,7 @@ Coupling: every ResNet of a comparison and the limit see the same data (x, y)
 and the same fixed embedding W_E and readout W_U; the ResNets' u, v are drawn
 i.i.d. from the initial law μ_0 (one draw per replica), the limit's particles
 are drawn from the same μ_0 (antithetic pairs). Both are trained by the same
-gradient-descent loop (:func:`deepres.train.train`) with the same η and number
+gradient-descent loop (:func:`deepres.train`) with the same η and number
 of steps, each with its own lr multiplier.
 
 Error decomposition at a recorded step, for R replicas F_r (N, d) of the ResNet
@@ -32,7 +32,7 @@ import torch
 from torch import nn
 
 from deepres.modules import DeepResNet
-from deepres.train import TrainResult, train
+from deepres.training import TrainResult, train
 
 __all__ = [
     "SOLVERS",

@@ -34,7 +34,7 @@ from torch import nn
 from deepres.activations import activation_and_derivative
 from deepres.functional import residual_stack
 from deepres.study.compare import build_resnet
-from deepres.train import train
+from deepres.training import train
 
 __all__ = ["BlockLinearizedNet", "lazy_measurements", "linearized_training"]
 

@@ -40,7 +40,7 @@ import torch
 from deepres.study.compare import build_limit_sets, build_resnet, coupling_weights
 from deepres.study.data import make_task
 from deepres.study.lazy import lazy_measurements
-from deepres.train import train
+from deepres.training import train
 
 __all__ = [
     "Executor",

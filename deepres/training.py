@@ -11,17 +11,13 @@ where the multiplier is that of the module owning w, and 1 for trained
 weights of modules without one (a trained embedding or readout).
 
 :func:`train` runs that step in a full-batch loop and records what the studies
-need. The module itself is callable: ``deepres.train(model, x, y, steps=..., eta=...)``
-is ``deepres.train.train(...)``.
+need. ``deepres.train`` is :func:`train`, exported from the package.
 """
 
 from __future__ import annotations
 
-import sys
-import types
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -31,15 +27,25 @@ from deepres._checks import check_finite_real, check_tensor
 __all__ = ["TrainResult", "gradient_descent_step", "lr_multipliers", "train"]
 
 
+#: Names of the weights a module's ``lr_multiplier`` applies to.
+SCALED_WEIGHTS = ("u", "v")
+
+
 def lr_multipliers(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, float | torch.Tensor]]:
-    """Yield (name, parameter, lr multiplier) for every trainable parameter of ``model``."""
+    """Yield (name, parameter, lr multiplier) for every trainable parameter of ``model``.
+
+    A parameter named ``u`` or ``v`` gets the ``lr_multiplier`` of the module that
+    owns it; every other trainable parameter (a trained embedding or readout, even
+    on a module that has an ``lr_multiplier`` of its own) gets 1.
+    """
     for module_name, module in model.named_modules():
         multiplier = getattr(module, "lr_multiplier", None)
         for name, param in module.named_parameters(recurse=False):
             if not param.requires_grad:
                 continue
             full = f"{module_name}.{name}" if module_name else name
-            yield full, param, (1.0 if multiplier is None else multiplier)
+            scaled = multiplier is not None and name in SCALED_WEIGHTS
+            yield full, param, (multiplier if scaled else 1.0)
 
 
 @torch.no_grad()
@@ -265,19 +271,3 @@ def _drop_frozen_gradients(model: nn.Module, frozen: torch.Tensor) -> None:
     for _, p, _ in lr_multipliers(model):
         if p.grad is not None and p.dim() >= 1 and p.shape[0] == replicas and p.dim() == 4:
             p.grad[frozen] = 0.0
-
-
-class _CallableModule(types.ModuleType):
-    """The type of this module: calling it calls :func:`train`.
-
-    The public API is ``deepres.train(model, x, y, *, steps, eta)`` while
-    ``deepres.train.gradient_descent_step`` and ``deepres.train.lr_multipliers``
-    must keep working; a function named ``train`` exported from the package would
-    shadow this module, so the module itself is made callable instead.
-    """
-
-    def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, **options: Any) -> TrainResult:
-        return train(model, x, y, **options)
-
-
-sys.modules[__name__].__class__ = _CallableModule
