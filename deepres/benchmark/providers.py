@@ -564,8 +564,12 @@ def _rk4_autograd(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, c: float, a
                   steps: int) -> torch.Tensor:
     """Classic rk4 on the node grid (node 2n at s_n, 2n+1 at the midpoint), plain autograd."""
 
+    # unbind: one autograd node for all nodes, whose backward stacks the per-node gradients
+    # once; indexing u[j] per evaluation would build a full-size gradient for every evaluation.
+    us, vs = u.unbind(0), v.unbind(0)
+
     def field(x: torch.Tensor, node: int) -> torch.Tensor:
-        return c * (apply_activation(act, a * (x @ u[node].T)) @ v[node])
+        return c * (apply_activation(act, a * (x @ us[node].T)) @ vs[node])
 
     dt = 1.0 / steps
     for n in range(steps):
@@ -590,8 +594,11 @@ def _autograd_runner(case: Case, inputs: Inputs) -> Runner:
 class TimeIndexedField(nn.Module):
     """The mean-ODE field F(t, h) = c·σ(a·h u(t)ᵀ) v(t) with parameters on a node grid.
 
-    torchdiffeq needs the field as a module of (t, h); the parameters u, v
-    (nodes, K, D) are indexed by the node nearest to t (node j at time j/(nodes − 1)).
+    torchdiffeq needs the field as a module of (t, h); the parameters are one
+    (K, D) pair per node, held in ``nn.ParameterList``s (separate leaves, as a user
+    would write them: indexing one stacked parameter would make every evaluation's
+    backward build a full-size gradient), used at the node nearest to t (node j at
+    time j/(nodes − 1)).
 
     Args:
         u, v: (nodes, K, D). multiplier: c. pre_scale: a. activation: σ's name.
@@ -600,10 +607,15 @@ class TimeIndexedField(nn.Module):
     def __init__(self, u: torch.Tensor, v: torch.Tensor, multiplier: float, pre_scale: float,
                  activation: str) -> None:
         super().__init__()
-        self.u = nn.Parameter(u.detach().clone())
-        self.v = nn.Parameter(v.detach().clone())
+        self.u = nn.ParameterList(nn.Parameter(t.detach().clone()) for t in u.unbind(0))
+        self.v = nn.ParameterList(nn.Parameter(t.detach().clone()) for t in v.unbind(0))
         self.multiplier, self.pre_scale, self.activation = multiplier, pre_scale, activation
         self.intervals = u.shape[0] - 1
+
+    def gradients(self) -> dict[str, torch.Tensor]:
+        """∂u, ∂v stacked to (nodes, K, D) (zeros at nodes the solver never used)."""
+        return {name: torch.stack([p.grad if p.grad is not None else torch.zeros_like(p) for p in params])
+                for name, params in (("u", self.u), ("v", self.v))}
 
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         node = min(max(round(float(t.detach()) * self.intervals), 0), self.intervals)
@@ -634,7 +646,7 @@ def _torchdiffeq_runner(case: Case, inputs: Inputs, adjoint: bool) -> Runner:
     def forward() -> torch.Tensor:
         return solve(fn, inputs.h0, times, method="rk4", options=options)[-1]
 
-    return Runner(forward, [fn.u, fn.v], lambda: {"u": fn.u.grad, "v": fn.v.grad}, case.mode, inputs.probe)
+    return Runner(forward, list(fn.parameters()), fn.gradients, case.mode, inputs.probe)
 
 
 def _meanode_reason(case: Case) -> str | None:
