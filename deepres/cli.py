@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     from deepres.study import cli as study_cli
 
     parser = argparse.ArgumentParser(prog="deepres", description=_DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+                                     formatter_class=argparse.HelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text, configure, run in (
         ("study", "convergence study: ResNets vs their mean-ODE limit",
@@ -58,7 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "one training step of a deep network with each engine", _demo_parser, _run_demo),
     ):
         sub = commands.add_parser(name, help=help_text, description=help_text,
-                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+                                  formatter_class=argparse.HelpFormatter)
         configure(sub)
         sub.set_defaults(handler=run)
     return parser
