@@ -48,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     from deepres.study import cli as study_cli
 
     parser = argparse.ArgumentParser(prog="deepres", description=_DESCRIPTION,
-                                     formatter_class=argparse.HelpFormatter)
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text, configure, run in (
         ("study", "convergence study: ResNets vs their mean-ODE limit",
