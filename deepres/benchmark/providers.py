@@ -58,7 +58,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from deepres.activations import ACTIVATIONS
-from deepres.activations import activation as apply_activation
 from deepres.engines.common import resolve_checkpoint_every
 from deepres.engines.reference import reference_residual_stack
 from deepres.engines.triton_support import unavailable_reason as triton_unavailable_reason
@@ -247,6 +246,22 @@ def make_inputs(case: Case) -> Inputs:
     return Inputs(h0=h0, u=u, v=v, probe=probe, multiplier=multiplier, pre_scale=1.0 / case.dim)
 
 
+# What a user writes: PyTorch's own functions (deepres.activations may trade autograd
+# memory for speed, e.g. tanh through sigmoid on the CPU, which is not what a baseline does).
+_USER_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "gelu": lambda z: F.gelu(z, approximate="none"),
+    "silu": F.silu,
+    "identity": lambda z: z,
+}
+
+
+def user_activation(name: str, z: torch.Tensor) -> torch.Tensor:
+    """σ(z) with PyTorch's own function, as the baselines (eager, compile, autograd loops) use it."""
+    return _USER_ACTIVATIONS[name](z)
+
+
 def _leaf(t: torch.Tensor) -> torch.Tensor:
     return t.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
 
@@ -387,7 +402,7 @@ class EagerBlock(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         z = self.pre_scale * F.linear(h, self.inp_weight)
-        return h + self.multiplier * F.linear(apply_activation(self.activation, z), self.out_weight)
+        return h + self.multiplier * F.linear(user_activation(self.activation, z), self.out_weight)
 
 
 class EagerStack(nn.Module):
@@ -456,7 +471,7 @@ def _compile_runner(case: Case, inputs: Inputs, mode: str | None) -> Runner:
     c, a, act = inputs.multiplier, inputs.pre_scale, case.activation
 
     def block(h: torch.Tensor, w_in: torch.Tensor, w_out: torch.Tensor) -> torch.Tensor:
-        return h + c * F.linear(apply_activation(act, a * F.linear(h, w_in)), w_out)
+        return h + c * F.linear(user_activation(act, a * F.linear(h, w_in)), w_out)
 
     compiled = torch.compile(block, mode=mode, dynamic=False)
     nets = []
@@ -569,7 +584,7 @@ def _rk4_autograd(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, c: float, a
     us, vs = u.unbind(0), v.unbind(0)
 
     def field(x: torch.Tensor, node: int) -> torch.Tensor:
-        return c * (apply_activation(act, a * (x @ us[node].T)) @ vs[node])
+        return c * (user_activation(act, a * (x @ us[node].T)) @ vs[node])
 
     dt = 1.0 / steps
     for n in range(steps):
@@ -620,7 +635,7 @@ class TimeIndexedField(nn.Module):
     def forward(self, t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         node = min(max(round(float(t.detach()) * self.intervals), 0), self.intervals)
         z = self.pre_scale * (h @ self.u[node].T)
-        return self.multiplier * (apply_activation(self.activation, z) @ self.v[node])
+        return self.multiplier * (user_activation(self.activation, z) @ self.v[node])
 
 
 def _torchdiffeq_reason(case: Case) -> str | None:
