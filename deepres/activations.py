@@ -12,14 +12,19 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["ACTIVATIONS", "activation", "activation_and_derivative", "check_activation"]
+__all__ = ["ACTIVATIONS", "activation", "activation_and_derivative", "activation_vjp", "check_activation"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
 
+# NOTE: below this many elements torch.tanh's fixed cost wins: 3.1 µs against 7.4 µs for the
+# sigmoid form at 64×16 (one thread of the 2-core EPYC); the crossover is near 4096.
+_SIGMOID_TANH_MIN_NUMEL = 4096
+
+
 def _tanh(z: torch.Tensor) -> torch.Tensor:
-    if z.device.type == "cpu":
+    if z.device.type == "cpu" and z.numel() >= _SIGMOID_TANH_MIN_NUMEL:
         # NOTE: on the CPU build of torch 2.13, torch.tanh is not vectorized: measured on one
         # thread of a 2-core EPYC, 68 µs for a (256, 128) float32 tensor against 18 µs for
         # tanh(z) = 2·sigmoid(2z) − 1 (and 347 µs against 136 µs at (10, 16384)). The
@@ -100,3 +105,20 @@ def activation(name: str, z: torch.Tensor) -> torch.Tensor:
 def activation_and_derivative(name: str, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(σ(z), σ'(z)) for the activation called ``name`` (elementwise, fresh tensors)."""
     return _PAIR[name](z)
+
+
+# σ'(z) ⊙ q in one fused ATen op each (the kernels autograd itself runs): one pass over the
+# M-wide tensors instead of the two or three that forming σ'(z) and multiplying take.
+_VJP: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    "tanh": lambda q, z, s: torch.ops.aten.tanh_backward(q, s),
+    "relu": lambda q, z, s: torch.ops.aten.threshold_backward(q, z, 0.0),
+    "gelu": lambda q, z, s: torch.ops.aten.gelu_backward(q, z, approximate="none"),
+    "silu": lambda q, z, s: torch.ops.aten.silu_backward(q, z),
+    "identity": lambda q, z, s: q,
+}
+
+
+def activation_vjp(name: str, q: torch.Tensor, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    """σ'(z) ⊙ q for the activation called ``name``, given z and s = σ(z) (a fresh tensor
+    except for ``"identity"``, which returns ``q`` itself)."""
+    return _VJP[name](q, z, s)

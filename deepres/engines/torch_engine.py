@@ -26,10 +26,12 @@ Weights stored in a lower precision than h are upcast one layer at a time.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from deepres.activations import activation as apply_activation
-from deepres.activations import activation_and_derivative
+from deepres.activations import activation_vjp
 from deepres.engines.common import segments
 
 __all__ = ["TorchStackFunction", "torch_residual_stack"]
@@ -52,6 +54,18 @@ def _layer(h: torch.Tensor, u_l: torch.Tensor, v_l: torch.Tensor, c: float, a: f
     return torch.baddbmm(h, apply_activation(act, z), v_l, alpha=c, out=out)
 
 
+def _layer_weights(weights: torch.Tensor, dtype: torch.dtype) -> Callable[[int], torch.Tensor]:
+    """layer ↦ that layer's (R, M, D) weights in ``dtype``.
+
+    The (R, L, M, D) tensor is unbound once per pass (one call, not a slice per layer);
+    weights stored in a lower precision are upcast one layer at a time, when it runs.
+    """
+    layers = weights.unbind(1)
+    if weights.dtype == dtype:
+        return layers.__getitem__
+    return lambda layer: layers[layer].to(dtype)
+
+
 class TorchStackFunction(torch.autograd.Function):
     """autograd Function of the PyTorch engine (replica form, see module docstring)."""
 
@@ -60,13 +74,14 @@ class TorchStackFunction(torch.autograd.Function):
         replicas, batch, dim = h0.shape
         depth = u.shape[1]
         layout = segments(depth, every)
+        weight_u, weight_v = _layer_weights(u, h0.dtype), _layer_weights(v, h0.dtype)
         checkpoints = h0.new_empty((len(layout), replicas, batch, dim))
         h = h0
         for index, (start, stop) in enumerate(layout):
             checkpoints[index].copy_(h)
             for layer in range(start, stop):
-                h = _layer(h, u[:, layer].to(h.dtype), v[:, layer].to(h.dtype),
-                           multiplier, pre_scale, activation)
+                h = _layer(h, weight_u(layer), weight_v(layer), multiplier, pre_scale,
+                           activation)
         ctx.save_for_backward(checkpoints, u, v)
         ctx.config = (multiplier, pre_scale, activation, every)
         return h.clone() if h is h0 else h
@@ -78,8 +93,12 @@ class TorchStackFunction(torch.autograd.Function):
         need_h, need_u, need_v = ctx.needs_input_grad[:3]
         depth = u.shape[1]
         compute = checkpoints.dtype
+        weight_u, weight_v = _layer_weights(u, compute), _layer_weights(v, compute)
         grad_u = torch.empty(u.shape, dtype=u.dtype, device=u.device) if need_u else None
         grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device) if need_v else None
+        # With one replica the per-layer gradient slots are contiguous: the GEMMs write into
+        # them directly instead of into a temporary that is then copied.
+        direct = u.shape[0] == 1 and u.dtype == compute
         g = grad_out.to(compute).contiguous()
         ca = c * a
         layout = segments(depth, every)
@@ -92,19 +111,25 @@ class TorchStackFunction(torch.autograd.Function):
             else:
                 inputs[0].copy_(checkpoints[index])
                 for offset, layer in enumerate(range(start, stop - 1)):
-                    _layer(inputs[offset], u[:, layer].to(compute), v[:, layer].to(compute),
-                           c, a, act, out=inputs[offset + 1])
+                    _layer(inputs[offset], weight_u(layer), weight_v(layer), c, a, act,
+                           out=inputs[offset + 1])
                 layer_inputs = inputs
             for layer in range(stop - 1, start - 1, -1):
                 x = layer_inputs[layer - start]
-                u_l = u[:, layer].to(compute)
-                v_l = v[:, layer].to(compute)
-                s, ds = activation_and_derivative(act, _scaled_bmm(x, u_l.transpose(1, 2), a))
+                u_l, v_l = weight_u(layer), weight_v(layer)
+                z = _scaled_bmm(x, u_l.transpose(1, 2), a)
+                s = apply_activation(act, z)
                 if need_v:
-                    grad_v[:, layer] = _scaled_bmm(s.transpose(1, 2), g, c)
-                p = ds.mul_(torch.bmm(g, v_l.transpose(1, 2)))
+                    if direct:
+                        _scaled_bmm(s.transpose(1, 2), g, c, out=grad_v[:, layer])
+                    else:
+                        grad_v[:, layer] = _scaled_bmm(s.transpose(1, 2), g, c)
+                p = activation_vjp(act, torch.bmm(g, v_l.transpose(1, 2)), z, s)  # σ'(z) ⊙ (g vᵀ)
                 if need_u:
-                    grad_u[:, layer] = _scaled_bmm(p.transpose(1, 2), x, ca)
+                    if direct:
+                        _scaled_bmm(p.transpose(1, 2), x, ca, out=grad_u[:, layer])
+                    else:
+                        grad_u[:, layer] = _scaled_bmm(p.transpose(1, 2), x, ca)
                 g = torch.baddbmm(g, p, u_l, alpha=ca)
         grad_h = g if need_h else None
         return grad_h, grad_u, grad_v, None, None, None, None
