@@ -399,7 +399,10 @@ def _time_rows(rows: list[dict[str, object]], config: BenchConfig, isolation: st
         env_extra = json.loads(env_key)
         for job in jobs:
             for name in job["providers"]:
-                timing_env[name] = {**_WORKER_ENV, **env_extra} if isolation == "subprocess" else {}
+                # Timed with the allocator users have: _WORKER_ENV's mmap threshold, which makes the
+                # resident size follow the live tensors for the memory step, would make every large
+                # buffer fault its pages in again at each step and bias times against them.
+                timing_env[name] = dict(env_extra) if isolation == "subprocess" else {}
         if isolation == "subprocess":
             output = tmp / f"timing-{index}.jsonl"
             spec = {"jobs": jobs, "checkpoint_policies": config.checkpoint_policies,
@@ -407,7 +410,7 @@ def _time_rows(rows: list[dict[str, object]], config: BenchConfig, isolation: st
             try:
                 completed = subprocess.run(
                     [sys.executable, "-m", "deepres.benchmark.harness", "--timing-worker"],
-                    input=json.dumps(spec), text=True, env={**os.environ, **_WORKER_ENV, **env_extra},
+                    input=json.dumps(spec), text=True, env={**os.environ, **env_extra},
                     timeout=config.provider_timeout * max(1, len(by_name)), stdout=subprocess.DEVNULL)
                 if completed.returncode != 0:
                     failure = f"timing process exited with status {completed.returncode}"
