@@ -78,6 +78,7 @@ def _worker(rank: int, port: int, out_path: str) -> None:
             grads[kind, backend] = {name: p.grad for name, p in net.named_parameters()}
         if rank == 0:
             torch.save(grads, out_path)
+        dist.barrier()  # no rank tears down its communication threads while the other still uses them
     finally:
         dist.destroy_process_group()
 

@@ -101,16 +101,17 @@ def _unit_files(out: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (out / "units").glob("*.pt")}
 
 
-def _start_and_interrupt(out: Path, extra: list[str], sig: int) -> tuple[dict[str, int], int]:
-    """Start the study in a subprocess, send ``sig`` once a unit is stored; return the files and the status."""
+def _start_and_interrupt(out: Path, extra: list[str], sig: int) -> tuple[dict[str, int], int, str]:
+    """Start the study in a subprocess, send ``sig`` once a unit is stored; return the files, the
+    status and what the process printed."""
     command = [sys.executable, "-m", "deepres.study", "--out", str(out), *SLOW_ARGS, *extra]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 120
     while not _unit_files(out) and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
     process.send_signal(sig)
-    process.communicate(timeout=60)
-    return _unit_files(out), process.returncode if process.returncode is not None else -1
+    output, _ = process.communicate(timeout=60)
+    return _unit_files(out), process.returncode if process.returncode is not None else -1, output.decode()
 
 
 def _assert_resumes(out: Path, before: dict[str, int], extra: list[str]) -> None:
@@ -124,14 +125,15 @@ def _assert_resumes(out: Path, before: dict[str, int], extra: list[str]) -> None
 
 
 def test_killed_local_sweep_resumes_under_ray(cluster, tmp_path):
-    before, status = _start_and_interrupt(tmp_path, [], signal.SIGKILL)
-    assert status == -signal.SIGKILL
+    before, status, output = _start_and_interrupt(tmp_path, [], signal.SIGKILL)
+    assert status == -signal.SIGKILL, output
     _assert_resumes(tmp_path, before, ["--executor", "ray", "--address", cluster])
 
 
 def test_ctrl_c_stops_a_ray_sweep_cleanly_and_a_rerun_resumes(cluster, tmp_path):
-    before, status = _start_and_interrupt(tmp_path, ["--executor", "ray", "--address", cluster], signal.SIGINT)
-    assert status == 130
+    before, status, output = _start_and_interrupt(tmp_path, ["--executor", "ray", "--address", cluster],
+                                                  signal.SIGINT)
+    assert status == 130, output
     _assert_resumes(tmp_path, before, [])
 
 
