@@ -79,8 +79,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="largest L timed with torch.compile(reduce-overhead) (default 4096)")
     parser.add_argument("--skip-compile", action="store_true", help="do not time the torch.compile baseline")
     parser.add_argument("--quick", action="store_true",
-                        help="only the target shape L=4096, D=M=64, B in {64, 1024}, budget 240 s (for short "
-                             "device sessions)")
+                        help="only the target shape L=4096, D=M=64, B in {64, 1024}, budget 240 s "
+                             "(for a short time on a GPU)")
     parser.add_argument("--dry-run", action="store_true",
                         help="tiny shapes on the CPU (Triton interpreter) to check the script without a GPU")
     args = parser.parse_args(argv)
