@@ -13,7 +13,7 @@ from deepres.engines.common import resolve_checkpoint_every
 from deepres.functional import BACKENDS, residual_stack
 from deepres.parameterization import Parameterization
 
-__all__ = ["DeepResNet", "ResidualStack"]
+__all__ = ["DeepResNet", "EmbeddedNetwork", "ResidualStack", "draw_embedding_and_readout"]
 
 
 def _check_replicas(replicas: object) -> int | None:
@@ -128,7 +128,62 @@ class ResidualStack(nn.Module):
                 f"backend={self.backend!r}, checkpoint_every={self.checkpoint_every!r}{replicas}")
 
 
-class DeepResNet(nn.Module):
+def draw_embedding_and_readout(in_features: int, out_features: int, dim: int, *,
+                                device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                                generator: torch.Generator | None = None,
+                                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """W_E (D, d_in) with N(0, 1/d_in) entries, then W_U (D, d_out) with N(0, d_out) entries."""
+    embed = torch.empty(dim, in_features, device=device, dtype=dtype)
+    readout = torch.empty(dim, out_features, device=device, dtype=dtype)
+    with torch.no_grad():
+        embed.normal_(0.0, 1.0 / math.sqrt(in_features), generator=generator)
+        readout.normal_(0.0, math.sqrt(out_features), generator=generator)
+    return embed, readout
+
+
+class EmbeddedNetwork(nn.Module):
+    """What :class:`DeepResNet` and its limit :class:`deepres.MeanODENet` share: the fixed
+    (or trained) embedding ``h_0 = W_E x`` and readout ``f = W_Uᵀ h / D`` around a body.
+
+    Subclasses set ``in_features`` and ``out_features``, register ``embed_weight``
+    (D, d_in) and ``readout_weight`` (D, d_out) with :meth:`_register_weight`, and
+    define :meth:`features` (x ↦ the final embedding).
+    """
+
+    in_features: int
+    out_features: int
+
+    def _register_weight(self, name: str, value: torch.Tensor, trainable: bool) -> None:
+        """Hold ``value`` as a trainable ``nn.Parameter`` or as a buffer (the tensor itself)."""
+        if not isinstance(trainable, bool):
+            raise TypeError(f"train flags must be bools; got {type(trainable).__name__} for {name}")
+        if trainable:
+            self.register_parameter(name, value if isinstance(value, nn.Parameter) else nn.Parameter(value))
+        else:
+            self.register_buffer(name, value.detach() if value.requires_grad else value)
+
+    def _embed(self, x: object) -> torch.Tensor:
+        """W_E x for x (N, d_in), checked: (N, D)."""
+        x = check_tensor(x, "x")
+        if x.dim() != 2 or x.shape[1] != self.in_features:
+            raise ValueError(f"x must have shape (N, {self.in_features}); got {tuple(x.shape)}")
+        if x.dtype != self.embed_weight.dtype:
+            raise TypeError(f"x must have dtype {self.embed_weight.dtype}; got {x.dtype}")
+        return x @ self.embed_weight.T
+
+    def readout(self, h: torch.Tensor) -> torch.Tensor:
+        """f = W_Uᵀ h / D: (..., N, D) → (..., N, d_out)."""
+        return h @ self.readout_weight / self.readout_weight.shape[0]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Args: x (N, d_in). Returns: f(x), (..., N, d_out)."""
+        return self.readout(self.features(x))
+
+
+class DeepResNet(EmbeddedNetwork):
     """The full network of the paper's experiments: embedding, residual stack, readout.
 
     ``f(x) = W_Uᵀ h_L / D`` with ``h_0 = W_E x``; W_E (D, d_in) has N(0, 1/d_in)
@@ -180,24 +235,15 @@ class DeepResNet(nn.Module):
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
         check_positive_int(dim, "dim")
-        embed = torch.empty(dim, in_features, device=device, dtype=dtype)
-        readout = torch.empty(dim, out_features, device=device, dtype=dtype)
-        with torch.no_grad():
-            embed.normal_(0.0, 1.0 / math.sqrt(in_features), generator=generator)
-            readout.normal_(0.0, math.sqrt(out_features), generator=generator)
+        embed, readout = draw_embedding_and_readout(in_features, out_features, dim, device=device,
+                                                    dtype=dtype, generator=generator)
         self.stack = ResidualStack(
             depth, dim, hidden, alpha=alpha, parameterization=parameterization,
             activation=activation, backend=backend, checkpoint_every=checkpoint_every,
             replicas=replicas, device=device, dtype=dtype, generator=generator,
         )
-        self._register("embed_weight", embed, train_embedding)
-        self._register("readout_weight", readout, train_readout)
-
-    def _register(self, name: str, value: torch.Tensor, trainable: bool) -> None:
-        if trainable:
-            self.register_parameter(name, nn.Parameter(value))
-        else:
-            self.register_buffer(name, value)
+        self._register_weight("embed_weight", embed, train_embedding)
+        self._register_weight("readout_weight", readout, train_readout)
 
     @property
     def lr_multiplier(self) -> float:
@@ -209,19 +255,10 @@ class DeepResNet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """h_0 = W_E x: (N, d_in) → (N, D), or (R, N, D) with replicas (shared x)."""
-        x = check_tensor(x, "x")
-        if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"x must have shape (N, {self.in_features}); got {tuple(x.shape)}")
-        if x.dtype != self.embed_weight.dtype:
-            raise TypeError(f"x must have dtype {self.embed_weight.dtype}; got {x.dtype}")
-        h0 = x @ self.embed_weight.T
+        h0 = self._embed(x)
         if self.replicas is not None:
             h0 = h0.unsqueeze(0).expand(self.replicas, -1, -1)
         return h0
-
-    def readout(self, h: torch.Tensor) -> torch.Tensor:
-        """f = W_Uᵀ h / D: (..., N, D) → (..., N, d_out)."""
-        return h @ self.readout_weight / self.stack.dim
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The final embedding h_L, (N, D) or (R, N, D)."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -15,7 +13,7 @@ from deepres.meanode.discrete import DiscreteFunction
 from deepres.meanode.particles import PARTICLE_INITS, init_particles
 from deepres.meanode.solver import GradientPool, SolveConfig
 from deepres.meanode.tableaus import SOLVERS, TABLEAUS
-from deepres.modules import DeepResNet
+from deepres.modules import DeepResNet, EmbeddedNetwork, draw_embedding_and_readout
 from deepres.parameterization import Parameterization
 
 __all__ = ["GRADIENTS", "MeanODE", "MeanODENet"]
@@ -248,7 +246,7 @@ def _given_weight(value: object, name: str, shape: tuple[int, int]) -> torch.Ten
     return value
 
 
-class MeanODENet(nn.Module):
+class MeanODENet(EmbeddedNetwork):
     """The limit counterpart of :class:`deepres.DeepResNet`: embedding, mean ODE, readout.
 
     ``f(x) = W_Uᵀ h(1) / D`` with ``h(0) = W_E x``; W_E (D, d_in) has N(0, 1/d_in)
@@ -266,8 +264,8 @@ class MeanODENet(nn.Module):
         **options: ``alpha``, ``parameterization``, ``activation``, ``solver``,
             ``gradient``, ``particle_init``, ``checkpoint_every``, ``device``,
             ``dtype``, ``generator`` as for :class:`MeanODE`. The generator
-            draws W_E, then W_U (those not given), then the particles. dtype
-            and device default to those of a given weight.
+            draws W_E, then W_U (unless both are given), then the particles.
+            dtype and device default to those of a given weight.
 
     Attributes:
         embed_weight, readout_weight: W_E, W_U (buffers unless trained).
@@ -312,29 +310,19 @@ class MeanODENet(nn.Module):
         options["dtype"] = dtype
         device = options.get("device")
         generator = options.get("generator")
-        if embed_weight is None:
-            embed_weight = torch.empty(dim, in_features, device=device, dtype=dtype)
-            with torch.no_grad():
-                embed_weight.normal_(0.0, 1.0 / math.sqrt(in_features), generator=generator)
-        if readout_weight is None:
-            readout_weight = torch.empty(dim, out_features, device=device, dtype=dtype)
-            with torch.no_grad():
-                readout_weight.normal_(0.0, math.sqrt(out_features), generator=generator)
+        if embed_weight is None or readout_weight is None:
+            # Drawn in DeepResNet's order (W_E, then W_U) so that one seed gives both the same.
+            drawn = draw_embedding_and_readout(in_features, out_features, dim, device=device,
+                                               dtype=dtype, generator=generator)
+            embed_weight = drawn[0] if embed_weight is None else embed_weight
+            readout_weight = drawn[1] if readout_weight is None else readout_weight
         self.ode = MeanODE(dim, particles, steps, **options)  # type: ignore[arg-type]
         for name, weight in (("embed_weight", embed_weight), ("readout_weight", readout_weight)):
             if weight.dtype != self.ode.u.dtype or weight.device != self.ode.u.device:
                 raise TypeError(f"{name} must have dtype {self.ode.u.dtype} on {self.ode.u.device}; "
                                 f"got {weight.dtype} on {weight.device}")
-        self._register("embed_weight", embed_weight, train_embedding)
-        self._register("readout_weight", readout_weight, train_readout)
-
-    def _register(self, name: str, value: torch.Tensor, trainable: bool) -> None:
-        if not isinstance(trainable, bool):
-            raise TypeError(f"train flags must be bools; got {type(trainable).__name__} for {name}")
-        if trainable:
-            self.register_parameter(name, value if isinstance(value, nn.Parameter) else nn.Parameter(value))
-        else:
-            self.register_buffer(name, value.detach() if value.requires_grad else value)
+        self._register_weight("embed_weight", embed_weight, train_embedding)
+        self._register_weight("readout_weight", readout_weight, train_readout)
 
     @classmethod
     def coupled_to(cls, resnet: DeepResNet, particles: int, steps: int, **options: object) -> MeanODENet:
@@ -371,21 +359,8 @@ class MeanODENet(nn.Module):
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """h(0) = W_E x: (N, d_in) → (N, D)."""
-        x = check_tensor(x, "x")
-        if x.dim() != 2 or x.shape[1] != self.in_features:
-            raise ValueError(f"x must have shape (N, {self.in_features}); got {tuple(x.shape)}")
-        if x.dtype != self.embed_weight.dtype:
-            raise TypeError(f"x must have dtype {self.embed_weight.dtype}; got {x.dtype}")
-        return x @ self.embed_weight.T
-
-    def readout(self, h: torch.Tensor) -> torch.Tensor:
-        """f = W_Uᵀ h / D: (N, D) → (N, d_out)."""
-        return h @ self.readout_weight / self.ode.dim
+        return self._embed(x)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """The final embedding h(1), (N, D)."""
         return self.ode(self.embed(x))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Args: x (N, d_in). Returns: f(x), (N, d_out)."""
-        return self.readout(self.features(x))
