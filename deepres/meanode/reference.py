@@ -54,18 +54,24 @@ def reference_solve(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multipli
     us, vs = u.unbind(0), v.unbind(0)
     h = h0
     for i in range(steps):
-        ks: list[torch.Tensor] = []
-        for r in range(tab.stages):
-            y = h
-            for q, coef in enumerate(tab.a[r]):
-                if coef:
-                    y = y + (delta * coef) * ks[q]
-            j = tab.node(i, r)
-            ks.append(reference_field(y, us[j], vs[j], multiplier, pre_scale, activation))
+        ks = _stages(h, i, tab, delta,
+                     lambda y, j: reference_field(y, us[j], vs[j], multiplier, pre_scale, activation))
         for r, coef in enumerate(tab.b):
             if coef:
                 h = h + (delta * coef) * ks[r]
     return h
+
+
+def _stages(h: torch.Tensor, step: int, tab, delta: float, field) -> list[torch.Tensor]:
+    """The stage values k_r of one explicit RK step from h; ``field(y, node)`` evaluates F."""
+    ks: list[torch.Tensor] = []
+    for r in range(tab.stages):
+        y = h
+        for q, coef in enumerate(tab.a[r]):
+            if coef:
+                y = y + (delta * coef) * ks[q]
+        ks.append(field(y, tab.node(step, r)))
+    return ks
 
 
 def _vjp(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, beta: torch.Tensor, multiplier: float,
@@ -114,14 +120,7 @@ def reference_adjoint_gradients(h0: torch.Tensor, u: torch.Tensor, v: torch.Tens
     hs = [h0.detach()]
     for i in range(steps):
         h = hs[-1]
-        ks = []
-        for r in range(tab.stages):
-            y = h
-            for q, coef in enumerate(tab.a[r]):
-                if coef:
-                    y = y + (delta * coef) * ks[q]
-            j = tab.node(i, r)
-            ks.append(_field(y, u[j], v[j], m, a, act))
+        ks = _stages(h, i, tab, delta, lambda y, j: _field(y, u[j], v[j], m, a, act))
         hs.append(h + delta * sum(coef * k for coef, k in zip(tab.b, ks, strict=True) if coef))
 
     def adj(h, b, j):
