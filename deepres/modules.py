@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 from torch import nn
@@ -12,6 +13,7 @@ from deepres.activations import check_activation
 from deepres.engines.common import resolve_checkpoint_every
 from deepres.functional import BACKENDS, residual_stack
 from deepres.parameterization import Parameterization
+from deepres.scaling import ScaledParameter
 
 __all__ = ["DeepResNet", "EmbeddedNetwork", "ResidualStack", "draw_embedding_and_readout"]
 
@@ -112,6 +114,12 @@ class ResidualStack(nn.Module):
     def hidden(self) -> int:
         return self.parameterization.hidden
 
+    def scaled_parameters(self) -> Iterator[ScaledParameter]:
+        """u and v with the parameterization's lr multiplier (see :mod:`deepres.scaling`)."""
+        for name in ("u", "v"):
+            yield ScaledParameter(name, getattr(self, name), self.lr_multiplier, name,
+                                  self.parameterization, replica_axis=self.replicas is not None)
+
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Args: h (B, D), or (R, B, D) with replicas. Returns: h_L, same shape."""
         return residual_stack(
@@ -147,7 +155,7 @@ class EmbeddedNetwork(nn.Module):
 
     Subclasses set ``in_features`` and ``out_features``, register ``embed_weight``
     (D, d_in) and ``readout_weight`` (D, d_out) with :meth:`_register_weight`, and
-    define :meth:`features` (x ↦ the final embedding).
+    define :meth:`embed` (x ↦ h_0) and :meth:`body` (h_0 ↦ the final embedding).
     """
 
     in_features: int
@@ -171,12 +179,28 @@ class EmbeddedNetwork(nn.Module):
             raise TypeError(f"x must have dtype {self.embed_weight.dtype}; got {x.dtype}")
         return x @ self.embed_weight.T
 
+    def scaled_parameters(self) -> Iterator[ScaledParameter]:
+        """W_E and W_U when they are trained, with multiplier 1 (see :mod:`deepres.scaling`)."""
+        for name, role in (("embed_weight", "embedding"), ("readout_weight", "readout")):
+            weight = getattr(self, name)
+            if isinstance(weight, nn.Parameter):
+                yield ScaledParameter(name, weight, 1.0, role)
+
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         """f = W_Uᵀ h / D: (..., N, D) → (..., N, d_out)."""
         return h @ self.readout_weight / self.readout_weight.shape[0]
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+    def body(self, h0: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """h_0 ↦ the final embedding (the residual stack, or the mean ODE)."""
         raise NotImplementedError
+
+    def embed(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
+        """x ↦ h_0."""
+        raise NotImplementedError
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """The final embedding: ``body(embed(x))``."""
+        return self.body(self.embed(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (N, d_in). Returns: f(x), (..., N, d_out)."""
@@ -260,9 +284,9 @@ class DeepResNet(EmbeddedNetwork):
             h0 = h0.unsqueeze(0).expand(self.replicas, -1, -1)
         return h0
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The final embedding h_L, (N, D) or (R, N, D)."""
-        return self.stack(self.embed(x))
+    def body(self, h0: torch.Tensor) -> torch.Tensor:
+        """The residual stack: h_0 (N, D) or (R, N, D) ↦ h_L, same shape."""
+        return self.stack(h0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Args: x (N, d_in). Returns: f(x), (N, d_out); or (R, N, d_out) with replicas."""

@@ -1,14 +1,13 @@
 """Full-batch gradient descent with the parameterization's learning-rate multipliers.
 
-The convention, shared by every model of deepres: a module that owns trained
-weights ``u`` and ``v`` carries an attribute ``lr_multiplier`` (a float, or a
-tensor that broadcasts against ``u``, e.g. one value per depth node of a
-MeanODE). One step updates each trained weight w by
+Every trained weight w is updated by
 
     w ← w − η · lr_multiplier · ∂loss/∂w,
 
-where the multiplier is that of the module owning w, and 1 for trained
-weights of modules without one (a trained embedding or readout).
+with the multiplier that the module owning w reports through the explicit
+interface of :mod:`deepres.scaling` (``scaled_parameters()``), and 1 for
+every parameter no module scales (a trained embedding or readout, a user's
+own layers).
 
 :func:`train` runs that step in a full-batch loop and records what the studies
 need. ``deepres.train`` is :func:`train`, exported from the package.
@@ -16,36 +15,17 @@ need. ``deepres.train`` is :func:`train`, exported from the package.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from deepres._checks import check_finite_real, check_tensor
+from deepres.modules import EmbeddedNetwork
+from deepres.scaling import ScaledParameter, scaled_parameters
 
-__all__ = ["TrainResult", "gradient_descent_step", "lr_multipliers", "train"]
-
-
-#: Names of the weights a module's ``lr_multiplier`` applies to.
-SCALED_WEIGHTS = ("u", "v")
-
-
-def lr_multipliers(model: nn.Module) -> Iterator[tuple[str, nn.Parameter, float | torch.Tensor]]:
-    """Yield (name, parameter, lr multiplier) for every trainable parameter of ``model``.
-
-    A parameter named ``u`` or ``v`` gets the ``lr_multiplier`` of the module that
-    owns it; every other trainable parameter (a trained embedding or readout, even
-    on a module that has an ``lr_multiplier`` of its own) gets 1.
-    """
-    for module_name, module in model.named_modules():
-        multiplier = getattr(module, "lr_multiplier", None)
-        for name, param in module.named_parameters(recurse=False):
-            if not param.requires_grad:
-                continue
-            full = f"{module_name}.{name}" if module_name else name
-            scaled = multiplier is not None and name in SCALED_WEIGHTS
-            yield full, param, (multiplier if scaled else 1.0)
+__all__ = ["TrainResult", "gradient_descent_step", "train"]
 
 
 @torch.no_grad()
@@ -53,10 +33,19 @@ def gradient_descent_step(model: nn.Module, eta: float) -> None:
     """Apply ``w ← w − η · lr_multiplier · w.grad`` to every parameter that has a gradient.
 
     Args:
-        model: the module whose ``.grad`` fields were filled by ``backward()``.
-        eta: the base learning rate η.
+        model: the module whose ``.grad`` fields were filled by ``backward()``;
+            the multipliers come from :func:`deepres.scaling.scaled_parameters`.
+        eta: the base learning rate η (finite real).
+
+    Example:
+        >>> import torch, deepres
+        >>> net = deepres.DeepResNet(3, 2, depth=8, dim=4, hidden=2)
+        >>> net(torch.randn(5, 3)).pow(2).sum().backward()
+        >>> deepres.gradient_descent_step(net, eta=0.1)
     """
-    for _, param, multiplier in lr_multipliers(model):
+    eta = check_finite_real(eta, "eta")
+    for record in scaled_parameters(model):
+        param, multiplier = record.parameter, record.lr_multiplier
         if param.grad is None:
             continue
         if isinstance(multiplier, torch.Tensor):
@@ -119,22 +108,58 @@ def _check_record_steps(record_steps: object, steps: int) -> tuple[int, ...]:
     return tuple(values)
 
 
-def _forward(model: nn.Module, x: torch.Tensor, with_features: bool,
-             ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """f(x) and, when available, h_L; one forward pass when the model splits into features + readout."""
-    if with_features and hasattr(model, "readout") and callable(model.readout):
-        features = model.features(x)
-        return model.readout(features), features
-    outputs = model(x)
-    if with_features:
+def _forward(model: nn.Module, x: torch.Tensor, with_features: bool, frozen: torch.Tensor | None,
+             ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """(f(x), h_L or None, the outputs the loss is taken of).
+
+    ``frozen`` (R,) marks replicas left out of the backward pass. A trained weight
+    shared by the replicas (embedding, readout) would still receive 0·NaN = NaN from
+    a frozen replica through a product, so such replicas are cut out with
+    ``torch.where`` (which selects, never multiplies) on both sides of the body: the
+    body's input is detached for them and the readout sees zeros in their place. The
+    returned f(x) keeps their true (non-finite) values.
+    """
+    split = isinstance(model, EmbeddedNetwork)
+    if split and frozen is not None and frozen.dim() == 1 and bool(frozen.any()):
+        cut = frozen.view(-1, 1, 1)
+        h0 = model.embed(x)
+        features = model.body(torch.where(cut, h0.detach(), h0))
+        for_loss = model.readout(torch.where(cut, torch.zeros_like(features), features))
         with torch.no_grad():
-            return outputs, model.features(x)
-    return outputs, None
+            outputs = torch.where(cut, model.readout(features), for_loss)
+        return outputs, (features if with_features else None), for_loss
+    if with_features and split:
+        features = model.features(x)
+        outputs = model.readout(features)
+        return outputs, features, outputs
+    outputs = model(x)
+    if with_features and hasattr(model, "features"):
+        with torch.no_grad():
+            return outputs, model.features(x), outputs
+    return outputs, None, outputs
 
 
 def _replica_losses(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """½·mean over samples of ‖f − y‖²: () for (N, d_out) outputs, (R,) for (R, N, d_out)."""
     return 0.5 * (outputs - y).pow(2).sum(-1).mean(-1)
+
+
+def _nonfinite_weights(trained: list[ScaledParameter], shape: torch.Size, device: torch.device,
+                       ) -> torch.Tensor:
+    """Replicas with a non-finite trained weight, a bool tensor of ``shape`` (() or (R,)).
+
+    A weight with a replica axis marks its own replicas; a non-finite shared weight
+    marks them all.
+    """
+    bad = torch.zeros(shape, dtype=torch.bool, device=device)
+    with torch.no_grad():
+        for record in trained:
+            p = record.parameter
+            if record.replica_axis and len(shape) == 1 and p.dim() >= 1 and p.shape[0] == shape[0]:
+                bad |= ~torch.isfinite(p).flatten(1).all(1).to(device)
+            elif not bool(torch.isfinite(p).all()):
+                bad |= True
+    return bad
 
 
 def train(
@@ -157,9 +182,17 @@ def train(
     any module whose output is (N, d_out) or (R, N, d_out): :class:`deepres.DeepResNet`
     (with or without replicas) and the limit ``MeanODENet``.
 
+    Non-finite replicas: before each step every trained weight is checked (an
+    infinite weight counts even when a saturating activation keeps the outputs
+    finite), and after the forward pass the loss and the outputs. A replica found
+    non-finite is frozen from then on: its gradient is dropped and it is cut out of
+    the gradient of every weight the replicas share (a trained embedding or
+    readout), so the healthy replicas train exactly as they would without it.
+
     Args:
         model: the network, trained in place.
-        x: inputs, (N, d_in). y: targets, (N, d_out), shared by every replica.
+        x: inputs, (N, d_in). y: targets, (N, d_out), shared by every replica;
+            d_out must be the model's output width (nothing is broadcast).
         steps: number K of GD steps (≥ 0).
         eta: base learning rate η (finite, > 0).
         record_steps: steps at which to record f and h_L; k means after k steps
@@ -173,12 +206,16 @@ def train(
     Returns:
         A :class:`TrainResult`.
 
+    Raises:
+        TypeError: a non-module model, non-tensor data, a bad record_steps.
+        ValueError: bad steps or eta, mismatched x and y, or y whose last axis
+            is not the model's output width.
+
     Example:
         >>> import torch, deepres
-        >>> from deepres.train import train
         >>> net = deepres.DeepResNet(5, 5, depth=16, dim=4, hidden=2, replicas=3)
         >>> x, y = torch.randn(10, 5), torch.randn(10, 5)
-        >>> result = train(net, x, y, steps=5, eta=0.1, record_steps=[0, 5])
+        >>> result = deepres.train(net, x, y, steps=5, eta=0.1, record_steps=[0, 5])
         >>> result.outputs.shape, result.recorded_outputs.shape, result.losses.shape
         (torch.Size([3, 10, 5]), torch.Size([2, 3, 10, 5]), torch.Size([6, 3]))
     """
@@ -196,6 +233,10 @@ def train(
             f"x and y must have shapes (N, d_in) and (N, d_out) with the same N; "
             f"got {tuple(x.shape)} and {tuple(y.shape)}"
         )
+    out_features = getattr(model, "out_features", None)
+    if isinstance(out_features, int) and y.shape[1] != out_features:
+        raise ValueError(f"y must have shape (N, d_out) = ({y.shape[0]}, {out_features}) for a model "
+                         f"with {out_features} outputs; got {tuple(y.shape)}")
     wanted = _check_record_steps(record_steps, steps)
     with_features = record_features and hasattr(model, "features")
     callback = progress if callable(progress) else None
@@ -205,7 +246,8 @@ def train(
 
         bar = tqdm(total=steps, desc="train", leave=False)
 
-    trained = [p for _, p, _ in lr_multipliers(model)]
+    trained = list(scaled_parameters(model))
+    shared_trained = any(not record.replica_axis for record in trained)
     recorded_f: list[torch.Tensor] = []
     recorded_h: list[torch.Tensor] = []
     losses: list[torch.Tensor] = []
@@ -214,34 +256,50 @@ def train(
     outputs = None
     for step in range(steps + 1):
         last = step == steps
-        for p in trained:
-            p.grad = None
+        for record in trained:
+            record.parameter.grad = None
+        # Weights are checked before the forward pass, so that a replica whose weights are
+        # already non-finite is cut out of it (see _forward).
+        weight_bad = frozen = None
+        if nonfinite is not None:
+            weight_bad = _nonfinite_weights(trained, nonfinite.shape, nonfinite.device)
+            frozen = nonfinite | weight_bad
         with torch.set_grad_enabled(not last):
-            outputs, features = _forward(model, x, with_features and step in wanted)
-            per_replica = _replica_losses(outputs, y)
-        bad = ~torch.isfinite(per_replica.detach())
+            outputs, features, for_loss = _forward(model, x, with_features and step in wanted, frozen)
+            if outputs.shape[-1] != y.shape[-1]:
+                raise ValueError(f"y must have shape (N, d_out) = ({y.shape[0]}, {outputs.shape[-1]}) to "
+                                 f"match the model's outputs {tuple(outputs.shape)}; got {tuple(y.shape)}")
+            per_replica = _replica_losses(for_loss, y)
+        bad = ~torch.isfinite(_replica_losses(outputs.detach(), y))
         # A replica whose output is non-finite in any entry is bad even if the loss
         # overflowed to a finite value somewhere else.
         bad |= ~torch.isfinite(outputs.detach()).flatten(start_dim=outputs.dim() - 2).all(-1)
+        bad |= weight_bad if weight_bad is not None else _nonfinite_weights(trained, bad.shape, bad.device)
         if nonfinite is None:
             nonfinite = torch.zeros_like(bad)
             first_bad = torch.full(bad.shape, -1, dtype=torch.long, device=bad.device)
         newly = bad & ~nonfinite
         first_bad = torch.where(newly, torch.full_like(first_bad, step), first_bad)
         nonfinite = nonfinite | bad
-        losses.append(per_replica.detach().clone())
+        losses.append(_replica_losses(outputs.detach(), y).clone())
         if step in wanted:
             recorded_f.append(outputs.detach().clone())
             if features is not None:
                 recorded_h.append(features.detach().clone())
         if last:
             break
-        # Replicas are independent, so the sum's gradient is each replica's own gradient;
-        # frozen (non-finite) replicas are left out so that NaN never enters a backward.
-        total = torch.where(nonfinite, torch.zeros_like(per_replica), per_replica).sum()
         if bool((~nonfinite).any()):
+            uncut = nonfinite if frozen is None else nonfinite & ~frozen
+            if shared_trained and nonfinite.dim() == 1 and bool(uncut.any()):
+                # A replica went bad in this forward pass: redo it with the replica cut out,
+                # so that no NaN reaches the shared weights' gradient.
+                _, _, for_loss = _forward(model, x, False, nonfinite)
+                per_replica = _replica_losses(for_loss, y)
+            # Replicas are independent, so the sum's gradient is each replica's own gradient;
+            # frozen replicas are selected out (torch.where), never multiplied by 0.
+            total = torch.where(nonfinite, torch.zeros_like(per_replica), per_replica).sum()
             total.backward()
-            _drop_frozen_gradients(model, nonfinite)
+            _drop_frozen_gradients(trained, nonfinite)
             gradient_descent_step(model, eta)
         if callback is not None:
             callback(step + 1)
@@ -261,13 +319,11 @@ def train(
     )
 
 
-def _drop_frozen_gradients(model: nn.Module, frozen: torch.Tensor) -> None:
-    """Zero the gradient of frozen replicas: the leading axis of a replicated weight is the replica."""
-    if frozen.dim() == 0:
+def _drop_frozen_gradients(trained: list[ScaledParameter], frozen: torch.Tensor) -> None:
+    """Zero the gradient of frozen replicas along the replica axis of each replicated weight."""
+    if frozen.dim() == 0 or not bool(frozen.any()):
         return
-    if not bool(frozen.any()):
-        return
-    replicas = frozen.shape[0]
-    for _, p, _ in lr_multipliers(model):
-        if p.grad is not None and p.dim() >= 1 and p.shape[0] == replicas and p.dim() == 4:
-            p.grad[frozen] = 0.0
+    for record in trained:
+        grad = record.parameter.grad
+        if record.replica_axis and grad is not None and grad.shape[0] == frozen.shape[0]:
+            grad[frozen] = 0.0

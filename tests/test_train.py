@@ -10,7 +10,8 @@ import torch
 
 import deepres
 from deepres import DeepResNet, MeanODENet
-from deepres.training import TrainResult, gradient_descent_step, lr_multipliers, train
+from deepres.scaling import scaled_parameters
+from deepres.training import TrainResult, gradient_descent_step, train
 from tests.helpers import relative_error
 
 
@@ -151,7 +152,7 @@ def test_package_exports_the_trainer():
 def test_trained_embedding_and_readout_take_the_plain_learning_rate():
     net = DeepResNet(3, 2, depth=4, dim=5, hidden=2, train_embedding=True, train_readout=True,
                      dtype=torch.float64)
-    multipliers = {name: m for name, _, m in lr_multipliers(net)}
+    multipliers = {record.name: record.lr_multiplier for record in scaled_parameters(net)}
     assert multipliers == {"embed_weight": 1.0, "readout_weight": 1.0,
                            "stack.u": net.lr_multiplier, "stack.v": net.lr_multiplier}
     limit = MeanODENet(3, 2, dim=5, particles=4, steps=2, solver="rk4", train_readout=True,
@@ -161,3 +162,78 @@ def test_trained_embedding_and_readout_take_the_plain_learning_rate():
     limit(x).sum().backward()
     gradient_descent_step(limit, eta=0.5)  # the rk4 multiplier is a per-node tensor
     assert torch.allclose(limit.readout_weight, before - 0.5 * limit.readout_weight.grad, atol=1e-15)
+
+
+def _shared_net(replicas, seed=11):
+    return deepres.DeepResNet(4, 3, depth=5, dim=5, hidden=2, replicas=replicas, train_embedding=True,
+                              train_readout=True, dtype=torch.float64,
+                              generator=torch.Generator().manual_seed(seed))
+
+
+def _poison_inf_u(net):
+    net.stack.u[1, 3, 1, 2] = float("inf")
+
+
+def _poison_nan_v(net):
+    net.stack.v[1, 3, 1, 2] = float("nan")
+
+
+def _poison_overflow(net):
+    net.stack.v[1] *= 1e200   # finite weights whose loss overflows to inf in the first forward pass
+
+
+@pytest.mark.parametrize("poison", [_poison_inf_u, _poison_nan_v, _poison_overflow])
+def test_a_diverging_replica_does_not_poison_shared_trained_weights(poison):
+    """With a trained embedding and readout shared by the replicas, a replica that is non-finite
+    from the start is cut out: the healthy ones train exactly as they would without it."""
+    x, y = _data(seed=12)
+    net = _shared_net(3)
+    alone = _shared_net(2)
+    with torch.no_grad():
+        alone.stack.u.copy_(net.stack.u[[0, 2]])
+        alone.stack.v.copy_(net.stack.v[[0, 2]])
+        alone.embed_weight.copy_(net.embed_weight)
+        alone.readout_weight.copy_(net.readout_weight)
+        poison(net)
+    result = train(net, x, y, steps=4, eta=0.2, record_steps="all")
+    expected = train(alone, x, y, steps=4, eta=0.2, record_steps="all")
+    assert result.nonfinite.tolist() == [False, True, False]
+    assert result.nonfinite_step.tolist() == [-1, 0, -1]
+    assert torch.isfinite(net.embed_weight).all() and torch.isfinite(net.readout_weight).all()
+    assert relative_error(net.embed_weight, alone.embed_weight) < 1e-12
+    assert relative_error(net.readout_weight, alone.readout_weight) < 1e-12
+    assert relative_error(result.recorded_outputs[:, [0, 2]], expected.recorded_outputs) < 1e-12
+    assert relative_error(result.losses[:, [0, 2]], expected.losses) < 1e-12
+
+
+def test_frozen_replica_weights_are_never_updated():
+    """A frozen replica's weights stay exactly where they were when it was frozen."""
+    x, y = _data(seed=15)
+    net = _net(replicas=3, seed=16)
+    with torch.no_grad():
+        net.stack.u[2, 0, 0, 0] = float("nan")
+    before_u, before_v = net.stack.u[2].clone(), net.stack.v[2].clone()
+    train(net, x, y, steps=3, eta=0.2)
+    finite = torch.isfinite(before_u)
+    assert torch.equal(net.stack.u[2][finite], before_u[finite])
+    assert torch.equal(net.stack.v[2], before_v)
+
+
+def test_an_infinite_weight_with_finite_outputs_is_flagged():
+    """tanh saturates, so an infinite input weight can leave the outputs finite: still flagged."""
+    x, y = _data(seed=17)
+    net = _net(replicas=2, seed=18)
+    with torch.no_grad():
+        net.stack.u[0, 1, 0, 0] = float("inf")
+    result = train(net, x, y, steps=2, eta=0.1)
+    assert result.nonfinite.tolist() == [True, False]
+    assert result.nonfinite_step.tolist() == [0, -1]
+
+
+def test_targets_must_match_the_model_outputs():
+    x, y = _data()
+    with pytest.raises(ValueError, match=r"y must have shape \(N, d_out\) = \(7, 3\)"):
+        train(_net(), x, y[:, :1], steps=1, eta=0.1)
+    ode = MeanODENet(4, 3, dim=5, particles=4, steps=2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="3 outputs"):
+        train(ode, x, torch.randn(7, 2, dtype=torch.float64), steps=1, eta=0.1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 from torch import nn
 
@@ -15,6 +17,7 @@ from deepres.meanode.solver import GradientPool, SolveConfig
 from deepres.meanode.tableaus import SOLVERS, TABLEAUS
 from deepres.modules import DeepResNet, EmbeddedNetwork, draw_embedding_and_readout
 from deepres.parameterization import Parameterization
+from deepres.scaling import ScaledParameter
 
 __all__ = ["GRADIENTS", "MeanODE", "MeanODENet"]
 
@@ -192,6 +195,11 @@ class MeanODE(nn.Module):
     def nodes(self) -> int:
         return self._tableau.num_nodes(self.steps)
 
+    def scaled_parameters(self) -> Iterator[ScaledParameter]:
+        """u and v with their per-node lr multiplier (see :mod:`deepres.scaling`)."""
+        for name in ("u", "v"):
+            yield ScaledParameter(name, getattr(self, name), self.lr_multiplier, name, self.parameterization)
+
     def _check_input(self, h0: object) -> torch.Tensor:
         h0 = check_tensor(h0, "h0")
         if h0.dim() != 2 or h0.shape[1] != self.dim:
@@ -361,6 +369,6 @@ class MeanODENet(EmbeddedNetwork):
         """h(0) = W_E x: (N, d_in) → (N, D)."""
         return self._embed(x)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """The final embedding h(1), (N, D)."""
-        return self.ode(self.embed(x))
+    def body(self, h0: torch.Tensor) -> torch.Tensor:
+        """The mean ODE: h(0) (N, D) ↦ h(1), (N, D)."""
+        return self.ode(h0)

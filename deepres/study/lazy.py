@@ -26,6 +26,7 @@ linear model the α → ∞ network approaches.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -33,6 +34,7 @@ from torch import nn
 
 from deepres.activations import activation_and_derivative
 from deepres.functional import residual_stack
+from deepres.scaling import ScaledParameter
 from deepres.study.compare import build_resnet
 from deepres.training import train
 
@@ -66,6 +68,13 @@ class BlockLinearizedNet(nn.Module):
         self.v = nn.Parameter(stack.v.detach().clone())
         self.c, self.a, self.act = stack.multiplier, stack.pre_scale, stack.activation
         self.lr_multiplier = stack.lr_multiplier
+
+    def scaled_parameters(self) -> Iterator[ScaledParameter]:
+        """u and v with the network's lr multiplier (see :mod:`deepres.scaling`)."""
+        stack = self.net.stack  # type: ignore[attr-defined]
+        for name in ("u", "v"):
+            yield ScaledParameter(name, getattr(self, name), self.lr_multiplier, name,
+                                  stack.parameterization, replica_axis=stack.replicas is not None)
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         return self.net.readout(h)  # type: ignore[operator]
