@@ -1,5 +1,12 @@
 """Argument checks shared by the public API: each error names the argument,
-what was expected and what was received."""
+what was expected and what was received.
+
+One checker per kind of decision: a choice among names (:func:`check_choice`),
+a flag (:func:`check_bool`), a positive int, a finite real, a tensor, and the
+checkpoint policy (:func:`resolve_checkpoint_every`). A non-str choice or a
+non-bool flag is a ``TypeError``; a str or number outside the allowed set is a
+``ValueError``.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +16,38 @@ import numbers
 import torch
 
 __all__ = [
+    "check_bool",
+    "check_choice",
     "check_finite_real",
     "check_positive_int",
     "check_tensor",
+    "resolve_checkpoint_every",
 ]
+
+
+def check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
+    """Return ``value`` if it is one of the strings ``choices``, else raise.
+
+    Raises:
+        TypeError: ``value`` is not a str.
+        ValueError: ``value`` is not one of ``choices``.
+
+    Example:
+        >>> check_choice("rk4", "solver", ("euler", "rk4"))
+        'rk4'
+    """
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, one of {choices}; got {type(value).__name__} {value!r}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
+    return value
+
+
+def check_bool(value: object, name: str) -> bool:
+    """Return ``value`` if it is a bool, else raise a ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool; got {type(value).__name__} {value!r}")
+    return value
 
 
 def check_positive_int(value: object, name: str) -> int:
@@ -27,11 +62,16 @@ def check_positive_int(value: object, name: str) -> int:
 def check_finite_real(value: object, name: str) -> float:
     """Return ``value`` as a float if it is a finite real number, else raise.
 
-    A 0-dim tensor is accepted; a bool is not.
+    A 0-dim tensor that does not require grad is accepted (its value is read
+    once); one that requires grad is refused, since the value would be
+    detached and no gradient would reach it. A bool is not a number here.
     """
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.dim() != 0:
             raise TypeError(f"{name} must be a real number; got a tensor of shape {tuple(value.shape)}")
+        if value.requires_grad:
+            raise TypeError(f"{name} must be a real number, not a tensor that requires grad: {name} is "
+                            f"a constant of the model and no gradient flows to it")
         value = value.item()
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise TypeError(f"{name} must be a real number; got {type(value).__name__} {value!r}")
@@ -50,3 +90,45 @@ def check_tensor(value: object, name: str) -> torch.Tensor:
     if value.numel() == 0:
         raise ValueError(f"{name} must have positive sizes; got shape {tuple(value.shape)}")
     return value
+
+
+def resolve_checkpoint_every(depth: int, checkpoint_every: object, *, backsolve: bool = False,
+                             ) -> int | None:
+    """Turn a ``checkpoint_every`` option into a segment length k ≥ 1.
+
+    Args:
+        depth: number of layers L (or solver steps N).
+        checkpoint_every: ``None`` (keep h before every layer: k = 1), an int
+            k ≥ 1 (keep h every k layers and recompute each segment in the
+            backward pass; k need not divide L, k > L means one segment),
+            ``"sqrt"`` (k = ⌈√L⌉, which minimizes the (L/k + k)·B·D numbers
+            kept) or, where ``backsolve`` is allowed, ``"backsolve"`` (keep
+            nothing: returns None).
+        backsolve: accept ``"backsolve"`` (the mean ODE's adjoint route).
+            Default False.
+
+    Returns:
+        The segment length k, or None for ``"backsolve"``.
+
+    Raises:
+        TypeError: not None, an int or a str.
+        ValueError: an int < 1 or an unknown string.
+
+    Example:
+        >>> resolve_checkpoint_every(100, "sqrt"), resolve_checkpoint_every(100, None)
+        (10, 1)
+    """
+    names = ("sqrt", "backsolve") if backsolve else ("sqrt",)
+    expected = "None, a positive int or " + " or ".join(repr(n) for n in names)
+    if checkpoint_every is None:
+        return 1
+    if isinstance(checkpoint_every, str):
+        if checkpoint_every not in names:
+            raise ValueError(f"checkpoint_every must be {expected}; got {checkpoint_every!r}")
+        return None if checkpoint_every == "backsolve" else max(1, math.ceil(math.sqrt(depth)))
+    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, numbers.Integral):
+        raise TypeError(f"checkpoint_every must be {expected}; "
+                        f"got {type(checkpoint_every).__name__} {checkpoint_every!r}")
+    if checkpoint_every < 1:
+        raise ValueError(f"checkpoint_every must be {expected}; got {checkpoint_every!r}")
+    return int(checkpoint_every)

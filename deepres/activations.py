@@ -12,6 +12,8 @@ from collections.abc import Callable
 
 import torch
 
+from deepres._checks import check_choice
+
 __all__ = ["ACTIVATIONS", "activation", "activation_and_derivative", "activation_vjp", "check_activation"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
@@ -84,17 +86,10 @@ ACTIVATIONS: tuple[str, ...] = tuple(_FORWARD)
 
 
 def check_activation(name: object, argument: str = "activation") -> str:
-    """Return ``name`` if it names a supported activation, else raise.
-
-    Raises:
-        TypeError: ``name`` is not a string.
-        ValueError: ``name`` is not one of :data:`ACTIVATIONS`.
-    """
-    if not isinstance(name, str):
-        raise TypeError(f"{argument} must be a str, one of {ACTIVATIONS}; got {type(name).__name__}")
-    if name not in _FORWARD:
-        raise ValueError(f"{argument} must be one of {ACTIVATIONS}; got {name!r}")
-    return name
+    """Return ``name`` if it names a supported activation, else raise (see
+    :func:`deepres._checks.check_choice`: TypeError for a non-str, ValueError
+    for a name not in :data:`ACTIVATIONS`)."""
+    return check_choice(name, argument, ACTIVATIONS)
 
 
 def activation(name: str, z: torch.Tensor) -> torch.Tensor:

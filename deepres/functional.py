@@ -1,17 +1,33 @@
-"""Functional API: argument checks and backend dispatch for the residual stack."""
+"""Functional API: argument checks, the one place where the engine is chosen, and dispatch.
+
+Autocast. Inside a ``torch.autocast`` region the stack keeps its float32 residual
+stream and float32 accumulation: an autocast region never lowers the precision of
+h, of the reductions or of the output. A float16/bfloat16 ``h`` (what an
+autocast-ed layer before the stack produces) is taken as float32. Only the Triton
+engine has half-precision weights on tensor cores, so only there are float32
+weights read in the autocast dtype (the gradients still come back in float32);
+the PyTorch engine and the reference compute in float32 throughout.
+"""
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
-from deepres._checks import check_finite_real, check_tensor
-from deepres.activations import check_activation
-from deepres.engines.common import resolve_checkpoint_every
+from deepres._checks import (
+    check_bool,
+    check_choice,
+    check_finite_real,
+    check_tensor,
+    resolve_checkpoint_every,
+)
+from deepres.activations import ACTIVATIONS
 from deepres.engines.reference import reference_residual_stack
 from deepres.engines.torch_engine import torch_residual_stack
-from deepres.engines.triton_support import triton_importable, unavailable_reason
+from deepres.engines.triton_support import fallback_reason, triton_importable, unavailable_reason
 
-__all__ = ["BACKENDS", "residual_stack", "resolve_backend"]
+__all__ = ["BACKENDS", "residual_stack", "select_engine"]
 
 #: Names accepted by the ``backend`` argument.
 BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "reference")
@@ -19,24 +35,45 @@ BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "reference")
 _HALF = (torch.float16, torch.bfloat16)
 
 
-def resolve_backend(backend: object, device: torch.device) -> str:
-    """The engine ``backend`` selects for tensors on ``device``.
+def select_engine(backend: object, h: torch.Tensor, u: torch.Tensor) -> str:
+    """The engine that runs the stack: the only place where this is decided.
 
-    ``"auto"`` is ``"triton"`` for CUDA tensors when triton is importable and
-    ``"torch"`` otherwise. ``"triton"`` raises a ValueError saying why when it
-    cannot run here.
+    * ``"torch"`` and ``"reference"`` are taken as they are.
+    * ``"auto"`` is ``"triton"`` for CUDA tensors when triton is installed and
+      the kernels take these tensors (D ≤ 256, float32 h), else ``"torch"``,
+      without a word.
+    * ``"triton"`` raises a ValueError saying why where the kernels cannot run
+      at all (no triton; CPU tensors without ``TRITON_INTERPRET=1``); where
+      they cannot take these tensors (D > 256, float64 h) it warns and
+      returns ``"torch"``.
+
+    Args:
+        backend: one of :data:`BACKENDS`.
+        h: (B, D) or (R, B, D). u: (L, M, D) or (R, L, M, D).
+
+    Returns:
+        ``"torch"``, ``"triton"`` or ``"reference"``.
+
+    Example:
+        >>> select_engine("auto", torch.zeros(2, 3), torch.zeros(4, 5, 3))
+        'torch'
     """
-    if not isinstance(backend, str):
-        raise TypeError(f"backend must be a str, one of {BACKENDS}; got {type(backend).__name__}")
-    if backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
+    backend = check_choice(backend, "backend", BACKENDS)
+    if backend in ("torch", "reference"):
+        return backend
     if backend == "auto":
-        return "triton" if device.type == "cuda" and triton_importable() else "torch"
-    if backend == "triton":
-        reason = unavailable_reason(device)
-        if reason is not None:
-            raise ValueError(f"backend='triton' cannot run here: {reason}")
-    return backend
+        if h.device.type != "cuda" or not triton_importable():
+            return "torch"
+        return "torch" if fallback_reason(h, u) is not None else "triton"
+    reason = unavailable_reason(h.device)
+    if reason is not None:
+        raise ValueError(f"backend='triton' cannot run here: {reason}")
+    reason = fallback_reason(h, u)
+    if reason is not None:
+        warnings.warn(f"backend='triton' runs the PyTorch engine instead of the fused kernels: {reason}",
+                      UserWarning, stacklevel=3)
+        return "torch"
+    return "triton"
 
 
 def _check_shapes(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
@@ -91,35 +128,49 @@ def residual_stack(
     allow_tf32: bool = False,
     deterministic: bool = False,
 ) -> torch.Tensor:
-    """Apply L two-layer-perceptron residual blocks, eq. (1) of DESIGN §1.
+    """Apply L two-layer-perceptron residual blocks (eq. (1) of docs/design.md).
 
     For l = 1..L: ``h ← h + c · Σ_j v_{l,j} σ(a · u_{l,j}ᵀ h)``, returning h_L.
     Differentiable in h, u and v; the backward pass keeps only h at
-    checkpoints and recomputes the rest.
+    checkpoints and recomputes the rest. The stack is one ``torch.library``
+    custom op (``deepres::torch_stack`` or ``deepres::triton_stack``), so
+    ``torch.compile`` and ``torch.export`` see one node whatever L is.
 
     Args:
         h: the input h_0, (B, D); or (R, B, D) with a replica axis.
-        u: input weights, (L, M, D); or (R, L, M, D) with replicas.
+            float32 or float64 (float16/bfloat16 only inside an autocast
+            region, where it is taken as float32).
+        u: input weights, (L, M, D); or (R, L, M, D) with replicas; h's
+            dtype, or float16/bfloat16 with a float32 h.
         v: output weights, same shape and dtype as ``u``.
-        multiplier: the residual multiplier c (finite real).
+        multiplier: the residual multiplier c (finite real; a 0-dim tensor
+            that does not require grad is accepted).
         pre_scale: the pre-activation scale a (finite real). Default 1.0.
         activation: one of ``"tanh"``, ``"relu"``, ``"gelu"`` (exact erf),
             ``"silu"``, ``"identity"``. Default ``"tanh"``.
-        backend: ``"auto"`` (default: Triton for CUDA tensors when triton is
-            installed, else the PyTorch engine), ``"torch"`` (pure-PyTorch
-            engine, any device and dtype), ``"triton"`` (fused kernels: CUDA,
-            or CPU under ``TRITON_INTERPRET=1``) or ``"reference"`` (plain
-            per-layer autograd, memory-hungry; for tests).
+        backend: which engine runs the stack (chosen by :func:`select_engine`):
+            ``"auto"`` (default: Triton for CUDA tensors when triton is
+            installed and the kernels take them, else the PyTorch engine),
+            ``"torch"`` (pure-PyTorch engine, any device and dtype),
+            ``"triton"`` (fused kernels: CUDA, or CPU under
+            ``TRITON_INTERPRET=1``) or ``"reference"`` (plain per-layer
+            autograd, memory-hungry; for tests).
         checkpoint_every: memory policy of the backward pass. ``None``
             (default) keeps h before every layer (L·B·D numbers); an int k
             keeps it every k layers and recomputes segments (k need not
             divide L); ``"sqrt"`` uses k = ⌈√L⌉. Ignored by ``"reference"``.
-        allow_tf32: Triton backend only: let float32 dot products use TF32
+        allow_tf32: let the Triton kernels' float32 dot products use TF32
             tensor cores (faster, about 1e-3 relative error). Default False
-            (IEEE float32).
-        deterministic: Triton backend only: reduce weight gradients in a
-            fixed order without atomics (bitwise reproducible, uses one fp32
-            gradient buffer per batch tile). Default False.
+            (IEEE float32). With ``backend="torch"`` or ``"reference"``,
+            True is an error; where ``"auto"`` picks the PyTorch engine it
+            does not apply.
+        deterministic: Triton engine: reduce weight gradients in a fixed
+            order without atomics (bitwise reproducible). Default False. The
+            PyTorch engine and the reference are deterministic anyway.
+
+    Second-order gradients (``create_graph=True``) are exact with every
+    engine: the gradient is then recomputed through the plain reference,
+    with its memory cost, for that call only.
 
     Returns:
         h_L, with the shape and dtype of ``h``.
@@ -129,7 +180,8 @@ def residual_stack(
             non-real multiplier or pre_scale.
         ValueError: wrong ranks or shapes, empty axes, different devices,
             non-finite scalars, an unknown activation/backend/checkpoint
-            policy, or ``backend="triton"`` where it cannot run.
+            policy, ``backend="triton"`` where it cannot run, or
+            ``allow_tf32=True`` with an engine that has no TF32 option.
 
     Example:
         >>> import torch, deepres
@@ -143,24 +195,22 @@ def residual_stack(
     h = check_tensor(h, "h")
     u = check_tensor(u, "u")
     v = check_tensor(v, "v")
+    device_type = h.device.type
+    autocast = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+    if autocast and h.dtype in _HALF:
+        h = h.float()  # the residual stream is float32 under autocast (module docstring)
     _check_shapes(h, u, v)
     _check_dtypes_devices(h, u, v)
     c = check_finite_real(multiplier, "multiplier")
     a = check_finite_real(pre_scale, "pre_scale")
-    activation = check_activation(activation)
-    depth = u.shape[-3]
-    every = resolve_checkpoint_every(depth, checkpoint_every)
-    for name, flag in (("allow_tf32", allow_tf32), ("deterministic", deterministic)):
-        if not isinstance(flag, bool):
-            raise TypeError(f"{name} must be a bool; got {type(flag).__name__} {flag!r}")
-    engine = resolve_backend(backend, h.device)
-    if backend == "auto" and engine == "triton":
-        # "auto" promises the best engine that can take these tensors: where the fused
-        # kernels cannot (D too large, float64), the PyTorch engine runs without a warning.
-        from deepres.engines.triton_engine import fallback_reason
-
-        if fallback_reason(h, u) is not None:
-            engine = "torch"
+    activation = check_choice(activation, "activation", ACTIVATIONS)
+    every = resolve_checkpoint_every(u.shape[-3], checkpoint_every)
+    check_bool(allow_tf32, "allow_tf32")
+    check_bool(deterministic, "deterministic")
+    engine = select_engine(backend, h, u)
+    if allow_tf32 and backend in ("torch", "reference"):
+        raise ValueError(f"allow_tf32=True applies to the Triton engine only; backend={backend!r} computes "
+                         f"in IEEE {h.dtype} (for cuBLAS, torch.backends.cuda.matmul.allow_tf32 decides)")
 
     if engine == "reference":
         return reference_residual_stack(h, u, v, c, a, activation)
@@ -170,6 +220,9 @@ def residual_stack(
     if engine == "triton":
         from deepres.engines.triton_engine import triton_residual_stack
 
+        if autocast and u.dtype == torch.float32:
+            half = torch.get_autocast_dtype(device_type)
+            u, v = u.to(half), v.to(half)
         out = triton_residual_stack(h, u, v, c, a, activation, every,
                                     allow_tf32=allow_tf32, deterministic=deterministic)
     else:

@@ -8,26 +8,28 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from deepres._checks import check_positive_int, check_tensor
-from deepres.activations import check_activation
-from deepres.engines.common import resolve_checkpoint_every
+from deepres._checks import (
+    check_bool,
+    check_choice,
+    check_positive_int,
+    check_tensor,
+    resolve_checkpoint_every,
+)
+from deepres.activations import ACTIVATIONS
+from deepres.engines.common import autocast_disabled
 from deepres.functional import BACKENDS, residual_stack
 from deepres.parameterization import Parameterization
 from deepres.scaling import ScaledParameter
 
 __all__ = ["DeepResNet", "EmbeddedNetwork", "ResidualStack", "draw_embedding_and_readout"]
 
+_HALF = (torch.float16, torch.bfloat16)
+
 
 def _check_replicas(replicas: object) -> int | None:
     if replicas is None:
         return None
     return check_positive_int(replicas, "replicas")
-
-
-def _check_backend_name(backend: object) -> str:
-    if not isinstance(backend, str) or backend not in BACKENDS:
-        raise ValueError(f"backend must be one of {BACKENDS}; got {backend!r}")
-    return backend
 
 
 class ResidualStack(nn.Module):
@@ -84,8 +86,8 @@ class ResidualStack(nn.Module):
     ) -> None:
         super().__init__()
         self.parameterization = Parameterization(parameterization, depth, hidden, dim, alpha)
-        self.activation = check_activation(activation)
-        self.backend = _check_backend_name(backend)
+        self.activation = check_choice(activation, "activation", ACTIVATIONS)
+        self.backend = check_choice(backend, "backend", BACKENDS)
         resolve_checkpoint_every(depth, checkpoint_every)  # validate now, not at first forward
         self.checkpoint_every = checkpoint_every
         self.replicas = _check_replicas(replicas)
@@ -163,8 +165,7 @@ class EmbeddedNetwork(nn.Module):
 
     def _register_weight(self, name: str, value: torch.Tensor, trainable: bool) -> None:
         """Hold ``value`` as a trainable ``nn.Parameter`` or as a buffer (the tensor itself)."""
-        if not isinstance(trainable, bool):
-            raise TypeError(f"train flags must be bools; got {type(trainable).__name__} for {name}")
+        check_bool(trainable, f"the train flag of {name}")
         if trainable:
             self.register_parameter(name, value if isinstance(value, nn.Parameter) else nn.Parameter(value))
         else:
@@ -175,9 +176,14 @@ class EmbeddedNetwork(nn.Module):
         x = check_tensor(x, "x")
         if x.dim() != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x must have shape (N, {self.in_features}); got {tuple(x.shape)}")
-        if x.dtype != self.embed_weight.dtype:
-            raise TypeError(f"x must have dtype {self.embed_weight.dtype}; got {x.dtype}")
-        return x @ self.embed_weight.T
+        dtype = self.embed_weight.dtype
+        if x.dtype != dtype:
+            autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
+            if not (autocast and x.dtype in _HALF):
+                raise TypeError(f"x must have dtype {dtype}; got {x.dtype}")
+            x = x.to(dtype)  # an autocast-ed layer's output: the stream stays in full precision
+        with autocast_disabled(x.device.type):
+            return x @ self.embed_weight.T
 
     def scaled_parameters(self) -> Iterator[ScaledParameter]:
         """W_E and W_U when they are trained, with multiplier 1 (see :mod:`deepres.scaling`)."""
@@ -187,8 +193,9 @@ class EmbeddedNetwork(nn.Module):
                 yield ScaledParameter(name, weight, 1.0, role)
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
-        """f = W_Uᵀ h / D: (..., N, D) → (..., N, d_out)."""
-        return h @ self.readout_weight / self.readout_weight.shape[0]
+        """f = W_Uᵀ h / D: (..., N, D) → (..., N, d_out), in h's precision even under autocast."""
+        with autocast_disabled(h.device.type):
+            return h @ self.readout_weight / self.readout_weight.shape[0]
 
     def body(self, h0: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """h_0 ↦ the final embedding (the residual stack, or the mean ODE)."""
@@ -222,7 +229,15 @@ class DeepResNet(EmbeddedNetwork):
         **stack options: ``alpha``, ``parameterization``, ``activation``,
             ``backend``, ``checkpoint_every``, ``replicas``, ``device``,
             ``dtype``, ``generator`` as for :class:`ResidualStack`. The
-            generator draws W_E, then W_U, then the stack's u and v.
+            generator draws W_E, then W_U, then the stack's u and v. With
+            ``dtype=torch.float16`` or ``torch.bfloat16`` only u and v are
+            stored in that dtype: W_E, W_U, the inputs x and the residual
+            stream are float32.
+
+    Under ``torch.autocast`` the network keeps its precision (the embedding,
+    the residual stream and the readout stay in the parameters' dtype and a
+    half-precision x from an autocast-ed layer is taken in that dtype); see
+    :func:`deepres.residual_stack` for what the engines do with the weights.
 
     Attributes:
         embed_weight: W_E, (D, d_in). readout_weight: W_U, (D, d_out).
@@ -259,8 +274,9 @@ class DeepResNet(EmbeddedNetwork):
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
         check_positive_int(dim, "dim")
+        stream_dtype = torch.float32 if dtype in _HALF else dtype
         embed, readout = draw_embedding_and_readout(in_features, out_features, dim, device=device,
-                                                    dtype=dtype, generator=generator)
+                                                    dtype=stream_dtype, generator=generator)
         self.stack = ResidualStack(
             depth, dim, hidden, alpha=alpha, parameterization=parameterization,
             activation=activation, backend=backend, checkpoint_every=checkpoint_every,

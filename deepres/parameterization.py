@@ -37,7 +37,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from deepres._checks import check_finite_real, check_positive_int
+from deepres._checks import check_choice, check_finite_real, check_positive_int
 
 __all__ = ["PARAMETERIZATIONS", "Parameterization"]
 
@@ -69,15 +69,7 @@ class Parameterization:
     alpha: float = 1.0
 
     def __post_init__(self) -> None:
-        if not isinstance(self.name, str):
-            raise TypeError(
-                f"parameterization must be a str, one of {PARAMETERIZATIONS}; "
-                f"got {type(self.name).__name__}"
-            )
-        if self.name not in PARAMETERIZATIONS:
-            raise ValueError(
-                f"parameterization must be one of {PARAMETERIZATIONS}; got {self.name!r}"
-            )
+        check_choice(self.name, "parameterization", PARAMETERIZATIONS)
         check_positive_int(self.depth, "depth")
         check_positive_int(self.hidden, "hidden")
         check_positive_int(self.dim, "dim")

@@ -31,7 +31,7 @@ def test_node_grid_and_lr_multiplier(solver, nodes):
     spacing = 1.0 / (steps * TABLEAUS[solver].nodes_per_step)
     assert torch.allclose(ode.node_times, torch.arange(nodes, dtype=F64) * spacing, rtol=0, atol=1e-15)
     assert math.isclose(ode.node_weights.sum().item(), 2.0 if solver == "midpoint" else 1.0, rel_tol=1e-12)
-    assert ode.multiplier == alpha and ode.pre_scale == 1.0 / dim
+    assert ode.field_multiplier == alpha and ode.pre_scale == 1.0 / dim
     base = steps * particles * dim / alpha**2  # mlu: L·M·D/α² of the euler-equivalent ResNet
     if solver == "rk4":
         assert ode.lr_multiplier.shape == (nodes, 1, 1)
@@ -90,7 +90,7 @@ def test_gradient_descent_step_is_the_pointwise_limit_update(solver):
 
     # By hand: b at the nodes from the plain adjoint oracle, ρ by autograd of α·bᵀv σ(a·uᵀh).
     grad_h1 = (h1.detach() - y) / h0.shape[0]
-    *_, b_nodes = reference_adjoint_gradients(h0, u0, v0, grad_h1, ode.multiplier, ode.pre_scale, "tanh",
+    *_, b_nodes = reference_adjoint_gradients(h0, u0, v0, grad_h1, ode.field_multiplier, ode.pre_scale, "tanh",
                                               solver)
     u_ref, v_ref = torch.empty_like(u0), torch.empty_like(v0)
     for j in range(ode.nodes):

@@ -1,7 +1,9 @@
 """What the engine keeps for backward: counted with saved_tensors_hooks.
 
 The bytes of every tensor autograd saves are added up, except tensors that
-share storage with the inputs and parameters (they exist anyway).
+share storage with the inputs and parameters (they exist anyway). The first
+checkpoint of the PyTorch engine is the input h_0 itself, so it keeps
+⌈L/k⌉ − 1 new copies of h.
 """
 
 import pytest
@@ -36,12 +38,12 @@ def saved_activation_bytes(backend, hidden, checkpoint_every=None):
 def test_engine_keeps_h_per_layer_and_nothing_m_wide():
     narrow = saved_activation_bytes("torch", hidden=2)
     wide = saved_activation_bytes("torch", hidden=64)
-    assert narrow == wide == L * B * D * 4
+    assert narrow == wide == (L - 1) * B * D * 4
 
 
 @pytest.mark.parametrize(("every", "checkpoints"), [(8, 8), ("sqrt", 8), (5, 13), (100, 1)])
 def test_checkpointing_keeps_one_h_per_segment(every, checkpoints):
-    assert saved_activation_bytes("torch", hidden=16, checkpoint_every=every) == checkpoints * B * D * 4
+    assert saved_activation_bytes("torch", hidden=16, checkpoint_every=every) == (checkpoints - 1) * B * D * 4
 
 
 def test_reference_grows_with_width_and_engine_saves_less():
@@ -50,3 +52,4 @@ def test_reference_grows_with_width_and_engine_saves_less():
     assert reference_wide > 4 * reference_narrow
     assert saved_activation_bytes("torch", hidden=64) * 4 <= reference_wide
     assert saved_activation_bytes("torch", hidden=64, checkpoint_every="sqrt") * 20 <= reference_wide
+    assert saved_activation_bytes("torch", hidden=16, checkpoint_every=100) == 0  # h_0 is the only checkpoint

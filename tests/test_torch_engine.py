@@ -6,7 +6,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from deepres import ACTIVATIONS, residual_stack
-from deepres.engines.common import resolve_checkpoint_every, segments
+from deepres._checks import resolve_checkpoint_every
+from deepres.engines.common import segments
 from deepres.engines.reference import reference_residual_stack
 from tests.helpers import random_stack_inputs, relative_error
 

@@ -57,8 +57,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from deepres._checks import resolve_checkpoint_every
 from deepres.activations import ACTIVATIONS
-from deepres.engines.common import resolve_checkpoint_every
 from deepres.engines.reference import reference_residual_stack
 from deepres.engines.triton_support import unavailable_reason as triton_unavailable_reason
 from deepres.functional import residual_stack
@@ -682,7 +682,7 @@ def _meanode_runner(case: Case, inputs: Inputs, gradient: str, policy: int | str
         raise ValueError(f"MeanODE holds u of shape {tuple(ode.u.shape)}; the benchmark expects "
                          f"{tuple(inputs.u.shape)} (2N+1 rk4 nodes)")
     # MeanODE's field is m·(1/K)·Σ_k: its multiplier m over K is the benchmark's c.
-    for name, got, expected in (("multiplier / K", ode.multiplier / case.hidden, inputs.multiplier),
+    for name, got, expected in (("multiplier / K", ode.field_multiplier / case.hidden, inputs.multiplier),
                                 ("pre_scale", ode.pre_scale, inputs.pre_scale)):
         if not math.isclose(got, expected, rel_tol=1e-12):
             raise ValueError(f"MeanODE's {name} is {got}; the benchmark's field uses {expected}")

@@ -1,44 +1,36 @@
-"""What every engine shares: the checkpoint policy and the segment layout."""
+"""What every engine shares: the segment layout, autocast isolation, and the autograd
+registration of a stack operator (custom op) pair.
+
+The engines are registered as ``torch.library`` custom operators, one forward
+and one backward op per engine, so that ``torch.compile`` and ``torch.export``
+see the whole stack as one node whatever L is (a Python loop over layers
+would be traced layer by layer). :func:`register_stack_autograd` connects a
+forward op ``(h0, u, v, c, a, activation, every, save, *extra) → (h_L,
+checkpoints)`` to its backward op; both ops get their fake (meta) kernels
+from :func:`stack_fakes`.
+
+Higher-order gradients. The backward ops compute the first derivative only.
+When a caller asks for a differentiable gradient (``create_graph=True``, e.g.
+for Hessian–vector products), the registered backward instead recomputes the
+stack with the plain per-layer reference under autograd and differentiates
+that: the result is exact to all orders, at the reference's memory cost
+(everything of every layer is kept), and only for that call.
+"""
 
 from __future__ import annotations
 
-import math
+import contextlib
+from collections.abc import Callable, Sequence
 
-__all__ = ["resolve_checkpoint_every", "segments"]
+import torch
 
-
-def resolve_checkpoint_every(depth: int, checkpoint_every: int | str | None) -> int:
-    """Turn a ``checkpoint_every`` option into a segment length k ≥ 1.
-
-    Args:
-        depth: number of layers L.
-        checkpoint_every: ``None`` (keep h before every layer: k = 1), an int
-            k ≥ 1 (keep h every k layers and recompute each segment in the
-            backward pass; k need not divide L, k > L means one segment), or
-            ``"sqrt"`` (k = ⌈√L⌉, which minimizes the (L/k + k)·B·D numbers
-            kept).
-
-    Returns:
-        The segment length k.
-    """
-    if checkpoint_every is None:
-        return 1
-    if isinstance(checkpoint_every, str):
-        if checkpoint_every != "sqrt":
-            raise ValueError(
-                f"checkpoint_every must be None, a positive int or 'sqrt'; got {checkpoint_every!r}"
-            )
-        return max(1, math.ceil(math.sqrt(depth)))
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, int):
-        raise TypeError(
-            "checkpoint_every must be None, a positive int or 'sqrt'; "
-            f"got {type(checkpoint_every).__name__} {checkpoint_every!r}"
-        )
-    if checkpoint_every < 1:
-        raise ValueError(
-            f"checkpoint_every must be None, a positive int or 'sqrt'; got {checkpoint_every!r}"
-        )
-    return checkpoint_every
+__all__ = [
+    "autocast_disabled",
+    "checkpoint_count",
+    "register_stack_autograd",
+    "segments",
+    "stack_fakes",
+]
 
 
 def segments(depth: int, every: int) -> list[tuple[int, int]]:
@@ -46,5 +38,112 @@ def segments(depth: int, every: int) -> list[tuple[int, int]]:
 
     Segment i starts at layer i·k from the checkpoint h_{i·k}; the last one may
     be shorter when k does not divide L.
+
+    Example:
+        >>> segments(5, 2)
+        [(0, 2), (2, 4), (4, 5)]
     """
     return [(start, min(start + every, depth)) for start in range(0, depth, every)]
+
+
+def checkpoint_count(depth: int, every: int) -> int:
+    """⌈L/k⌉, the number of checkpoint segments (works on symbolic sizes too)."""
+    return -(-depth // every)
+
+
+def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
+    """A context in which ``torch.autocast`` does not lower the precision of ops on ``device_type``.
+
+    The engines compute the residual stream and every reduction in the inputs'
+    precision: an enclosing autocast region must not turn their GEMMs into
+    bfloat16/float16 ones (the op's implementation runs under the caller's
+    autocast state, forward and backward).
+    """
+    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def stack_fakes(forward_op: torch.library.CustomOpDef, backward_op: torch.library.CustomOpDef, *,
+                checkpoints_hold_input: bool, gradient_dtype: Callable[[torch.Tensor], torch.dtype]) -> None:
+    """Register the fake (shape and dtype) kernels of an engine's forward and backward ops.
+
+    Args:
+        forward_op: ``(h0, u, v, c, a, activation, every, save, *extra) → (h_L, checkpoints)``.
+        backward_op: ``(grad_out, h0, checkpoints, u, v, c, a, activation, every, *extra,
+            needs) → (grad_h0, grad_u, grad_v)``, an empty tensor for each gradient
+            ``needs`` (three bools for h0, u, v) does not ask for.
+        checkpoints_hold_input: the forward's checkpoints include slot 0 (h_0 itself);
+            otherwise they start at h_k and the backward op takes h_0 separately.
+        gradient_dtype: weights ↦ dtype of their gradients.
+    """
+
+    @forward_op.register_fake
+    def _(h0, u, v, multiplier, pre_scale, activation, every, save_checkpoints, *extra):
+        count = checkpoint_count(u.shape[1], every)
+        if not checkpoints_hold_input:
+            count = count - 1
+        shape = (count, *h0.shape) if save_checkpoints else (0,)
+        return h0.new_empty(h0.shape), h0.new_empty(shape)
+
+    @backward_op.register_fake
+    def _(grad_out, h0, checkpoints, u, v, *options):
+        needs = options[-1]
+        grad_h = grad_out.new_empty(grad_out.shape) if needs[0] else grad_out.new_empty((0,))
+        dtype = gradient_dtype(u)
+        grad_u = u.new_empty(u.shape, dtype=dtype) if needs[1] else u.new_empty((0,), dtype=dtype)
+        grad_v = u.new_empty(u.shape, dtype=dtype) if needs[2] else u.new_empty((0,), dtype=dtype)
+        return grad_h, grad_u, grad_v
+
+
+def register_stack_autograd(forward_op: torch.library.CustomOpDef,
+                            backward_call: Callable[..., Sequence[torch.Tensor]],
+                            reference: Callable[..., torch.Tensor]) -> None:
+    """Give an engine's forward op its backward.
+
+    Args:
+        forward_op: ``(h0, u, v, c, a, activation, every, save, *extra) → (h_L, checkpoints)``.
+        backward_call: ``(grad_out, h0, checkpoints, u, v, c, a, activation, every, extra,
+            needs) → (grad_h0, grad_u, grad_v)`` calling the engine's backward op
+            (``needs``: which of h0, u, v need a gradient; unneeded ones come back empty).
+        reference: ``(h0, u, v, c, a, activation) → h_L``, differentiable by autograd,
+            for gradients that must themselves be differentiable (see the module docstring).
+    """
+
+    def setup_context(ctx, inputs, output):
+        h0, u, v, multiplier, pre_scale, activation, every, _save, *extra = inputs
+        _, checkpoints = output
+        ctx.mark_non_differentiable(checkpoints)
+        # h0 itself (not a copy): it is the first checkpoint, and a differentiable
+        # gradient must reach its graph.
+        ctx.save_for_backward(h0, checkpoints, u, v)
+        ctx.stack_options = (multiplier, pre_scale, activation, every, tuple(extra))
+
+    def backward(ctx, grad_out, _grad_checkpoints):
+        h0, checkpoints, u, v = ctx.saved_tensors
+        multiplier, pre_scale, activation, every, extra = ctx.stack_options
+        needs = list(ctx.needs_input_grad[:3])
+        if torch.is_grad_enabled():
+            return _differentiable_backward(reference, grad_out, (h0, u, v), needs,
+                                            (multiplier, pre_scale, activation)) + (None,) * (5 + len(extra))
+        grads = backward_call(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every,
+                              extra, needs)
+        return tuple(g if need else None for g, need in zip(grads, needs, strict=True)) + (None,) * (
+            5 + len(extra))
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
+
+
+def _differentiable_backward(reference: Callable[..., torch.Tensor], grad_out: torch.Tensor,
+                             inputs: tuple[torch.Tensor, ...], needs: list[bool],
+                             options: tuple) -> tuple[torch.Tensor | None, ...]:
+    """∂⟨grad_out, h_L⟩/∂(h0, u, v) through the plain reference, with its graph kept."""
+    wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
+    with torch.enable_grad():
+        out = reference(*inputs, *options)
+        grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
+    result = []
+    for t, need in zip(inputs, needs, strict=True):
+        grad = next(grads) if need else None
+        result.append(torch.zeros_like(t) if need and grad is None else grad)
+    return tuple(result)

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from deepres.engines.common import autocast_disabled
+
 # The oracle computes σ with torch's own functions, not the engines' (faster) forms.
 _PLAIN_ACTIVATIONS = {
     "tanh": torch.tanh,
@@ -42,9 +44,10 @@ def reference_residual_stack(
     """
     # unbind gives one autograd node for all layers: its backward stacks the
     # per-layer gradients once, instead of one full-size zero tensor per slice.
-    layers_u = u.unbind(dim=-3)
-    layers_v = v.unbind(dim=-3)
-    for u_l, v_l in zip(layers_u, layers_v, strict=True):
-        z = pre_scale * (h @ u_l.to(h.dtype).transpose(-1, -2))
-        h = h + multiplier * (_PLAIN_ACTIVATIONS[activation](z) @ v_l.to(h.dtype))
-    return h
+    with autocast_disabled(h.device.type):  # the residual stream stays in h's precision
+        layers_u = u.unbind(dim=-3)
+        layers_v = v.unbind(dim=-3)
+        for u_l, v_l in zip(layers_u, layers_v, strict=True):
+            z = pre_scale * (h @ u_l.to(h.dtype).transpose(-1, -2))
+            h = h + multiplier * (_PLAIN_ACTIVATIONS[activation](z) @ v_l.to(h.dtype))
+        return h

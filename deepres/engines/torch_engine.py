@@ -22,6 +22,12 @@ over slices of one stacked parameter would under autograd.
 
 All tensors are in replica form here: h (R, B, D), u and v (R, L, M, D).
 Weights stored in a lower precision than h are upcast one layer at a time.
+
+The engine is two ``torch.library`` custom operators, ``deepres::torch_stack``
+(forward) and ``deepres::torch_stack_backward``, tied together for autograd by
+:func:`deepres.engines.common.register_stack_autograd`. The forward keeps the
+input h_0 itself as the first checkpoint (a reference, not a copy) and returns
+the others, h_k, h_{2k}, …, as an (⌈L/k⌉ − 1, R, B, D) tensor.
 """
 
 from __future__ import annotations
@@ -33,9 +39,15 @@ import torch
 
 from deepres.activations import activation as apply_activation
 from deepres.activations import activation_vjp
-from deepres.engines.common import segments
+from deepres.engines.common import (
+    autocast_disabled,
+    register_stack_autograd,
+    segments,
+    stack_fakes,
+)
+from deepres.engines.reference import reference_residual_stack
 
-__all__ = ["TorchStackFunction", "torch_residual_stack"]
+__all__ = ["torch_residual_stack", "torch_stack", "torch_stack_backward"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -74,36 +86,61 @@ def _layer_weights(weights: torch.Tensor, dtype: torch.dtype) -> Callable[[int],
     return lambda layer: layers[layer].to(dtype)
 
 
-class TorchStackFunction(torch.autograd.Function):
-    """autograd Function of the PyTorch engine (replica form, see module docstring)."""
+@torch.library.custom_op("deepres::torch_stack", mutates_args=())
+def torch_stack(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float, pre_scale: float,
+                activation: str, every: int, save_checkpoints: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of the PyTorch engine: (h_L, checkpoints h_k, h_2k, … or an empty tensor).
 
-    @staticmethod
-    def forward(ctx, h0, u, v, multiplier, pre_scale, activation, every):  # type: ignore[override]
+    Args:
+        h0: (R, B, D). u, v: (R, L, M, D), h0's dtype or a lower one.
+        multiplier: c. pre_scale: a. activation: an activation name.
+        every: checkpoint segment length k ≥ 1.
+        save_checkpoints: return the checkpoints after h_0, (⌈L/k⌉ − 1, R, B, D);
+            otherwise an empty (0,) tensor.
+
+    Returns:
+        (h_L (R, B, D), checkpoints).
+    """
+    with autocast_disabled(h0.device.type):
         replicas, batch, dim = h0.shape
         depth = u.shape[1]
         layout = segments(depth, every)
         weight_u, weight_v = _layer_weights(u, h0.dtype), _layer_weights(v, h0.dtype)
-        checkpoints = h0.new_empty((len(layout), replicas, batch, dim))
+        shape = (len(layout) - 1, replicas, batch, dim) if save_checkpoints else (0,)
+        checkpoints = h0.new_empty(shape)
         h = h0
         for index, (start, stop) in enumerate(layout):
-            checkpoints[index].copy_(h)
+            if index > 0 and save_checkpoints:
+                checkpoints[index - 1].copy_(h)
             for layer in range(start, stop):
-                h = _layer(h, weight_u(layer), weight_v(layer), multiplier, pre_scale,
-                           activation)
-        ctx.save_for_backward(checkpoints, u, v)
-        ctx.config = (multiplier, pre_scale, activation, every)
-        return h.clone() if h is h0 else h
+                h = _layer(h, weight_u(layer), weight_v(layer), multiplier, pre_scale, activation)
+        return h, checkpoints
 
-    @staticmethod
-    def backward(ctx, grad_out):  # type: ignore[override]
-        checkpoints, u, v = ctx.saved_tensors
-        c, a, act, every = ctx.config
-        need_h, need_u, need_v = ctx.needs_input_grad[:3]
+
+@torch.library.custom_op("deepres::torch_stack_backward", mutates_args=())
+def torch_stack_backward(grad_out: torch.Tensor, h0: torch.Tensor, checkpoints: torch.Tensor, u: torch.Tensor,
+                         v: torch.Tensor, multiplier: float, pre_scale: float, activation: str, every: int,
+                         needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of the PyTorch engine (see the module docstring for the formulas).
+
+    Args:
+        grad_out: ∂loss/∂h_L, (R, B, D). h0: the forward's input. checkpoints:
+            the forward's h_k, h_2k, …. u, v, multiplier, pre_scale, activation,
+            every: as in the forward. needs: three bools, whether ∂/∂h0, ∂/∂u,
+            ∂/∂v are wanted.
+
+    Returns:
+        (∂loss/∂h0 (R, B, D), ∂loss/∂u, ∂loss/∂v (R, L, M, D) in the weights' dtype);
+        an empty (0,) tensor in place of each gradient not wanted.
+    """
+    need_h, need_u, need_v = needs
+    c, a, act = multiplier, pre_scale, activation
+    with autocast_disabled(grad_out.device.type):
         depth = u.shape[1]
-        compute = checkpoints.dtype
+        compute = h0.dtype
         weight_u, weight_v = _layer_weights(u, compute), _layer_weights(v, compute)
-        grad_u = torch.empty(u.shape, dtype=u.dtype, device=u.device) if need_u else None
-        grad_v = torch.empty(v.shape, dtype=v.dtype, device=v.device) if need_v else None
+        grad_u = u.new_empty(u.shape if need_u else (0,))
+        grad_v = v.new_empty(v.shape if need_v else (0,))
         # With one replica the per-layer gradient slots are contiguous: the GEMMs write into
         # them directly instead of into a temporary that is then copied.
         direct = u.shape[0] == 1 and u.dtype == compute
@@ -111,13 +148,14 @@ class TorchStackFunction(torch.autograd.Function):
         ca = c * a
         layout = segments(depth, every)
         # Inputs of the layers of the current segment, recomputed from its checkpoint.
-        inputs = checkpoints.new_empty((min(every, depth), *checkpoints.shape[1:]))
+        inputs = h0.new_empty((min(every, depth), *h0.shape))
         for index in range(len(layout) - 1, -1, -1):
             start, stop = layout[index]
+            checkpoint = h0 if index == 0 else checkpoints[index - 1]
             if every == 1:
-                layer_inputs = checkpoints[index : index + 1]
+                layer_inputs = checkpoint.unsqueeze(0)
             else:
-                inputs[0].copy_(checkpoints[index])
+                inputs[0].copy_(checkpoint)
                 for offset, layer in enumerate(range(start, stop - 1)):
                     _layer(inputs[offset], weight_u(layer), weight_v(layer), c, a, act,
                            out=inputs[offset + 1])
@@ -139,8 +177,20 @@ class TorchStackFunction(torch.autograd.Function):
                     else:
                         grad_u[:, layer] = _scaled_bmm(p.transpose(1, 2), x, ca)
                 g = torch.baddbmm(g, p, u_l, alpha=ca)
-        grad_h = g if need_h else None
-        return grad_h, grad_u, grad_v, None, None, None, None
+        grad_h = g if need_h else g.new_empty((0,))
+        if grad_h is grad_out:  # an op's output must not alias its input
+            grad_h = grad_h.clone()
+        return grad_h, grad_u, grad_v
+
+
+def _backward(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every, extra, needs):
+    return torch_stack_backward(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every,
+                                needs)
+
+
+stack_fakes(torch_stack, torch_stack_backward, checkpoints_hold_input=False,
+            gradient_dtype=lambda weights: weights.dtype)
+register_stack_autograd(torch_stack, _backward, reference_residual_stack)
 
 
 def torch_residual_stack(
@@ -153,5 +203,20 @@ def torch_residual_stack(
     every: int,
 ) -> torch.Tensor:
     """Run the PyTorch engine on replica-form tensors (no argument checks: see
-    :func:`deepres.residual_stack` for the public entry point)."""
-    return TorchStackFunction.apply(h, u, v, float(multiplier), float(pre_scale), activation, every)
+    :func:`deepres.residual_stack` for the public entry point).
+
+    Args:
+        h: h_0, (R, B, D). u, v: (R, L, M, D). multiplier: c. pre_scale: a.
+        activation: an activation name. every: checkpoint segment length k ≥ 1.
+
+    Returns:
+        h_L, (R, B, D), differentiable in h, u and v (to any order).
+
+    Example:
+        >>> h, u, v = torch.randn(1, 4, 3), torch.randn(1, 8, 2, 3), torch.randn(1, 8, 2, 3)
+        >>> torch_residual_stack(h, u, v, 1 / 16, 1 / 3, "tanh", every=3).shape
+        torch.Size([1, 4, 3])
+    """
+    save = torch.is_grad_enabled() and (h.requires_grad or u.requires_grad or v.requires_grad)
+    out, _ = torch_stack(h, u, v, float(multiplier), float(pre_scale), activation, every, save)
+    return out

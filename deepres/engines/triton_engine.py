@@ -1,4 +1,4 @@
-"""The Triton engine: the fused stack kernels behind a ``torch.autograd.Function``.
+"""The Triton engine: the fused stack kernels as ``torch.library`` custom operators.
 
 Same autograd semantics and the same memory policy as
 :mod:`deepres.engines.torch_engine`: the forward pass keeps h only at the
@@ -10,83 +10,101 @@ kernel launch, the whole backward one more (plus a fixed-order sum in
 deterministic mode): no per-layer Python work. The kernels and the
 vector–Jacobian derivation are in ``kernels/`` (``deepres.kernels``).
 
-What runs where:
-
-* float32 h with float32, float16 or bfloat16 weights: fused kernels, the
-  residual stream and every reduction in float32 (bfloat16 needs a GPU;
-  Triton's interpreter lacks it).
-* D > :data:`deepres.kernels.launch.MAX_FUSED_DIM` (256), or float64 inputs
-  (the kernels compute in float32): a ``UserWarning`` saying why, then the
-  PyTorch engine.
-
-All tensors are in replica form: h (R, B, D), u and v (R, L, M, D).
+Two ops, ``deepres::triton_stack`` (forward) and
+``deepres::triton_stack_backward``, tied together for autograd by
+:func:`deepres.engines.common.register_stack_autograd`. They take float32 h
+(R, B, D) and float32, float16 or bfloat16 weights (R, L, M, D); the residual
+stream and every reduction are float32 (bfloat16 needs a GPU: Triton's
+interpreter lacks it). Which tensors reach this engine is decided in
+:func:`deepres.functional.select_engine`, nowhere else.
 """
 
 from __future__ import annotations
 
-import warnings
-
 import torch
-from torch.autograd.function import once_differentiable
 
-from deepres.engines.torch_engine import torch_residual_stack
-from deepres.kernels.launch import MAX_FUSED_DIM, StackConfig, stack_backward, stack_forward
+from deepres.engines.common import autocast_disabled, register_stack_autograd, stack_fakes
+from deepres.engines.reference import reference_residual_stack
 
-__all__ = ["TritonStackFunction", "fallback_reason", "triton_residual_stack"]
-
-
-class TritonStackFunction(torch.autograd.Function):
-    """autograd Function of the Triton engine (replica form, see module docstring).
-
-    ``apply(h0, u, v, multiplier, pre_scale, activation, every, allow_tf32,
-    deterministic, config)`` with h0 float32 (R, B, D), u and v (R, L, M, D),
-    all contiguous. Its backward is not itself differentiable.
-    """
-
-    @staticmethod
-    def forward(ctx, h0, u, v, multiplier, pre_scale, activation, every, allow_tf32,  # type: ignore[override]
-                deterministic, config):
-        out, checkpoints = stack_forward(h0, u, v, multiplier, pre_scale, activation, every,
-                                         save_checkpoints=True, allow_tf32=allow_tf32, config=config)
-        ctx.save_for_backward(checkpoints, u, v)
-        ctx.options = (multiplier, pre_scale, activation, every, allow_tf32, deterministic, config)
-        return out
-
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_out):  # type: ignore[override]
-        checkpoints, u, v = ctx.saved_tensors
-        c, a, act, every, allow_tf32, deterministic, config = ctx.options
-        need_h, need_u, need_v = ctx.needs_input_grad[:3]
-        grad_h, grad_u, grad_v = stack_backward(
-            grad_out.to(torch.float32).contiguous(), checkpoints, u, v, c, a, act, every,
-            need_weights=need_u or need_v, allow_tf32=allow_tf32, deterministic=deterministic,
-            config=config,
-        )
-        grad_u = grad_u.to(u.dtype) if need_u else None
-        grad_v = grad_v.to(v.dtype) if need_v else None
-        return (grad_h if need_h else None), grad_u, grad_v, None, None, None, None, None, None, None
+__all__ = ["triton_residual_stack", "triton_stack", "triton_stack_backward"]
 
 
-def fallback_reason(h: torch.Tensor, u: torch.Tensor) -> str | None:
-    """Why the fused kernels cannot take these tensors (so the PyTorch engine runs), or None.
+def _config(tiles: list[int]):
+    """The launch configuration encoded as ``[block_b, block_d, block_m, num_warps, num_stages]``, or None."""
+    if not tiles:
+        return None
+    from deepres.kernels.launch import StackConfig
+
+    return StackConfig(*tiles)
+
+
+@torch.library.custom_op("deepres::triton_stack", mutates_args=())
+def triton_stack(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float, pre_scale: float,
+                 activation: str, every: int, save_checkpoints: bool, allow_tf32: bool, deterministic: bool,
+                 tiles: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of the Triton engine: (h_L, checkpoints h_0, h_k, … or an empty tensor).
 
     Args:
-        h: (R, B, D). u: (R, L, M, D).
+        h0: (R, B, D) float32. u, v: (R, L, M, D). multiplier: c.
+        pre_scale: a. activation: an activation name. every: k ≥ 1.
+        save_checkpoints: also return the (⌈L/k⌉, R, B, D) checkpoints.
+        allow_tf32: TF32 dot products. deterministic: used by the backward.
+        tiles: ``[]`` to let the launcher choose, or the five fields of a
+            :class:`deepres.kernels.launch.StackConfig`.
 
     Returns:
-        A sentence naming the limit and the received value, or None.
-
-    Example:
-        >>> fallback_reason(torch.zeros(1, 2, 300), torch.zeros(1, 3, 4, 300))
-        'D = 300 exceeds the largest fused embedding dimension, 256'
+        (h_L (R, B, D) float32, checkpoints or an empty (0,) tensor).
     """
-    dim = h.shape[-1]
-    if dim > MAX_FUSED_DIM:
-        return f"D = {dim} exceeds the largest fused embedding dimension, {MAX_FUSED_DIM}"
-    if h.dtype != torch.float32:
-        return f"the kernels compute in float32 and h is {h.dtype}"
-    return None
+    from deepres.kernels.launch import stack_forward
+
+    with autocast_disabled(h0.device.type):
+        out, checkpoints = stack_forward(h0.contiguous(), u.contiguous(), v.contiguous(), multiplier,
+                                         pre_scale, activation, every, save_checkpoints=save_checkpoints,
+                                         allow_tf32=allow_tf32, config=_config(tiles))
+    return out, (checkpoints if checkpoints is not None else h0.new_empty((0,)))
+
+
+@torch.library.custom_op("deepres::triton_stack_backward", mutates_args=())
+def triton_stack_backward(grad_out: torch.Tensor, h0: torch.Tensor, checkpoints: torch.Tensor,
+                          u: torch.Tensor, v: torch.Tensor, multiplier: float, pre_scale: float,
+                          activation: str, every: int, allow_tf32: bool, deterministic: bool,
+                          tiles: list[int], needs: list[bool],
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of the Triton engine.
+
+    Args:
+        grad_out: ∂loss/∂h_L, (R, B, D). h0: the forward's input (its value
+            is also the first checkpoint). checkpoints: the forward's.
+        u, v, multiplier, pre_scale, activation, every, allow_tf32,
+        deterministic, tiles: as in the forward. needs: whether ∂/∂h0,
+            ∂/∂u, ∂/∂v are wanted.
+
+    Returns:
+        (∂loss/∂h0 float32, ∂loss/∂u, ∂loss/∂v in the weights' dtype); an empty
+        (0,) tensor in place of each gradient not wanted.
+    """
+    from deepres.kernels.launch import stack_backward
+
+    need_h, need_u, need_v = needs
+    with autocast_disabled(grad_out.device.type):
+        grad_h, grad_u, grad_v = stack_backward(
+            grad_out.to(torch.float32).contiguous(), checkpoints, u.contiguous(), v.contiguous(), multiplier,
+            pre_scale, activation, every, need_weights=need_u or need_v, allow_tf32=allow_tf32,
+            deterministic=deterministic, config=_config(tiles))
+    empty = u.new_empty((0,))
+    return (grad_h if need_h else grad_h.new_empty((0,)),
+            grad_u.to(u.dtype) if need_u else empty,
+            grad_v.to(v.dtype) if need_v else empty.clone())
+
+
+def _backward(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every, extra, needs):
+    return triton_stack_backward(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every,
+                                 *extra, needs)
+
+
+stack_fakes(triton_stack, triton_stack_backward, checkpoints_hold_input=True,
+            gradient_dtype=lambda weights: weights.dtype)
+register_stack_autograd(triton_stack, _backward, reference_residual_stack)
 
 
 def triton_residual_stack(
@@ -100,49 +118,37 @@ def triton_residual_stack(
     *,
     allow_tf32: bool = False,
     deterministic: bool = False,
-    config: StackConfig | None = None,
+    config: object | None = None,
 ) -> torch.Tensor:
     """Run the Triton engine on replica-form tensors (no argument checks: see
     :func:`deepres.residual_stack` for the public entry point).
 
     Args:
-        h: h_0, (R, B, D), float32 (float64 falls back, see below).
-        u, v: weights, (R, L, M, D), float32, or float16/bfloat16 with a
-            float32 h.
+        h: h_0, (R, B, D), float32.
+        u, v: weights, (R, L, M, D), float32, or float16/bfloat16.
         multiplier: c. pre_scale: a. activation: a name of
             :data:`deepres.activations.ACTIVATIONS`.
-        every: checkpoint segment length k ≥ 1 (see
-            :func:`deepres.engines.common.resolve_checkpoint_every`).
+        every: checkpoint segment length k ≥ 1.
         allow_tf32: TF32 tensor-core dot products (about 1e-3 relative
             error). Default False: IEEE float32.
         deterministic: reduce the weight gradients without float atomics, in
-            a fixed order: bitwise reproducible; with more than one batch tile
-            it needs n_batch_tiles × 2·R·L·M·D × 4 bytes of extra memory.
-            Default False.
-        config: the kernels' tiles (:class:`deepres.kernels.launch.StackConfig`);
+            a fixed order: bitwise reproducible. Default False.
+        config: the kernels' tiles, a :class:`deepres.kernels.launch.StackConfig`;
             default None picks them from the shapes and the device.
 
     Returns:
-        h_L, (R, B, D), dtype of ``h``. Differentiable in h, u and v
-        (first order).
-
-    Warns:
-        UserWarning: D > 256 or a float64 h: the PyTorch engine runs instead.
+        h_L, (R, B, D) float32. Differentiable in h, u and v (to any order;
+        second order through the plain reference).
 
     Example:
-        >>> hL = triton_residual_stack(h, u, v, 1 / (L * M), 1 / D, "tanh", every=16)
+        >>> h = torch.randn(1, 4, 16, device=DEVICE)                           # doctest: +SKIP
+        >>> u, v = (torch.randn(1, 8, 16, 16, device=DEVICE) for _ in range(2))  # doctest: +SKIP
+        >>> triton_residual_stack(h, u, v, 1 / 128, 1 / 16, "tanh", every=4).shape  # doctest: +SKIP
+        torch.Size([1, 4, 16])
     """
-    reason = fallback_reason(h, u)
-    if reason is not None:
-        warnings.warn(f"backend='triton' runs the PyTorch engine instead of the fused kernels: {reason}",
-                      UserWarning, stacklevel=3)
-        return torch_residual_stack(h, u, v, multiplier, pre_scale, activation, every)
-    h, u, v = h.contiguous(), u.contiguous(), v.contiguous()
-    c, a = float(multiplier), float(pre_scale)
-    if torch.is_grad_enabled() and (h.requires_grad or u.requires_grad or v.requires_grad):
-        return TritonStackFunction.apply(h, u, v, c, a, activation, every, allow_tf32, deterministic,
-                                         config)
-    # No backward will run: skip the checkpoints.
-    out, _ = stack_forward(h, u, v, c, a, activation, every, save_checkpoints=False,
-                           allow_tf32=allow_tf32, config=config)
+    tiles = [] if config is None else [config.block_b, config.block_d, config.block_m, config.num_warps,
+                                       config.num_stages]
+    save = torch.is_grad_enabled() and (h.requires_grad or u.requires_grad or v.requires_grad)
+    out, _ = triton_stack(h, u, v, float(multiplier), float(pre_scale), activation, every, save, allow_tf32,
+                          deterministic, tiles)
     return out

@@ -12,14 +12,16 @@ import os
 
 import torch
 
-__all__ = ["interpreter_enabled", "triton_importable", "unavailable_reason"]
+__all__ = ["fallback_reason", "interpreter_enabled", "triton_importable", "unavailable_reason"]
 
 
+@torch.compiler.assume_constant_result
 def interpreter_enabled() -> bool:
     """True when ``TRITON_INTERPRET=1`` is set (it must be set before triton is imported)."""
     return os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
+@torch.compiler.assume_constant_result
 @functools.lru_cache(maxsize=1)
 def triton_importable() -> bool:
     """True when the ``triton`` package can be imported."""
@@ -50,3 +52,35 @@ def unavailable_reason(device: torch.device) -> str | None:
             "before importing triton to run the kernels in Triton's (slow) interpreter"
         )
     return f"the Triton kernels run on CUDA devices only; the tensors are on {device.type}"
+
+
+@torch.compiler.assume_constant_result
+def max_fused_dim() -> int:
+    """The largest D the fused kernels take (``deepres.kernels.launch.MAX_FUSED_DIM``)."""
+    from deepres.kernels.launch import MAX_FUSED_DIM
+
+    return MAX_FUSED_DIM
+
+
+def fallback_reason(h: torch.Tensor, u: torch.Tensor) -> str | None:
+    """Why the fused kernels cannot take these tensors (so the PyTorch engine runs), or None.
+
+    Call only where triton is importable.
+
+    Args:
+        h: (R, B, D) or (B, D). u: (R, L, M, D) or (L, M, D).
+
+    Returns:
+        A sentence naming the limit and the received value, or None.
+
+    Example:
+        >>> fallback_reason(torch.zeros(1, 2, 300), torch.zeros(1, 3, 4, 300))
+        'D = 300 exceeds the largest fused embedding dimension, 256'
+    """
+    dim = h.shape[-1]
+    limit = max_fused_dim()
+    if dim > limit:
+        return f"D = {dim} exceeds the largest fused embedding dimension, {limit}"
+    if h.dtype != torch.float32:
+        return f"the kernels compute in float32 and h is {h.dtype}"
+    return None

@@ -1,4 +1,4 @@
-"""The ODE-adjoint gradient (optimize-then-discretize) as a ``torch.autograd.Function``.
+"""The ODE-adjoint gradient (optimize-then-discretize): the backward of ``gradient="adjoint"``.
 
 Derivation. Let h solve ∂_s h = F(h, θ(s)) on [0, 1] with the field of
 :mod:`deepres.meanode.field`, F(h, θ) = m·(1/K) Σ_k v_k σ(a·u_kᵀh), and let
@@ -51,33 +51,27 @@ from __future__ import annotations
 import torch
 
 from deepres.meanode.field import Field
-from deepres.meanode.solver import (
-    SolveConfig,
-    StateProvider,
-    backward_step,
-    make_field,
-    midpoint_state,
-    run_forward,
-    top_node,
-)
+from deepres.meanode.pool import gradient_buffer
+from deepres.meanode.stepping import StateProvider, backward_step, midpoint_state, top_node
+from deepres.meanode.tableaus import Tableau
 
-__all__ = ["AdjointFunction"]
+__all__ = ["adjoint_gradients"]
 
 
 class _Sweep:
     """State shared by the backward sweeps: field, buffers, gradient outputs, h_i source."""
 
-    def __init__(self, field: Field, config: SolveConfig, checkpoints: torch.Tensor, h1: torch.Tensor,
-                 nodes: int) -> None:
-        self.field, self.tab, self.steps = field, config.tab, config.steps
-        self.delta = 1.0 / config.steps
-        self.weights = config.tab.node_weights(config.steps)
-        self.backsolve = config.every is None
-        self.provider = None if self.backsolve else StateProvider(
-            field, config.tab, config.steps, config.every, checkpoints, h1)
-        d, k = field.ut.shape[1], field.ut.shape[2]
-        self.grad_ut = config.gradient_buffer((nodes, d, k), field.ut)
-        self.grad_vt = config.gradient_buffer((nodes, d, k), field.ut)
+    def __init__(self, field: Field, tab: Tableau, steps: int, every: int | None, h0: torch.Tensor,
+                 checkpoints: torch.Tensor, h1: torch.Tensor, pool_id: int) -> None:
+        self.field, self.tab, self.steps = field, tab, steps
+        self.delta = 1.0 / steps
+        self.weights = tab.node_weights(steps)
+        self.backsolve = every is None
+        self.provider = (None if self.backsolve
+                         else StateProvider(field, tab, steps, every, h0, checkpoints, h1))
+        nodes, d, k = tab.num_nodes(steps), field.ut.shape[1], field.ut.shape[2]
+        self.grad_ut = gradient_buffer(pool_id, (nodes, d, k), field.ut)
+        self.grad_vt = gradient_buffer(pool_id, (nodes, d, k), field.ut)
         self.s_node, self.ds_node = field.buffer(), field.buffer()
         self.s_mid, self.ds_mid = field.buffer(), field.buffer()
         self.q = field.buffer()
@@ -178,27 +172,20 @@ def _sweep_rk4(sw: _Sweep, b: torch.Tensor, h1: torch.Tensor) -> torch.Tensor:
 _SWEEPS = {"euler": _sweep_euler, "midpoint": _sweep_midpoint, "rk4": _sweep_rk4}
 
 
-class AdjointFunction(torch.autograd.Function):
-    """h(1) of the mean ODE with the ODE-adjoint backward (see the module docstring).
+def adjoint_gradients(field: Field, tab: Tableau, steps: int, every: int | None, grad_h1: torch.Tensor,
+                      h0: torch.Tensor, checkpoints: torch.Tensor, h1: torch.Tensor, pool_id: int,
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The adjoint sweep (see the module docstring); no autograd.
 
-    ``apply(h0 (B, D), u (nodes, K, D), v (nodes, K, D), config)`` returns
-    (h(1) (B, D), h at the nodes (nodes, B, D) or an empty tensor; not differentiable).
+    Args:
+        field: the field of the solve's weights. tab, steps: the solver and N.
+        every: checkpoint segment length k, or None for backsolve.
+        grad_h1: ∂loss/∂h(1), (B, D). h0: h(0). checkpoints: h at steps k, 2k, …
+            (empty for backsolve). h1: h(1). pool_id: gradient-buffer pool (0: none).
+
+    Returns:
+        (b(0) = ∂loss/∂h(0) (B, D), ∂/∂uᵀ and ∂/∂vᵀ as feature-major (nodes, D, K) tensors).
     """
-
-    @staticmethod
-    def forward(ctx, h0, u, v, config):  # type: ignore[override]
-        return run_forward(ctx, h0, u, v, config)
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx, grad_h1, grad_nodes):  # type: ignore[override]
-        checkpoints, h1, u, v = ctx.saved_tensors
-        config: SolveConfig = ctx.config
-        field = make_field(u, v, config, h1.shape[0])
-        sweep = _Sweep(field, config, checkpoints, h1, u.shape[0])
-        b0 = _SWEEPS[config.tab.name](sweep, grad_h1.contiguous(), h1)
-        need_h, need_u, need_v = ctx.needs_input_grad[:3]
-        return (b0 if need_h else None,
-                sweep.grad_ut.transpose(1, 2) if need_u else None,
-                sweep.grad_vt.transpose(1, 2) if need_v else None,
-                None)
+    sweep = _Sweep(field, tab, steps, every, h0, checkpoints, h1, pool_id)
+    b0 = _SWEEPS[tab.name](sweep, grad_h1.contiguous(), h1)
+    return b0, sweep.grad_ut, sweep.grad_vt

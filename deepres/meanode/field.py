@@ -48,7 +48,7 @@ import torch
 from deepres.activations import activation as apply_activation
 from deepres.activations import activation_and_derivative
 
-__all__ = ["Field", "activation_kernel"]
+__all__ = ["Field", "activation_kernel", "feature_major", "field_for"]
 
 
 class _ActivationKernel:
@@ -156,3 +156,15 @@ class Field:
         beta_in = 1.0 if accumulate else 0.0  # beta=0 ignores the (uninitialized) buffer
         grad_vt[node].addmm_(beta.t(), s, beta=beta_in, alpha=weight * self.cf)
         grad_ut[node].addmm_(h.t(), p, beta=beta_in, alpha=weight * self.cg)
+
+
+def feature_major(w: torch.Tensor) -> torch.Tensor:
+    """(nodes, K, D) weights as a contiguous (nodes, D, K) tensor (a view when stored feature-major)."""
+    wt = w.detach().transpose(1, 2)
+    return wt if wt.is_contiguous() else wt.contiguous()
+
+
+def field_for(u: torch.Tensor, v: torch.Tensor, multiplier: float, pre_scale: float, activation: str,
+              batch: int) -> Field:
+    """The :class:`Field` of (nodes, K, D) weights u, v for a batch of B states."""
+    return Field(feature_major(u), feature_major(v), multiplier, pre_scale, activation, batch)

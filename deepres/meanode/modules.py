@@ -7,13 +7,17 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from deepres._checks import check_positive_int, check_tensor
-from deepres.activations import check_activation
-from deepres.engines.common import resolve_checkpoint_every
-from deepres.meanode.adjoint import AdjointFunction
-from deepres.meanode.discrete import DiscreteFunction
+from deepres._checks import (
+    check_bool,
+    check_choice,
+    check_positive_int,
+    check_tensor,
+    resolve_checkpoint_every,
+)
+from deepres.activations import ACTIVATIONS
+from deepres.meanode.ops import BACKSOLVE, meanode_solve
 from deepres.meanode.particles import PARTICLE_INITS, init_particles
-from deepres.meanode.solver import GradientPool, SolveConfig
+from deepres.meanode.pool import GradientPool
 from deepres.meanode.tableaus import SOLVERS, TABLEAUS
 from deepres.modules import DeepResNet, EmbeddedNetwork, draw_embedding_and_readout
 from deepres.parameterization import Parameterization
@@ -25,14 +29,7 @@ __all__ = ["GRADIENTS", "MeanODE", "MeanODENet"]
 GRADIENTS: tuple[str, ...] = ("adjoint", "discrete")
 
 _DTYPES = (torch.float32, torch.float64)
-
-
-def _check_choice(value: object, name: str, choices: tuple[str, ...]) -> str:
-    if not isinstance(value, str):
-        raise TypeError(f"{name} must be a str, one of {choices}; got {type(value).__name__} {value!r}")
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {choices}; got {value!r}")
-    return value
+_HALF = (torch.float16, torch.bfloat16)
 
 
 def _check_dtype(dtype: object) -> torch.dtype:
@@ -42,23 +39,17 @@ def _check_dtype(dtype: object) -> torch.dtype:
     return dtype  # type: ignore[return-value]
 
 
-def _resolve_every(steps: int, checkpoint_every: object, gradient: str) -> int | None:
-    """Segment length k, or None for the backsolve option."""
-    if checkpoint_every == "backsolve":
+def _resolve_every(steps: int, checkpoint_every: object, gradient: str) -> int:
+    """Segment length k, or BACKSOLVE."""
+    every = resolve_checkpoint_every(steps, checkpoint_every, backsolve=True)
+    if every is None:
         if gradient != "adjoint":
             raise ValueError(
                 "checkpoint_every='backsolve' needs gradient='adjoint' (the exact gradient of the "
                 f"discrete solve needs the forward states); got gradient={gradient!r}"
             )
-        return None
-    expected = "checkpoint_every must be None, a positive int, 'sqrt' or 'backsolve'"
-    if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, (int, str, type(None))):
-        raise TypeError(f"{expected}; got {type(checkpoint_every).__name__} {checkpoint_every!r}")
-    if isinstance(checkpoint_every, str) and checkpoint_every != "sqrt":
-        raise ValueError(f"{expected}; got {checkpoint_every!r}")
-    if isinstance(checkpoint_every, int) and checkpoint_every < 1:
-        raise ValueError(f"{expected}; got {checkpoint_every!r}")
-    return resolve_checkpoint_every(steps, checkpoint_every)
+        return BACKSOLVE
+    return every
 
 
 class MeanODE(nn.Module):
@@ -79,7 +70,7 @@ class MeanODE(nn.Module):
         parameterization: ``"mlu"`` (default; the scaling with a mean-ODE
             limit), ``"depth_mup"`` or ``"standard"``. Initial stds, a and the
             lr multiplier are those of the parameterization for a ResNet of
-            depth N and width K (see ``multiplier`` below).
+            depth N and width K (see ``field_multiplier`` below).
         activation: ``"tanh"`` (default), ``"relu"``, ``"gelu"``, ``"silu"``, ``"identity"``.
         solver: ``"euler"``, ``"midpoint"`` or ``"rk4"`` (default).
         gradient: ``"adjoint"`` (default: integrate the adjoint ODE backward
@@ -105,7 +96,7 @@ class MeanODE(nn.Module):
             GEMMs several times faster on CPU; any layout works.
         node_times: (nodes,) buffer, the depth s_j ∈ [0, 1] of each node.
         node_weights: (nodes,) buffer, the quadrature weight q_j of each node.
-        multiplier (float): m, the field constant: m = c·N·K for the
+        field_multiplier (float): m, the field constant: m = c·N·K for the
             parameterization's residual multiplier c of depth N and width K,
             so that the euler solve is the ResNet; for ``mlu`` m = α
             (independent of N and K). pre_scale (float): a (1/D for ``mlu``).
@@ -147,10 +138,10 @@ class MeanODE(nn.Module):
         particles = check_positive_int(particles, "particles")
         steps = check_positive_int(steps, "steps")
         self.parameterization = Parameterization(parameterization, steps, particles, dim, alpha)
-        self.activation = check_activation(activation)
-        self.solver = _check_choice(solver, "solver", SOLVERS)
-        self.gradient = _check_choice(gradient, "gradient", GRADIENTS)
-        self.particle_init = _check_choice(particle_init, "particle_init", PARTICLE_INITS)
+        self.activation = check_choice(activation, "activation", ACTIVATIONS)
+        self.solver = check_choice(solver, "solver", SOLVERS)
+        self.gradient = check_choice(gradient, "gradient", GRADIENTS)
+        self.particle_init = check_choice(particle_init, "particle_init", PARTICLE_INITS)
         self.checkpoint_every = checkpoint_every
         self._every = _resolve_every(steps, checkpoint_every, gradient)
         dtype = _check_dtype(dtype)
@@ -164,7 +155,7 @@ class MeanODE(nn.Module):
         # Feature-major storage: (nodes, D, K) contiguous, seen as (nodes, K, D).
         self.u = nn.Parameter(u0.t().expand(nodes, dim, particles).contiguous().transpose(1, 2))
         self.v = nn.Parameter(v0.t().expand(nodes, dim, particles).contiguous().transpose(1, 2))
-        self.multiplier = float(p.multiplier * steps * particles)
+        self.field_multiplier = float(p.multiplier * steps * particles)
         self.pre_scale = float(p.pre_scale)
         self.register_buffer("node_times", tab.node_times(steps, dtype=dtype, device=device),
                              persistent=False)
@@ -204,15 +195,22 @@ class MeanODE(nn.Module):
         h0 = check_tensor(h0, "h0")
         if h0.dim() != 2 or h0.shape[1] != self.dim:
             raise ValueError(f"h0 must have shape (B, D) = (B, {self.dim}); got {tuple(h0.shape)}")
-        if h0.dtype != self.u.dtype:
-            raise TypeError(f"h0 must have the parameters' dtype {self.u.dtype}; got {h0.dtype}")
+        dtype = self.u.dtype
+        if dtype not in _DTYPES:
+            raise TypeError(f"the parameters must be float32 or float64 (the solver accumulates in their "
+                            f"dtype); got {dtype} (was the module converted with .half() or .to()?)")
+        if h0.dtype != dtype:
+            autocast = h0.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(h0.device.type)
+            if not (autocast and h0.dtype in _HALF):
+                raise TypeError(f"h0 must have the parameters' dtype {dtype}; got {h0.dtype}")
+            h0 = h0.to(dtype)  # an autocast-ed layer's output: the solve stays in full precision
         if h0.device != self.u.device:
             raise ValueError(f"h0 must be on the parameters' device {self.u.device}; got {h0.device}")
         for name in ("u", "v"):
             w = getattr(self, name)
             expected = (self.nodes, self.particles, self.dim)
-            if tuple(w.shape) != expected or w.dtype != self.u.dtype:
-                raise ValueError(f"{name} must have shape {expected} and dtype {self.u.dtype}; "
+            if tuple(w.shape) != expected or w.dtype != dtype:
+                raise ValueError(f"{name} must have shape {expected} and dtype {dtype}; "
                                  f"got {tuple(w.shape)} {w.dtype}")
         return h0
 
@@ -221,7 +219,9 @@ class MeanODE(nn.Module):
         """Integrate the mean ODE from h(0) = h0.
 
         Args:
-            h0: (B, D), the parameters' dtype and device.
+            h0: (B, D), the parameters' dtype and device (inside an autocast
+                region a float16/bfloat16 h0 is taken in the parameters' dtype;
+                autocast never lowers the solve's precision).
             return_nodes: also return h at every node. Default False.
 
         Returns:
@@ -231,12 +231,10 @@ class MeanODE(nn.Module):
             gradient.
         """
         h0 = self._check_input(h0)
-        if not isinstance(return_nodes, bool):
-            raise TypeError(f"return_nodes must be a bool; got {type(return_nodes).__name__}")
-        config = SolveConfig(self._tableau, self.steps, self.multiplier, self.pre_scale, self.activation,
-                             self._every, return_nodes, self._gradient_pool)
-        function = AdjointFunction if self.gradient == "adjoint" else DiscreteFunction
-        h1, nodes = function.apply(h0, self.u, self.v, config)
+        check_bool(return_nodes, "return_nodes")
+        h1, _, nodes = meanode_solve(h0, self.u, self.v, self.solver, self.steps, self.field_multiplier,
+                                     self.pre_scale, self.activation, self._every, return_nodes,
+                                     self.gradient, self._gradient_pool.id)
         return (h1, nodes) if return_nodes else h1
 
     def extra_repr(self) -> str:

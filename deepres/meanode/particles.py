@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import torch
 
+from deepres._checks import check_choice
+
 __all__ = ["PARTICLE_INITS", "init_particles"]
 
 #: Names accepted by the ``particle_init`` argument.
@@ -72,6 +74,7 @@ def init_particles(
         (u, v), each of shape (K, D).
 
     Raises:
+        TypeError: a non-str ``kind``.
         ValueError: an unknown ``kind``, or an odd K with a paired init.
 
     Example:
@@ -79,8 +82,7 @@ def init_particles(
         >>> torch.equal(v[0], -v[1]) and torch.equal(u[0], u[1])
         True
     """
-    if kind not in PARTICLE_INITS:
-        raise ValueError(f"particle_init must be one of {PARTICLE_INITS}; got {kind!r}")
+    check_choice(kind, "particle_init", PARTICLE_INITS)
     if kind != "iid" and particles % 2 != 0:
         raise ValueError(
             f"particle_init={kind!r} pairs each particle (u, v) with (u, -v), so particles must be "

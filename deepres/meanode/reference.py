@@ -41,7 +41,7 @@ def reference_solve(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multipli
     Example:
         >>> ode = MeanODE(4, 16, 8, particle_init="iid")          # deepres.meanode.MeanODE
         >>> h0 = torch.randn(3, 4)
-        >>> ref = reference_solve(h0, ode.u, ode.v, ode.multiplier, ode.pre_scale, "tanh", "rk4")
+        >>> ref = reference_solve(h0, ode.u, ode.v, ode.field_multiplier, ode.pre_scale, "tanh", "rk4")
         >>> torch.allclose(ref, ode(h0), atol=1e-5)
         True
     """
@@ -105,7 +105,7 @@ def reference_adjoint_gradients(h0: torch.Tensor, u: torch.Tensor, v: torch.Tens
         >>> h0, g = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
         >>> ode(h0).backward(g)
         >>> _, gu, gv, _ = reference_adjoint_gradients(h0, ode.u.detach(), ode.v.detach(), g,
-        ...                                            ode.multiplier, ode.pre_scale, "tanh", "rk4")
+        ...                                            ode.field_multiplier, ode.pre_scale, "tanh", "rk4")
         >>> torch.allclose(gu, ode.u.grad)
         True
     """

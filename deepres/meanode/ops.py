@@ -1,0 +1,166 @@
+"""The mean-ODE solve as ``torch.library`` custom operators, with both gradient routes.
+
+``deepres::meanode_solve`` integrates the mean ODE on its node grid and
+returns (h(1), checkpoints, h at the nodes). Its backward is one of two ops,
+chosen by the solve's ``gradient`` argument:
+
+* ``deepres::meanode_adjoint_backward`` — the ODE adjoint
+  (:mod:`deepres.meanode.adjoint`), optimize-then-discretize;
+* ``deepres::meanode_discrete_backward`` — the exact gradient of the discrete
+  solve (:mod:`deepres.meanode.discrete`), discretize-then-optimize.
+
+As ops, ``torch.compile`` and ``torch.export`` see one node whatever the
+number of steps. All tensors: h (B, D), u and v (nodes, K, D) (stored
+feature-major by :class:`deepres.MeanODE`; any layout works), gradients of
+u and v returned feature-major like the parameters. ``every`` is the
+checkpoint segment length k ≥ 1, or −1 for backsolve (adjoint route only).
+The first checkpoint is h(0) itself, kept by reference; the op returns those
+at steps k, 2k, ….
+
+Second-order gradients: the discrete route is differentiated again through
+the plain autograd solve of :func:`deepres.meanode.reference.reference_solve`
+(exact, with that solve's memory, for the ``create_graph=True`` call only);
+the adjoint route's gradient approximates the discrete one to the solver's
+order and is not itself the derivative of anything that could be
+differentiated again, so asking for its graph is an error that says what to
+use instead.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from deepres.engines.common import autocast_disabled
+from deepres.meanode.adjoint import adjoint_gradients
+from deepres.meanode.discrete import discrete_gradients
+from deepres.meanode.field import field_for
+from deepres.meanode.reference import reference_solve
+from deepres.meanode.stepping import forward_solve
+from deepres.meanode.tableaus import TABLEAUS
+
+__all__ = ["BACKSOLVE", "meanode_adjoint_backward", "meanode_discrete_backward", "meanode_solve"]
+
+#: The ``every`` value of the backsolve option (keep no states).
+BACKSOLVE = -1
+
+
+@torch.library.custom_op("deepres::meanode_solve", mutates_args=())
+def meanode_solve(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, solver: str, steps: int,
+                  multiplier: float, pre_scale: float, activation: str, every: int, return_nodes: bool,
+                  gradient: str, pool: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Forward solve of the mean ODE.
+
+    Args:
+        h0: h(0), (B, D). u, v: (nodes, K, D). solver: a name of
+            :data:`deepres.meanode.SOLVERS`. steps: N. multiplier: the field
+            multiplier m. pre_scale: a. activation: an activation name.
+        every: checkpoint segment length k ≥ 1, or :data:`BACKSOLVE`.
+        return_nodes: also return h at the nodes. gradient: ``"adjoint"`` or
+            ``"discrete"`` (read by the backward). pool: gradient-buffer pool
+            id (:mod:`deepres.meanode.pool`), 0 for none.
+
+    Returns:
+        (h(1) (B, D), checkpoints (⌈N/k⌉ − 1, B, D) or empty, h at the nodes
+        (nodes, B, D) or an empty (0,) tensor).
+    """
+    with autocast_disabled(h0.device.type):
+        field = field_for(u, v, multiplier, pre_scale, activation, h0.shape[0])
+        h1, checkpoints, nodes = forward_solve(field, TABLEAUS[solver], h0.detach(), steps,
+                                               None if every == BACKSOLVE else every, return_nodes)
+    return h1, checkpoints, (nodes if nodes is not None else h0.new_empty((0,)))
+
+
+@meanode_solve.register_fake
+def _(h0, u, v, solver, steps, multiplier, pre_scale, activation, every, return_nodes, gradient, pool):
+    count = 0 if every == BACKSOLVE else -(-steps // every) - 1
+    nodes = (u.shape[0], *h0.shape) if return_nodes else (0,)
+    return h0.new_empty(h0.shape), h0.new_empty((count, *h0.shape)), h0.new_empty(nodes)
+
+
+def _backward_impl(route, grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier, pre_scale,
+                   activation, every, pool, needs):
+    with autocast_disabled(grad_h1.device.type):
+        field = field_for(u, v, multiplier, pre_scale, activation, h1.shape[0])
+        b0, grad_ut, grad_vt = route(field, TABLEAUS[solver], steps, None if every == BACKSOLVE else every,
+                                     grad_h1, h0.detach(), checkpoints, h1, pool)
+    if b0 is grad_h1:  # an op's output must not alias its input
+        b0 = b0.clone()
+    return (b0 if needs[0] else b0.new_empty((0,)),
+            grad_ut.transpose(1, 2) if needs[1] else u.new_empty((0,)),
+            grad_vt.transpose(1, 2) if needs[2] else u.new_empty((0,)))
+
+
+@torch.library.custom_op("deepres::meanode_adjoint_backward", mutates_args=())
+def meanode_adjoint_backward(grad_h1: torch.Tensor, h0: torch.Tensor, checkpoints: torch.Tensor,
+                             h1: torch.Tensor, u: torch.Tensor, v: torch.Tensor, solver: str, steps: int,
+                             multiplier: float, pre_scale: float, activation: str, every: int, pool: int,
+                             needs: list[bool],
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """ODE-adjoint gradients: (b(0), ∂/∂u, ∂/∂v), an empty tensor for each one ``needs`` leaves out."""
+    return _backward_impl(adjoint_gradients, grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier,
+                          pre_scale, activation, every, pool, needs)
+
+
+@torch.library.custom_op("deepres::meanode_discrete_backward", mutates_args=())
+def meanode_discrete_backward(grad_h1: torch.Tensor, h0: torch.Tensor, checkpoints: torch.Tensor,
+                              h1: torch.Tensor, u: torch.Tensor, v: torch.Tensor, solver: str, steps: int,
+                              multiplier: float, pre_scale: float, activation: str, every: int, pool: int,
+                              needs: list[bool],
+                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exact gradients of the discrete solve: (∂/∂h0, ∂/∂u, ∂/∂v), empty where ``needs`` says so."""
+    return _backward_impl(discrete_gradients, grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier,
+                          pre_scale, activation, every, pool, needs)
+
+
+def _backward_fake(grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier, pre_scale, activation,
+                   every, pool, needs):
+    nodes, particles, dim = u.shape
+
+    def weights():  # feature-major, like the real gradients
+        return u.new_empty((nodes, dim, particles)).transpose(1, 2)
+
+    return (grad_h1.new_empty(grad_h1.shape) if needs[0] else grad_h1.new_empty((0,)),
+            weights() if needs[1] else u.new_empty((0,)),
+            weights() if needs[2] else u.new_empty((0,)))
+
+
+meanode_adjoint_backward.register_fake(_backward_fake)
+meanode_discrete_backward.register_fake(_backward_fake)
+
+
+def _setup_context(ctx, inputs, output):
+    h0, u, v, solver, steps, multiplier, pre_scale, activation, every, _nodes, gradient, pool = inputs
+    h1, checkpoints, nodes = output
+    ctx.mark_non_differentiable(checkpoints, nodes)
+    ctx.save_for_backward(h0, checkpoints, h1, u, v)
+    ctx.options = (solver, steps, multiplier, pre_scale, activation, every, gradient, pool)
+
+
+def _backward(ctx, grad_h1, _grad_checkpoints, _grad_nodes):
+    h0, checkpoints, h1, u, v = ctx.saved_tensors
+    solver, steps, multiplier, pre_scale, activation, every, gradient, pool = ctx.options
+    needs = list(ctx.needs_input_grad[:3])
+    unused = (None,) * 9
+    if torch.is_grad_enabled():
+        if gradient == "adjoint":
+            raise RuntimeError(
+                "MeanODE(gradient='adjoint') is not twice differentiable: the ODE-adjoint gradient "
+                "approximates the gradient of the discrete solve to the solver's order and has no "
+                "derivative of its own; use gradient='discrete' (exact, differentiable again) for "
+                "Hessians and other higher-order gradients")
+        wanted = [t for t, need in zip((h0, u, v), needs, strict=True) if need]
+        with torch.enable_grad():
+            out = reference_solve(h0, u, v, multiplier, pre_scale, activation, solver)
+            grads = iter(torch.autograd.grad(out, wanted, grad_h1, create_graph=True, allow_unused=True))
+        result = []
+        for t, need in zip((h0, u, v), needs, strict=True):
+            grad = next(grads) if need else None
+            result.append(torch.zeros_like(t) if need and grad is None else grad)
+        return (*result, *unused)
+    op = meanode_adjoint_backward if gradient == "adjoint" else meanode_discrete_backward
+    grads = op(grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier, pre_scale, activation, every,
+               pool, needs)
+    return (*(g if need else None for g, need in zip(grads, needs, strict=True)), *unused)
+
+
+meanode_solve.register_autograd(_backward, setup_context=_setup_context)
