@@ -65,7 +65,14 @@ def check_finite_real(value: object, name: str) -> float:
     A 0-dim tensor that does not require grad is accepted (its value is read
     once); one that requires grad is refused, since the value would be
     detached and no gradient would reach it. A bool is not a number here.
+
+    Under ``torch.compile`` the value is returned unchecked: dynamo turns a
+    float that changes between calls into a symbolic input of the graph,
+    whose value cannot be inspected while tracing. Eager calls check it, and
+    the modules check their scalars when they are built.
     """
+    if torch.compiler.is_compiling():
+        return value  # type: ignore[return-value]
     if isinstance(value, torch.Tensor):
         if value.numel() != 1 or value.dim() != 0:
             raise TypeError(f"{name} must be a real number; got a tensor of shape {tuple(value.shape)}")

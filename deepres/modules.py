@@ -138,6 +138,36 @@ class ResidualStack(nn.Module):
                 f"backend={self.backend!r}, checkpoint_every={self.checkpoint_every!r}{replicas}")
 
 
+class _FullPrecisionMatmul(torch.autograd.Function):
+    """a @ b with autocast off in the forward *and* the backward pass.
+
+    An autocast region also covers a backward pass run inside it, so a plain
+    matmul would compute the embedding's and readout's gradients in the
+    autocast dtype; here they stay in the inputs' precision. b may be
+    broadcast against a's leading axes (the replicas): its gradient is summed
+    over them. Differentiable again (the backward is made of matmuls).
+    """
+
+    @staticmethod
+    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        ctx.save_for_backward(a, b)
+        with autocast_disabled(a.device.type):
+            return a @ b
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
+        a, b = ctx.saved_tensors
+        grad_a = grad_b = None
+        with autocast_disabled(grad.device.type):
+            if ctx.needs_input_grad[0]:
+                grad_a = grad @ b.transpose(-1, -2)
+            if ctx.needs_input_grad[1]:
+                grad_b = a.transpose(-1, -2) @ grad
+                while grad_b.dim() > b.dim():
+                    grad_b = grad_b.sum(0)
+        return grad_a, grad_b
+
+
 def draw_embedding_and_readout(in_features: int, out_features: int, dim: int, *,
                                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                                 generator: torch.Generator | None = None,
@@ -182,8 +212,7 @@ class EmbeddedNetwork(nn.Module):
             if not (autocast and x.dtype in _HALF):
                 raise TypeError(f"x must have dtype {dtype}; got {x.dtype}")
             x = x.to(dtype)  # an autocast-ed layer's output: the stream stays in full precision
-        with autocast_disabled(x.device.type):
-            return x @ self.embed_weight.T
+        return _FullPrecisionMatmul.apply(x, self.embed_weight.T)
 
     def scaled_parameters(self) -> Iterator[ScaledParameter]:
         """W_E and W_U when they are trained, with multiplier 1 (see :mod:`deepres.scaling`)."""
@@ -194,8 +223,7 @@ class EmbeddedNetwork(nn.Module):
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         """f = W_Uᵀ h / D: (..., N, D) → (..., N, d_out), in h's precision even under autocast."""
-        with autocast_disabled(h.device.type):
-            return h @ self.readout_weight / self.readout_weight.shape[0]
+        return _FullPrecisionMatmul.apply(h, self.readout_weight) / self.readout_weight.shape[0]
 
     def body(self, h0: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """h_0 ↦ the final embedding (the residual stack, or the mean ODE)."""

@@ -126,6 +126,9 @@ def register_stack_autograd(forward_op: torch.library.CustomOpDef,
         if torch.is_grad_enabled():
             return _differentiable_backward(reference, grad_out, (h0, u, v), needs,
                                             (multiplier, pre_scale, activation)) + (None,) * (5 + len(extra))
+        if checkpoints.dim() == 1:  # the forward kept none (called without grad): redo it, keeping them
+            _, checkpoints = forward_op(h0.detach(), u.detach(), v.detach(), multiplier, pre_scale, activation,
+                                        every, True, *extra)
         grads = backward_call(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every,
                               extra, needs)
         return tuple(g if need else None for g, need in zip(grads, needs, strict=True)) + (None,) * (

@@ -1,0 +1,68 @@
+"""Input that used to be accepted without a word is now an error, a documented behaviour, or works:
+one checker per decision, with the same error type everywhere."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import deepres
+from tests.helpers import random_stack_inputs, relative_error
+
+
+def _stack():
+    h, u, v = random_stack_inputs(4, 3, 2, 5)
+    return h.detach(), u.detach(), v.detach()
+
+
+def test_a_multiplier_that_requires_grad_is_refused():
+    h, u, v = _stack()
+    with pytest.raises(TypeError, match="multiplier must be a real number, not a tensor that requires grad"):
+        deepres.residual_stack(h, u, v, multiplier=torch.tensor(0.1, requires_grad=True))
+    out = deepres.residual_stack(h, u, v, multiplier=torch.tensor(0.25))  # a constant tensor is fine
+    assert relative_error(out, deepres.residual_stack(h, u, v, multiplier=0.25)) == 0.0
+
+
+@pytest.mark.parametrize("backend", ["torch", "reference"])
+def test_tf32_with_an_engine_that_has_no_tf32_is_an_error(backend):
+    h, u, v = _stack()
+    with pytest.raises(ValueError, match="allow_tf32=True applies to the Triton engine only"):
+        deepres.residual_stack(h, u, v, multiplier=0.1, backend=backend, allow_tf32=True)
+    # deterministic=True is what these engines always are: accepted, same result.
+    out = deepres.residual_stack(h, u, v, multiplier=0.1, backend=backend, deterministic=True)
+    assert torch.equal(out, deepres.residual_stack(h, u, v, multiplier=0.1, backend=backend))
+
+
+@pytest.mark.parametrize(("call", "error"), [
+    (lambda: deepres.residual_stack(*_stack(), multiplier=0.1, backend=1), TypeError),
+    (lambda: deepres.ResidualStack(4, 3, 2, backend=1), TypeError),
+    (lambda: deepres.residual_stack(*_stack(), multiplier=0.1, backend="cuda"), ValueError),
+    (lambda: deepres.ResidualStack(4, 3, 2, backend="cuda"), ValueError),
+    (lambda: deepres.ResidualStack(4, 3, 2, activation=None), TypeError),
+    (lambda: deepres.MeanODE(3, 4, 2, activation="elu"), ValueError),
+    (lambda: deepres.MeanODE(3, 4, 2, solver=4), TypeError),
+    (lambda: deepres.Parameterization("mup", 2, 2, 2), ValueError),
+    (lambda: deepres.ResidualStack(4, 3, 2, checkpoint_every="backsolve"), ValueError),
+    (lambda: deepres.MeanODE(3, 4, 2, checkpoint_every=1.5), TypeError),
+    (lambda: deepres.residual_stack(*_stack(), multiplier=0.1, deterministic=1), TypeError),
+])
+def test_one_checker_per_decision_gives_one_error_type(call, error):
+    with pytest.raises(error):
+        call()
+
+
+def test_half_precision_deep_resnet_keeps_a_float32_stream():
+    net = deepres.DeepResNet(5, 3, depth=8, dim=4, hidden=2, dtype=torch.bfloat16)
+    assert net.stack.u.dtype == torch.bfloat16
+    assert net.embed_weight.dtype == net.readout_weight.dtype == torch.float32
+    x = torch.randn(6, 5)
+    out = net(x)
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+    out.square().sum().backward()
+    assert net.stack.u.grad.dtype == torch.bfloat16
+
+
+def test_a_meanode_converted_to_half_precision_is_refused():
+    ode = deepres.MeanODE(3, 4, 2).half()
+    with pytest.raises(TypeError, match=r"float32 or float64 .*\.half\(\)"):
+        ode(torch.randn(2, 3).half())
