@@ -27,6 +27,7 @@ import torch
 __all__ = [
     "autocast_disabled",
     "checkpoint_count",
+    "differentiable_vjp",
     "register_stack_autograd",
     "segments",
     "stack_fakes",
@@ -124,11 +125,12 @@ def register_stack_autograd(forward_op: torch.library.CustomOpDef,
         multiplier, pre_scale, activation, every, extra = ctx.stack_options
         needs = list(ctx.needs_input_grad[:3])
         if torch.is_grad_enabled():
-            return _differentiable_backward(reference, grad_out, (h0, u, v), needs,
-                                            (multiplier, pre_scale, activation)) + (None,) * (5 + len(extra))
+            grads = differentiable_vjp(lambda *a: reference(*a, multiplier, pre_scale, activation),
+                                       (h0, u, v), needs, grad_out)
+            return grads + (None,) * (5 + len(extra))
         if checkpoints.dim() == 1:  # the forward kept none (called without grad): redo it, keeping them
-            _, checkpoints = forward_op(h0.detach(), u.detach(), v.detach(), multiplier, pre_scale, activation,
-                                        every, True, *extra)
+            _, checkpoints = forward_op(h0.detach(), u.detach(), v.detach(), multiplier, pre_scale,
+                                        activation, every, True, *extra)
         grads = backward_call(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every,
                               extra, needs)
         return tuple(g if need else None for g, need in zip(grads, needs, strict=True)) + (None,) * (
@@ -137,13 +139,17 @@ def register_stack_autograd(forward_op: torch.library.CustomOpDef,
     forward_op.register_autograd(backward, setup_context=setup_context)
 
 
-def _differentiable_backward(reference: Callable[..., torch.Tensor], grad_out: torch.Tensor,
-                             inputs: tuple[torch.Tensor, ...], needs: list[bool],
-                             options: tuple) -> tuple[torch.Tensor | None, ...]:
-    """∂⟨grad_out, h_L⟩/∂(h0, u, v) through the plain reference, with its graph kept."""
+def differentiable_vjp(function: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],
+                       needs: Sequence[bool], grad_out: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+    """∂⟨grad_out, function(*inputs)⟩/∂inputs with its graph kept (for ``create_graph=True``).
+
+    ``function`` is re-run under autograd from the original ``inputs`` (so the
+    result is connected to their graphs); entries of ``needs`` that are False
+    give None, an input the output does not depend on gives zeros.
+    """
     wanted = [t for t, need in zip(inputs, needs, strict=True) if need]
     with torch.enable_grad():
-        out = reference(*inputs, *options)
+        out = function(*inputs)
         grads = iter(torch.autograd.grad(out, wanted, grad_out, create_graph=True, allow_unused=True))
     result = []
     for t, need in zip(inputs, needs, strict=True):

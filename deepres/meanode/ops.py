@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import torch
 
-from deepres.engines.common import autocast_disabled
+from deepres.engines.common import autocast_disabled, differentiable_vjp
 from deepres.meanode.adjoint import adjoint_gradients
 from deepres.meanode.discrete import discrete_gradients
 from deepres.meanode.field import field_for
@@ -148,14 +148,8 @@ def _backward(ctx, grad_h1, _grad_checkpoints, _grad_nodes):
                 "approximates the gradient of the discrete solve to the solver's order and has no "
                 "derivative of its own; use gradient='discrete' (exact, differentiable again) for "
                 "Hessians and other higher-order gradients")
-        wanted = [t for t, need in zip((h0, u, v), needs, strict=True) if need]
-        with torch.enable_grad():
-            out = reference_solve(h0, u, v, multiplier, pre_scale, activation, solver)
-            grads = iter(torch.autograd.grad(out, wanted, grad_h1, create_graph=True, allow_unused=True))
-        result = []
-        for t, need in zip((h0, u, v), needs, strict=True):
-            grad = next(grads) if need else None
-            result.append(torch.zeros_like(t) if need and grad is None else grad)
+        result = differentiable_vjp(lambda *a: reference_solve(*a, multiplier, pre_scale, activation, solver),
+                                    (h0, u, v), needs, grad_h1)
         return (*result, *unused)
     op = meanode_adjoint_backward if gradient == "adjoint" else meanode_discrete_backward
     grads = op(grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier, pre_scale, activation, every,
