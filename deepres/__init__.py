@@ -2,7 +2,7 @@
 
 Fused kernels and a memory-efficient PyTorch engine for stacks of thousands
 of two-layer-perceptron residual blocks, the Neural Mean ODE limit, and the
-studies that compare the two (see README.md and DESIGN notes).
+studies that compare the two (see README.md and docs/design.md).
 """
 
 from deepres.activations import ACTIVATIONS

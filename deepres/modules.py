@@ -33,7 +33,7 @@ def _check_replicas(replicas: object) -> int | None:
 
 
 class ResidualStack(nn.Module):
-    """A stack of L two-layer-perceptron residual blocks (DESIGN §1, eq. (1)).
+    """A stack of L two-layer-perceptron residual blocks (docs/design.md §1, eq. (1)).
 
     ``forward(h)`` returns ``h_L`` where ``h_l = h_{l-1} + c·Σ_j v_{l,j} σ(a·u_{l,j}ᵀ h_{l-1})``.
     The weights are initialized, and c, a and the learning-rate multiplier

@@ -1,6 +1,6 @@
 """Parameterizations: initialization, pre-activation scale, residual multiplier, lr multiplier.
 
-A residual block (DESIGN §1) is ``h ← h + c · Σ_j v_j σ(a · u_jᵀ h)``. A
+A residual block (docs/design.md §1) is ``h ← h + c · Σ_j v_j σ(a · u_jᵀ h)``. A
 *parameterization* fixes, as functions of the depth L, the hidden width M, the
 embedding dimension D and the scale α:
 

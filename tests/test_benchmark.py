@@ -113,7 +113,7 @@ def test_inputs_are_identical_for_every_draw() -> None:
 
 
 def test_saved_bytes_accounting_is_exact() -> None:
-    # DESIGN §1: the engine keeps L·B·D numbers; plain autograd with tanh keeps h and σ(z): L·B·(D + M).
+    # docs/design.md §1: the engine keeps L·B·D numbers; plain autograd with tanh keeps h and σ(z): L·B·(D + M).
     case = Case(depth=6, batch=5, dim=3, hidden=7, dtype="float64", seed=1)
     inputs = make_inputs(case)
     item = 8

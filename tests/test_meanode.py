@@ -73,7 +73,7 @@ def test_particle_inits():
 
 @pytest.mark.parametrize("solver", SOLVERS)
 def test_gradient_descent_step_is_the_pointwise_limit_update(solver):
-    """One GD step with lr_multiplier moves node j, particle k by −η·(D/α²)·ρ_k(s_j) (DESIGN §2)."""
+    """One GD step with lr_multiplier moves node j, particle k by −η·(D/α²)·ρ_k(s_j) (docs/design.md §2)."""
     dim, particles, steps, alpha, eta = 3, 4, 4, 1.5, 0.05
     gen = torch.Generator().manual_seed(2)
     ode = MeanODE(dim, particles, steps, alpha=alpha, solver=solver, particle_init="iid", dtype=F64,

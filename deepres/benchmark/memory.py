@@ -23,7 +23,7 @@
    bytes of the distinct storages that autograd packs for the backward pass,
    seen through :func:`torch.autograd.graph.saved_tensors_hooks`, excluding
    the parameters' own storages (those exist whatever the engine). This is the
-   "activation memory" of DESIGN §1: L·B·D numbers for the deepres engine with
+   "activation memory" of docs/design.md §1: L·B·D numbers for the deepres engine with
    ``checkpoint_every=None``, about L·B·(D + M) for plain autograd. The
    non-reentrant ``torch.utils.checkpoint`` packs each segment's input through
    the outer hooks too, so checkpointed modules are counted correctly.

@@ -7,7 +7,7 @@ bit-identical u, v, h0 and loss probe); a :class:`Provider` turns them into a
 under ``torch.no_grad()``: inference) or one training step (``mode="train"``:
 forward, loss = Σ probe ⊙ output, backward to every weight).
 
-Workload ``stack`` (eq. (1) of DESIGN §1, ``mlu`` parameterization: u, v ~ N(0, D),
+Workload ``stack`` (eq. (1) of docs/design.md §1, ``mlu`` parameterization: u, v ~ N(0, D),
 a = 1/D, c = α/(L·M)), providers:
 
 - ``reference``: :func:`deepres.engines.reference.reference_residual_stack`, plain autograd.
@@ -29,7 +29,7 @@ With R > 1 the deepres engines and ``reference`` run all R networks in one call
 (replica form); ``eager``, ``eager-checkpoint`` and ``compile`` loop over R
 independent models in Python, which is what one would do without deepres.
 
-Workload ``meanode`` (DESIGN §2): ``depth`` is the number of rk4 steps N, ``hidden``
+Workload ``meanode`` (docs/design.md §2): ``depth`` is the number of rk4 steps N, ``hidden``
 the number of particles K, ``batch`` the number of samples; u, v (2N+1, K, D)
 live on the rk4 node grid (node j at time j/(2N)); field F(h, s) = c·σ(a·h u(s)ᵀ) v(s)
 with c = α/K, a = 1/D. Providers:
@@ -158,7 +158,7 @@ class Case:
         return self.replicas * self.batch
 
     def model_flops(self) -> float:
-        """Multiply-add FLOPs of one step by the model of DESIGN §6.
+        """Multiply-add FLOPs of one step by the model of docs/design.md §6.
 
         Per layer and sample: 4·M·D forward (two products of M·D multiply-adds),
         8·M·D more for backward (∂u, ∂v, ∂h; recomputation not counted).

@@ -6,7 +6,7 @@ only the residual stream h at checkpoints: before every layer when k = 1
 layers in the backward pass ((⌈L/k⌉ + k)·B·D numbers). Nothing M-wide is ever
 kept between the passes.
 
-Backward of one layer (DESIGN §1), with g = ∂loss/∂h_l, x = h_{l-1},
+Backward of one layer (docs/design.md §1), with g = ∂loss/∂h_l, x = h_{l-1},
 z = a·x uᵀ (B, M), s = σ(z), q = g vᵀ (B, M) and p = σ'(z) ⊙ q:
 
     ∂loss/∂v_l = c · sᵀ g                  (M, D)

@@ -1,4 +1,4 @@
-"""The Neural Mean ODE: the infinite-depth limit of the residual stack (DESIGN §2).
+"""The Neural Mean ODE: the infinite-depth limit of the residual stack (docs/design.md §2).
 
 :class:`MeanODE` integrates ∂_s h = α·(1/K)·Σ_k v_k(s) σ(a·u_k(s)ᵀh) with K
 particles on a fixed depth grid (euler, midpoint, rk4), with two gradient

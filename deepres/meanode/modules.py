@@ -53,7 +53,7 @@ def _resolve_every(steps: int, checkpoint_every: object, gradient: str) -> int:
 
 
 class MeanODE(nn.Module):
-    """The Neural Mean ODE (DESIGN §2) with K particles on a fixed depth grid of N steps.
+    """The Neural Mean ODE (docs/design.md §2) with K particles on a fixed depth grid of N steps.
 
     ``forward(h0)`` integrates ``∂_s h = F(h, s)``, ``F(h, s) = m·(1/K)·Σ_k v_k(s) σ(a·u_k(s)ᵀh)``
     from s = 0 to 1 and returns h(1). The particles' weights live on the
@@ -105,7 +105,7 @@ class MeanODE(nn.Module):
             q_j = Δ), a (nodes, 1, 1) buffer for rk4. With it, the plain
             step ``w ← w − η·lr_multiplier·w.grad`` of the adjoint route
             moves every node and particle by −η·(D/α²)·ρ(s_j), the pointwise
-            limit update of DESIGN §2 (see docs/meanode.md).
+            limit update of docs/design.md §2 (see docs/meanode.md).
         parameterization (Parameterization): the scheme for depth N, width K.
 
     Example:

@@ -1,4 +1,4 @@
-"""From stored unit results to measurements, fitted rates and checks (DESIGN §3).
+"""From stored unit results to measurements, fitted rates and checks (docs/design.md §3).
 
 :func:`analyze` reads every unit of a :class:`~deepres.study.presets.StudyConfig`
 from its :class:`~deepres.study.sweep.ResultStore` and returns a JSON-able dict:
@@ -31,7 +31,7 @@ from deepres.study.sweep import ResultStore, derived_seed
 
 __all__ = ["THEORY", "analyze", "bootstrap_errors"]
 
-#: Theoretical slopes (DESIGN §3); None where the theory predicts no single power.
+#: Theoretical slopes (docs/design.md §3); None where the theory predicts no single power.
 THEORY: dict[str, float | None] = {
     "fluctuation_vs_depth": -0.5,
     "fluctuation_vs_width": -0.5,

@@ -1,4 +1,4 @@
-"""Coupled comparison of trained ResNets with their trained mean-ODE limit (DESIGN §3).
+"""Coupled comparison of trained ResNets with their trained mean-ODE limit (docs/design.md §3).
 
 Coupling: every ResNet of a comparison and the limit see the same data (x, y)
 and the same fixed embedding W_E and readout W_U; the ResNets' u, v are drawn
@@ -137,7 +137,7 @@ def build_limit(embed: torch.Tensor, readout: torch.Tensor, *, particles: int, g
     """The mean-ODE limit sharing W_E, W_U, with K antithetic particles and an N-step grid.
 
     Uses ``deepres.meanode.MeanODENet`` (ODE-adjoint gradient) when available. Without
-    it, ``solver="euler"`` is built as what it exactly is (DESIGN §2): a ResNet of depth
+    it, ``solver="euler"`` is built as what it exactly is (docs/design.md §2): a ResNet of depth
     N and width K whose blocks all start from the same K particles, trained with its
     own lr multiplier N·K·D/α².
 

@@ -1,4 +1,4 @@
-"""The lazy regime: α → ∞ with the 1/α² learning rate (DESIGN §3).
+"""The lazy regime: α → ∞ with the 1/α² learning rate (docs/design.md §3).
 
 With the ``mlu`` parameterization the residual scale is α/(L·M) and the lr
 multiplier L·M·D/α², so the output moves by O(1) in a fixed number of steps while
