@@ -22,7 +22,7 @@ What it does, in this order (so that a run cut short still has the essentials):
    and ``torch.compile(block, mode="reduce-overhead")`` applied in a loop
    (CUDA graphs; one graph is recorded per call in the chain, so its warm-up
    is long: by default it runs up to L = 4096, see ``--compile-max-depth``).
-   Achieved TFLOP/s and GB/s use the model of DESIGN §6: forward
+   Achieved TFLOP/s and GB/s use the model of docs/design.md §6: forward
    4·B·M·D·L FLOPs, forward+backward 16·B·M·D·L (backward ≈ 3× forward);
    weight traffic 8·M·D·L bytes per pass (float32 u and v), one pass forward,
    three forward+backward (read, read again, write the gradients).
@@ -509,7 +509,7 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out or (None if args.dry_run else DEFAULT_OUT)
     report["environment"] = _environment(run)
     report["budget_s"] = args.budget
-    report["flop_model"] = "forward 4·B·M·D·L, forward+backward 16·B·M·D·L (DESIGN §6)"
+    report["flop_model"] = "forward 4·B·M·D·L, forward+backward 16·B·M·D·L (docs/design.md §6)"
     report["byte_model"] = "8·M·D·L weight bytes per pass; forward 1 pass, forward+backward 3"
 
     report["ceilings"] = run.guarded("ceilings", lambda: _ceilings(run)) or {}

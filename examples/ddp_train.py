@@ -2,11 +2,11 @@
 
 Run on CPU with two processes (gloo):
 
-    torchrun --nproc_per_node=2 examples/ddp_train.py --backend gloo
+    torchrun --nproc_per_node=2 examples/ddp_train.py --process-group gloo
 
 or on a machine with several GPUs (NCCL, one process per GPU):
 
-    torchrun --nproc_per_node=4 examples/ddp_train.py --backend nccl
+    torchrun --nproc_per_node=4 examples/ddp_train.py --process-group nccl
 
 DDP averages the gradients of the ranks. With the loss a mean over each
 rank's equal share of the batch, the averaged gradient is the full-batch
@@ -28,8 +28,8 @@ from deepres.training import gradient_descent_step
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backend", choices=("gloo", "nccl"), default="gloo",
-                        help="torch.distributed backend (default gloo)")
+    parser.add_argument("--process-group", choices=("gloo", "nccl"), default="gloo",
+                        help="torch.distributed process-group backend (default gloo)")
     parser.add_argument("--depth", type=int, default=1024, help="residual blocks L (default 1024)")
     parser.add_argument("--dim", type=int, default=16, help="embedding dimension D (default 16)")
     parser.add_argument("--hidden", type=int, default=16, help="units per block M (default 16)")
@@ -38,10 +38,10 @@ def main() -> None:
     parser.add_argument("--eta", type=float, default=0.05, help="base learning rate η (default 0.05)")
     args = parser.parse_args()
 
-    dist.init_process_group(args.backend)
+    dist.init_process_group(args.process_group)
     rank, world = dist.get_rank(), dist.get_world_size()
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) \
-        if args.backend == "nccl" else torch.device("cpu")
+        if args.process_group == "nccl" else torch.device("cpu")
     if args.samples % world:
         raise ValueError(f"--samples must be a multiple of the world size {world}; got {args.samples}")
     # Every rank builds the same network and data from the same seed, then keeps its share of the batch.

@@ -1,6 +1,6 @@
 """Backward kernel: the vector–Jacobian product of a whole stack, in one launch.
 
-Vector–Jacobian derivation (one layer; DESIGN §1). With x = h_{l-1} (B, D),
+Vector–Jacobian derivation (one layer; docs/design.md §1). With x = h_{l-1} (B, D),
 z = a · x u_lᵀ (B, M), s = σ(z) and h_l = x + c · s v_l, let g = ∂loss/∂h_l.
 For perturbations δx, δu, δv:
 

@@ -25,29 +25,31 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _dtype(backend: str) -> torch.dtype:
+def _dtype(variant: str) -> torch.dtype:
     # The Triton kernels compute in float32 (float64 would fall back to the PyTorch engine).
-    return torch.float32 if backend == "triton" else torch.float64
+    return torch.float32 if variant == "triton" else torch.float64
 
 
-def _build(kind: str, backend: str) -> torch.nn.Module:
+def _build(kind: str, variant: str) -> torch.nn.Module:
+    """The model of a case; ``variant`` is the engine (``backend``) of a stack or network, and the
+    gradient route of a mean ODE."""
     generator = torch.Generator().manual_seed(0)
-    if kind == "meanode":  # the limit has its own solvers; ``backend`` names its gradient route here
-        return MeanODENet(3, 2, dim=4, particles=6, steps=3, solver="rk4", gradient=backend,
+    if kind == "meanode":
+        return MeanODENet(3, 2, dim=4, particles=6, steps=3, solver="rk4", gradient=variant,
                           particle_init="iid", dtype=torch.float64, generator=generator)
     if kind == "stack":
-        return ResidualStack(7, 4, 3, backend=backend, checkpoint_every=3, dtype=_dtype(backend),
+        return ResidualStack(7, 4, 3, backend=variant, checkpoint_every=3, dtype=_dtype(variant),
                              generator=generator)
-    return DeepResNet(3, 2, depth=6, dim=4, hidden=3, backend=backend, replicas=2,
-                      dtype=_dtype(backend), generator=generator)
+    return DeepResNet(3, 2, depth=6, dim=4, hidden=3, backend=variant, replicas=2,
+                      dtype=_dtype(variant), generator=generator)
 
 
-def _data(kind: str, backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _data(kind: str, variant: str) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(1)
     out_shape = {"stack": (8, 4), "network": (2, 8, 2), "meanode": (8, 2)}[kind]
     x = torch.randn(8, 4 if kind == "stack" else 3, generator=generator, dtype=torch.float64)
     y = torch.randn(out_shape, generator=generator, dtype=torch.float64)
-    return x.to(_dtype(backend)), y.to(_dtype(backend))
+    return x.to(_dtype(variant)), y.to(_dtype(variant))
 
 
 def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -55,10 +57,10 @@ def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 
 def _cases() -> list[tuple[str, str]]:
-    backends = ["torch", "reference"]
+    engines = ["torch", "reference"]
     if unavailable_reason(torch.device("cpu")) is None:  # Triton interpreter enabled (tests/conftest.py)
-        backends.append("triton")
-    cases = [(kind, backend) for kind in ("stack", "network") for backend in backends]
+        engines.append("triton")
+    cases = [(kind, engine) for kind in ("stack", "network") for engine in engines]
     return [*cases, ("meanode", "adjoint"), ("meanode", "discrete")]
 
 
@@ -67,15 +69,15 @@ def _worker(rank: int, port: int, out_path: str) -> None:
     dist.init_process_group("gloo", rank=rank, world_size=WORLD)
     grads = {}
     try:
-        for kind, backend in _cases():
-            net = _build(kind, backend)
-            x, y = _data(kind, backend)
+        for kind, variant in _cases():
+            net = _build(kind, variant)
+            x, y = _data(kind, variant)
             share = x.shape[0] // WORLD
             x = x[rank * share:(rank + 1) * share]
             y = y[..., rank * share:(rank + 1) * share, :]
             model = DistributedDataParallel(net)
             _loss(model, x, y).backward()
-            grads[kind, backend] = {name: p.grad for name, p in net.named_parameters()}
+            grads[kind, variant] = {name: p.grad for name, p in net.named_parameters()}
         if rank == 0:
             torch.save(grads, out_path)
         dist.barrier()  # no rank tears down its communication threads while the other still uses them
@@ -88,15 +90,15 @@ def distributed_grads(tmp_path_factory):
     """Gradients from one 2-process gloo run (process start-up dominates: start it once)."""
     out_path = str(tmp_path_factory.mktemp("ddp") / "grads.pt")
     mp.spawn(_worker, args=(_free_port(), out_path), nprocs=WORLD, join=True)
-    return torch.load(out_path)
+    return torch.load(out_path, weights_only=True)
 
 
-@pytest.mark.parametrize(("kind", "backend"), _cases())
-def test_ddp_gradients_equal_single_process(distributed_grads, kind, backend):
-    net = _build(kind, backend)
-    x, y = _data(kind, backend)
+@pytest.mark.parametrize(("kind", "variant"), _cases())
+def test_ddp_gradients_equal_single_process(distributed_grads, kind, variant):
+    net = _build(kind, variant)
+    x, y = _data(kind, variant)
     _loss(net, x, y).backward()
     for name, param in net.named_parameters():
-        error = ((distributed_grads[kind, backend][name] - param.grad).norm() / param.grad.norm()).item()
+        error = ((distributed_grads[kind, variant][name] - param.grad).norm() / param.grad.norm()).item()
         # float64: equal up to the rounding of the all-reduce; float32 (Triton): to its rounding.
-        assert error <= (1e-12 if _dtype(backend) == torch.float64 else 1e-6), (name, error)
+        assert error <= (1e-12 if _dtype(variant) == torch.float64 else 1e-6), (name, error)
