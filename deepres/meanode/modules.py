@@ -278,6 +278,7 @@ class MeanODENet(EmbeddedNetwork):
         ode: the :class:`MeanODE`. lr_multiplier: the ode's.
 
     Example:
+        >>> import deepres
         >>> resnet = deepres.DeepResNet(5, 5, depth=64, dim=16, hidden=4)
         >>> limit = MeanODENet.coupled_to(resnet, particles=1024, steps=32)
         >>> limit.embed_weight is resnet.embed_weight

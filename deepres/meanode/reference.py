@@ -39,7 +39,8 @@ def reference_solve(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multipli
         h(1), (B, D).
 
     Example:
-        >>> ode = MeanODE(4, 16, 8, particle_init="iid")          # deepres.meanode.MeanODE
+        >>> from deepres import MeanODE
+        >>> ode = MeanODE(4, 16, 8, particle_init="iid")
         >>> h0 = torch.randn(3, 4)
         >>> ref = reference_solve(h0, ode.u, ode.v, ode.field_multiplier, ode.pre_scale, "tanh", "rk4")
         >>> torch.allclose(ref, ode(h0), atol=1e-5)
@@ -101,6 +102,7 @@ def reference_adjoint_gradients(h0: torch.Tensor, u: torch.Tensor, v: torch.Tens
         (∂/∂h0 (B, D), ∂/∂u (nodes, K, D), ∂/∂v (nodes, K, D), b at the nodes (nodes, B, D)).
 
     Example:
+        >>> from deepres import MeanODE
         >>> ode = MeanODE(4, 16, 8, particle_init="iid", dtype=torch.float64)
         >>> h0, g = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64)
         >>> ode(h0).backward(g)
