@@ -15,7 +15,7 @@ readout and minibatch order). It writes, under --out:
 
 Needs scikit-learn (bundled data set, no download): pip install "deepres[digits]".
 
-    python examples/lr_transfer.py                      # the committed results (about 10 min on 2 CPU cores)
+    python examples/lr_transfer.py                      # the committed results (about 13 min on 2 CPU cores)
     python examples/lr_transfer.py --depths 4 16 --steps 20 --out /tmp/lr   # a quick look
 """
 
@@ -252,7 +252,7 @@ def plot(report: dict, path: Path) -> None:
         ax.set_title(f"{name}: AdamW over deepres.param_groups")
         ax.grid(alpha=0.3, which="both")
     axes[0][0].set_ylabel(f"training loss after {report['config']['steps']} steps (mean of seeds)")
-    axes[0][-1].legend(title="depth (★ best η)", fontsize=8)
+    axes[0][0].legend(title="depth (★ best η)", fontsize=8, loc="upper right")
     fig.suptitle(f"digits, D = {report['config']['dim']}, M = {report['config']['hidden']}, "
                  f"{report['config']['seeds']} seeds; dotted: chance (ln 10); gaps: diverged", fontsize=9)
     fig.tight_layout()
