@@ -241,7 +241,7 @@ def test_lr_schedulers_scale_every_group(kind):
         assert _update_error(model, reference, before) <= 1e-12
 
 
-def test_one_cycle_and_lambda_schedules_keep_the_ratios_between_groups():
+def test_one_cycle_with_a_max_lr_per_group_keeps_the_ratios_between_groups():
     model, _ = _model("resnet", "mlu")
     groups = deepres.param_groups(model, 1e-3, optimizer="adamw")
     optimizer = torch.optim.AdamW(groups)
