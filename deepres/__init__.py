@@ -9,6 +9,7 @@ from deepres.activations import ACTIVATIONS
 from deepres.functional import BACKENDS, residual_stack
 from deepres.meanode import MeanODE, MeanODENet
 from deepres.modules import DeepResNet, ResidualStack
+from deepres.optim import ScaledAdam, ScaledAdamW, ScaledSGD, param_groups
 from deepres.parameterization import PARAMETERIZATIONS, Parameterization
 from deepres.training import TrainResult, gradient_descent_step, train
 
@@ -23,9 +24,13 @@ __all__ = [
     "MeanODENet",
     "Parameterization",
     "ResidualStack",
+    "ScaledAdam",
+    "ScaledAdamW",
+    "ScaledSGD",
     "TrainResult",
     "__version__",
     "gradient_descent_step",
+    "param_groups",
     "residual_stack",
     "train",
 ]
