@@ -210,8 +210,8 @@ def _estimate(todo: list[dict[str, Any]], *, device: str, backend: str,
     kinds = ", ".join(f"{kind} {format_seconds(e['seconds'])} ({e['units']} units)"
                       for kind, e in predicted["by_kind"].items())
     print(f"deepres study: {len(todo)} units to run, estimated {format_seconds(predicted['seconds'])} "
-          f"on this machine ({kinds}; per-unit costs timed here: "
-          + ", ".join(f"{k} ×{f:.2f}" for k, f in predicted["factors"].items()) + " the reference CPU's)",
+          f"on this machine ({kinds}; per-unit cost timed here against the reference CPU: "
+          + ", ".join(f"{k} ×{f:.2f}" for k, f in predicted["factors"].items()) + ")",
           file=sys.stderr, flush=True)
     probes = [{"kind": kind} | {k: v for k, v in entry.items()} for kind, entry in calibration.items()]
     factors = predicted["factors"]

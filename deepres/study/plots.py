@@ -201,7 +201,7 @@ def _plot_alpha_axis(plt: Any, report: dict[str, Any], out: Path) -> list[Path]:
         if fit is not None and fit["slope"] is not None:
             label += f" (slope {fit['slope']:.2f} [{fit['ci_low']:.2f}, {fit['ci_high']:.2f}])"
             _fit_line(ax, fit, color)
-        ax.plot(alphas, [r["fluctuation"] for r in sub], "o-", color=color, label=label)
+        ax.plot(alphas, [r["fluctuation"] for r in sub], "o", color=color, label=label)
         ax.plot(alphas, [r["fluctuation_init"] for r in sub], "o", mfc="none", color=color, alpha=0.6,
                 label=f"{space}, at initialization")
     low, high = report["alpha_axis"]["range"]
@@ -243,8 +243,12 @@ def _plot_dims(plt: Any, report: dict[str, Any], out: Path) -> list[Path]:
                  and r["hidden"] == hidden and r["dim"] == dims[0]]
         if scale:
             _guide(ax, dims, min(scale) * 0.5, 0.5, color="k", ls="--", label="slope +1/2 (the bound)")
-        what = "f" if space == "output" else "h_L, per-coordinate RMS (norm: +1/2 in slope)"
+        what = "f" if space == "output" else "h_L (per-coordinate RMS)"
         ax.set(xscale="log", yscale="log", xlabel="embedding dimension D", ylabel=f"fluctuation of {what}",
-               title=f"{space} space, M={hidden}: filled after {last} steps, open at initialization")
+               title=f"{space} space, M={hidden}")
+        ax.set_xticks(dims, [str(d) for d in dims])
+        ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
         ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Fluctuation vs D: filled after {last} steps, open at initialization "
+                 "(the norm of h adds +1/2 to every slope)", fontsize=10)
     return _save(plt, fig, out / "error_vs_dim.png")

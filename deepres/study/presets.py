@@ -12,6 +12,10 @@ cuts it into units of work (see :mod:`deepres.study.sweep`). Presets:
   RK4 grid. About 35 s on the 2-core CPU.
 * ``paper`` — the large sweep for a GPU: L up to 1024, M up to 64, D ∈ {4, 16},
   several α, more replicas and a finer limit.
+* ``large`` — large L on the 2-core CPU (under 45 minutes there): L ∈ {16, 64, 256,
+  1024}, M ∈ {1, 4, 16}, D ∈ {4, 8, 16}, 256 replicas, the limit from 4 sets of 16384
+  particles; the α axis at (L, M) = (256, 4) for α from 0.5 to 32, fitted over [2, 16];
+  the lazy sweep at (32, 4) for α up to 128.
 """
 
 from __future__ import annotations
@@ -239,6 +243,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "alphas": [1.0], "steps": [50], "replicas": 512, "particles": 65536, "grid_steps": 32,
         "limit_sets": 16, "lazy_alphas": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "lazy_depth": 64,
         "lazy_hidden": 8, "lazy_replicas": 32, "bootstrap": 1000,
+    },
+    # NOTE: sized with deepres.study.estimate's model to about 19 minutes of the 2-core CPU at
+    # load 2–3 (the ResNets 15, the limits 2, the lazy sweeps 2), so that it ends within 45
+    # minutes even when the machine runs twice slower; 4 depths a factor 4 apart cost a third
+    # less than 7 a factor 2 apart, for fits over the same two and a half decades. The α axis
+    # at L·M = 1024 follows the fluctuation's +1 from α = 2 to √(LM)/2 = 16 (measured local
+    # slopes 0.86–1.02 there, 0.61 from 16 to 32).
+    "large": {
+        "depths": [16, 64, 256, 1024], "widths": [1, 4, 16], "dims": [4, 8, 16], "replicas": 256,
+        "limit_sets": 4, "alpha_axis": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0], "alpha_axis_depth": 256,
+        "alpha_axis_hidden": 4, "alpha_fit": [2.0, 16.0], "lazy_alphas": [float(2**i) for i in range(8)],
+        "lazy_depth": 32, "lazy_hidden": 4, "lazy_replicas": 8,
     },
 }
 
