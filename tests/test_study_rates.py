@@ -36,7 +36,7 @@ def _resnet_result(spread: float, gen: torch.Generator, replicas: int = 256) -> 
     outputs = torch.stack([mean.expand(replicas, 6, 3),
                            mean + spread * torch.randn(replicas, 6, 3, generator=gen, dtype=torch.float64)])
     return {"outputs": outputs, "features": 2 * outputs, "losses": torch.ones(3, replicas),
-            "nonfinite": torch.zeros(replicas, dtype=torch.bool)}
+            "nonfinite": torch.zeros(replicas, dtype=torch.bool), "weight_movement": torch.ones(replicas)}
 
 
 def test_alpha_axis_fits_its_range_and_reports_local_slopes():

@@ -311,6 +311,7 @@ def _alpha_axis(config: StudyConfig, store: ResultStore) -> dict[str, Any]:
                 rows.append(fixed | {"alpha": alpha, "space": space, "fluctuation_init": init,
                                      "fluctuation": final, "local_slope": local,
                                      "nonfinite": int((~valid).sum()),
+                                     "weight_movement": float(result["weight_movement"][valid].mean()),
                                      "loss": float(result["losses"][-1][valid].mean())})
                 draws = bootstrap_errors(values[-1], own_mean, valid=valid, antithetic=config.antithetic,
                                          draws=config.bootstrap, seed=derived_seed("bootstrap", unit, space))

@@ -143,7 +143,7 @@ def fit_points(x: Sequence[float], points: Sequence[dict[str, Any]], stat: str, 
     Example:
         >>> pts = [{"value": v, "reference_error": 0.0, "bias_se": 0.0, "draws": np.full(9, v)}
         ...        for v in (1.0, 0.5, 0.25, 0.2)]
-        >>> fit = fit_points([1.0, 2, 4, 8], pts, "fluctuation", ref_ratio=1 / 3, noise_ratio=3,
+        >>> fit = fit_points([1.0, 2.0, 4.0, 8.0], pts, "fluctuation", ref_ratio=1 / 3, noise_ratio=3,
         ...                  level=0.95, x_range=(1, 4))
         >>> round(fit.slope, 6), fit.excluded[0]["x"]
         (-1.0, 8.0)
