@@ -359,17 +359,24 @@ def _checks(config: StudyConfig, result: dict[str, Any]) -> list[dict[str, Any]]
                                     f"{lin['from_alpha']:g}", "value": lin["spread"],
                            "holds": lin["spread"] <= 0.01})
     # The limit's reference error matters for the fits that compare with it: the last step's fits
-    # of the main grid (not the α axis, which measures spreads only, nor the D rate at init).
-    with_limit = [f for f in fits if f["name"] not in ("fluctuation_vs_alpha",) and f["step"] != 0
-                  and f.get("normalization", "coordinate") == "coordinate"]
-    fitted = [y for f in with_limit if f["slope"] is not None for y in f["y"]]
+    # of each group against the limit of that group (its seed, D, α, η, steps); not the α axis,
+    # which measures spreads only, nor the D rate, whose points come from several groups (each
+    # point of it passed its own group's test).
+    with_limit = [f for f in fits if f["name"] not in ("fluctuation_vs_alpha", "fluctuation_vs_dim")]
+    for lim in result["limits"]:
+        group = {k: lim[k] for k in _GROUP_KEYS}
+        fitted = [y for f in with_limit if f["slope"] is not None
+                  and all(f["fixed"].get(k, v) == v for k, v in group.items()) for y in f["y"]]
+        if not fitted:
+            continue
+        reference = lim["output"]["reference_error"][-1]
+        smallest = min(fitted)
+        where = "" if len(result["limits"]) == 1 else f" (D={group['dim']}, α={group['alpha']:g})"
+        checks.append({"check": f"reference error of the limit under a third of the smallest fitted "
+                                f"error{where}", "value": reference, "smallest_fitted_error": smallest,
+                       "ratio": reference / smallest, "holds": reference < smallest / 3})
     # The fits are made at the last recorded step: that is where the limit's error matters.
     reference = max((lim["output"]["reference_error"][-1] for lim in result["limits"]), default=math.nan)
-    if fitted:
-        smallest = min(fitted)
-        checks.append({"check": "reference error of the limit under a third of the smallest fitted error",
-                       "value": reference, "smallest_fitted_error": smallest, "ratio": reference / smallest,
-                       "holds": reference < smallest / 3})
     grid_errors = [r[s] for r in result["measurements"] if r["space"] == "output"
                    for s in ("fluctuation", "bias_debiased") if r["step"] == r["steps"]]
     if grid_errors:

@@ -189,6 +189,11 @@ def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", back
         report["estimate"] = predicted | {"calibration_seconds": calibrated - start,
                                           "measured_seconds": ran,
                                           "measured_unit_seconds": _unit_seconds(store, todo)}
+    elif not todo:
+        # Everything was read back: keep the estimate of the run that computed the units.
+        previous = _previous_estimate(Path(out) / "study.json")
+        if previous is not None:
+            report["estimate"] = previous | {"from_an_earlier_run": True}
     if counts["failed"]:
         report["failed_units"] = store.failures()
         _write_json(report, Path(out) / "study.json")
@@ -220,6 +225,13 @@ def _estimate(todo: list[dict[str, Any]], *, device: str, backend: str,
         return model_seconds(unit) * factors[unit["kind"]]
 
     return predicted | {"probes": probes}, cost
+
+
+def _previous_estimate(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()).get("estimate")
+    except (OSError, ValueError):
+        return None
 
 
 def _unit_seconds(store: Any, units: list[dict[str, Any]]) -> dict[str, float]:
