@@ -149,3 +149,20 @@ def test_new_options_are_checked_before_any_work(capsys):
     args = parser.parse_args(["--alpha-axis", "1,2", "--alpha-axis-depth", "8", "--lazy-fit-min", "4"])
     config = cli.config_from_args(args)
     assert config.alpha_axis == [1.0, 2.0] and config.alpha_axis_depth == 8 and config.lazy_fit_min == 4.0
+
+
+def test_study_prints_and_saves_its_estimate_and_a_rerun_keeps_it(tmp_path, capsys):
+    config = StudyConfig(depths=[2, 4], widths=[2], replicas=4, particles=32, grid_steps=4, limit_sets=2,
+                         steps=[2], records=2, samples=6, alpha_axis=[1.0, 2.0], alpha_axis_depth=2,
+                         alpha_axis_hidden=2, alpha_fit=[1.0, 2.0], lazy_alphas=[], bootstrap=20)
+    report = cli.run_study(config, tmp_path, progress=False, plots=False)
+    printed = capsys.readouterr().err
+    assert f"{len(config.units())} units to run, estimated" in printed
+    estimate = report["estimate"]
+    assert set(estimate["by_kind"]) == {"resnet", "limit"} and estimate["seconds"] > 0
+    assert estimate["measured_seconds"] > 0 and set(estimate["measured_unit_seconds"]) == {"resnet", "limit"}
+    # Reference-error checks: one per group (D).
+    assert sum("reference error of the limit under" in c["check"] for c in report["checks"]) == 1
+    again = cli.run_study(config, tmp_path, progress=False, plots=False)
+    assert again["units"]["ran"] == 0 and "units to run" not in capsys.readouterr().err
+    assert again["estimate"]["from_an_earlier_run"] and again["estimate"]["seconds"] == estimate["seconds"]
