@@ -145,14 +145,21 @@ class _FullPrecisionMatmul(torch.autograd.Function):
     matmul would compute the embedding's and readout's gradients in the
     autocast dtype; here they stay in the inputs' precision. b may be
     broadcast against a's leading axes (the replicas): its gradient is summed
-    over them. Differentiable again (the backward is made of matmuls).
+    over them. Differentiable again (the backward is made of matmuls), with a
+    forward-mode rule and a vmap rule, so ``torch.func`` transforms work too.
     """
 
+    generate_vmap_rule = True
+
     @staticmethod
-    def forward(ctx, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
-        ctx.save_for_backward(a, b)
+    def forward(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
         with autocast_disabled(a.device.type):
             return a @ b
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.save_for_backward(*inputs)
+        ctx.save_for_forward(*inputs)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
@@ -166,6 +173,17 @@ class _FullPrecisionMatmul(torch.autograd.Function):
                 while grad_b.dim() > b.dim():
                     grad_b = grad_b.sum(0)
         return grad_a, grad_b
+
+    @staticmethod
+    def jvp(ctx, tangent_a: torch.Tensor | None, tangent_b: torch.Tensor | None) -> torch.Tensor:
+        a, b = ctx.saved_tensors
+        with autocast_disabled(a.device.type):
+            out = None
+            if tangent_a is not None:
+                out = tangent_a @ b
+            if tangent_b is not None:
+                out = a @ tangent_b if out is None else out + a @ tangent_b
+        return out
 
 
 def draw_embedding_and_readout(in_features: int, out_features: int, dim: int, *,

@@ -1,5 +1,5 @@
 """Coupled comparison: the error decomposition on cases with known answers, the coupling,
-antithetic replicas, and the limit's tied-ResNet (euler) form."""
+antithetic replicas, and the limit built on the shared embedding and readout."""
 
 from __future__ import annotations
 
@@ -87,43 +87,22 @@ def test_coupling_shared_and_antithetic_replicas():
         build_resnet(embed, readout, depth=2, hidden=2, replicas=3, antithetic=True)
 
 
-def test_tied_resnet_limit_is_the_euler_limit(monkeypatch):
-    embed, readout = coupling_weights(5, 3, 4, seed=0, dtype=torch.float64)
-    monkeypatch.setattr(compare, "_meanode_net", lambda: None)
-    assert compare.limit_backend("euler") == "tied-resnet"
-    limit = build_limit(embed, readout, particles=6, grid_steps=5, solver="euler", seed=3)
-    # Every block starts from the same antithetic particles: zero drift, h(1) = h(0).
-    assert all(torch.equal(limit.stack.u[layer], limit.stack.u[0]) for layer in range(5))
-    assert torch.equal(limit.stack.v[0, 1::2], -limit.stack.v[0, 0::2])
-    x = torch.randn(4, 5, dtype=torch.float64)
-    assert torch.allclose(limit.features(x), x @ embed.T, atol=1e-12)
-    # Its lr multiplier is that of the euler limit: N·K·D/α².
-    assert limit.lr_multiplier == 5 * 6 * 4
-    with pytest.raises(ValueError, match="MeanODENet"):
-        build_limit(embed, readout, particles=6, grid_steps=5, solver="rk4")
-
-
-def test_tied_resnet_limit_trains_like_meanode_euler(monkeypatch):
-    """GD on the tied ResNet equals GD on MeanODENet(euler, discrete gradient), same particles."""
+def test_limit_is_a_meanode_on_the_shared_weights():
     from deepres.meanode import MeanODENet
-    from deepres.training import train
 
     embed, readout = coupling_weights(5, 3, 4, seed=0, dtype=torch.float64)
-    assert isinstance(build_limit(embed, readout, particles=6, grid_steps=4, solver="euler"), MeanODENet)
-    meanode = MeanODENet(5, 3, 4, 6, 4, embed_weight=embed, readout_weight=readout, solver="euler",
-                         gradient="discrete", generator=torch.Generator().manual_seed(3))
-    monkeypatch.setattr(compare, "_meanode_net", lambda: None)
-    tied = build_limit(embed, readout, particles=6, grid_steps=4, solver="euler", seed=3)
-    with torch.no_grad():
-        for layer in range(4):
-            tied.stack.u[layer] = meanode.ode.u[0]
-            tied.stack.v[layer] = meanode.ode.v[0]
-    gen = torch.Generator().manual_seed(9)
-    x = torch.randn(7, 5, generator=gen, dtype=torch.float64)
-    y = torch.randn(7, 3, generator=gen, dtype=torch.float64)
-    a = train(tied, x, y, steps=3, eta=0.2).outputs
-    b = train(meanode, x, y, steps=3, eta=0.2).outputs
-    assert ((a - b).norm() / (b - x @ embed.T @ readout / 4).norm()).item() < 1e-10
+    sets = compare.build_limit_sets(embed, readout, particles=6, grid_steps=4, sets=2, solver="rk4",
+                                    particle_init="sobol", seed=3)
+    assert len(sets) == 2 and all(isinstance(net, MeanODENet) for net in sets)
+    assert all(net.embed_weight is embed and net.readout_weight is readout for net in sets)
+    assert not torch.equal(sets[0].ode.u, sets[1].ode.u)  # independent particle draws
+    x = torch.randn(4, 5, dtype=torch.float64)
+    # Antithetic particles: zero drift at initialization, h(1) = h(0).
+    assert torch.allclose(sets[0].features(x), x @ embed.T, atol=1e-12)
+    with pytest.raises(ValueError, match="solver"):
+        build_limit(embed, readout, particles=6, grid_steps=5, solver="heun")
+    with pytest.raises(ValueError, match="even"):
+        build_limit(embed, readout, particles=5, grid_steps=5)
 
 
 @pytest.mark.parametrize("antithetic", [False, True])

@@ -1,1 +1,1 @@
-"""Training comparisons and convergence studies: ResNets against their mean-ODE limit (docs/design.md §3)."""
+"""Training comparisons and convergence studies: ResNets against their mean-ODE limit."""

@@ -1,4 +1,4 @@
-"""From stored unit results to measurements, fitted rates and checks (docs/design.md §3).
+"""From stored unit results to measurements, fitted rates and checks.
 
 :func:`analyze` reads every unit of a :class:`~deepres.study.presets.StudyConfig`
 from its :class:`~deepres.study.sweep.ResultStore` and returns a JSON-able dict:
@@ -11,9 +11,16 @@ from its :class:`~deepres.study.sweep.ResultStore` and returns a JSON-able dict:
   ``reference_error`` = √(particle² + grid²); in output and embedding space.
 * ``measurements``: one row per (unit, recorded step, space) with the error
   decomposition of :func:`deepres.study.compare.decompose` and the reference error.
-* ``fits``: log-log slopes with bootstrap CIs at the last recorded step.
-* ``lazy``: the α sweep's per-α means and fitted slopes.
+* ``fits``: log-log slopes with bootstrap CIs at the last recorded step (the D rate
+  also at initialization): in L, M and D per group, and ``fluctuation_vs_alpha`` along
+  the α axis.
+* ``alpha_axis``: the α axis's fluctuations per α, with the local slopes between
+  neighbouring α (where the α rate holds).
+* ``lazy``: the α sweep (:mod:`deepres.study.lazy_analysis`).
 * ``checks``: the expected rates, each with its measured value and whether it holds.
+
+The D rate is reported as measured, against the bound and with no theoretical
+slope: see :data:`BOUNDS`.
 """
 
 from __future__ import annotations
@@ -25,22 +32,33 @@ import numpy as np
 import torch
 
 from deepres.study.compare import decompose, rms
-from deepres.study.fit import SlopeFit, bootstrap_slope
+from deepres.study.fit import SlopeFit, fit_points
+from deepres.study.lazy_analysis import analyze_lazy
 from deepres.study.presets import StudyConfig
 from deepres.study.sweep import ResultStore, derived_seed
 
-__all__ = ["THEORY", "analyze", "bootstrap_errors"]
+__all__ = ["BOUNDS", "THEORY", "analyze", "bootstrap_errors"]
 
-#: Theoretical slopes (docs/design.md §3); None where the theory predicts no single power.
+#: Theoretical slopes; None where the theory predicts no single power.
 THEORY: dict[str, float | None] = {
     "fluctuation_vs_depth": -0.5,
     "fluctuation_vs_width": -0.5,
-    "fluctuation_vs_dim": 0.5,  # output space
+    "fluctuation_vs_alpha": 1.0,  # over the range where the bound's α term dominates
+    "fluctuation_vs_dim": None,  # only a bound: see BOUNDS
     "bias_vs_depth": -1.0,
     "rms_vs_depth": None,
     "weight_movement_vs_alpha": -1.0,
-    "lazy_ode_distance_vs_alpha": None,
-    "linearization_distance_vs_alpha": None,
+    "lazy_ode_distance_vs_alpha": -2.0,  # in its asymptotic range
+}
+
+#: Upper bounds on slopes that no theory pins down. The D rate: √D/√(LM) bounds the output
+#: error (proved for fixed D, Chizat 2025) and √(D/(LM)) the embedding error in per-coordinate
+#: RMS (Chaintron–Chizat–Maass 2026, there called empirically tight in embedding space); in the
+#: norm of h, √D times the per-coordinate RMS, the same bound reads +1.
+BOUNDS: dict[tuple[str, str, str], float] = {
+    ("fluctuation_vs_dim", "output", "coordinate"): 0.5,
+    ("fluctuation_vs_dim", "embedding", "coordinate"): 0.5,
+    ("fluctuation_vs_dim", "embedding", "norm"): 1.0,
 }
 
 _SPACES = ("output", "embedding")
@@ -117,43 +135,17 @@ def _limit_target(config: StudyConfig, store: ResultStore, group: dict[str, Any]
     return out
 
 
-def _fit(x: list[float], values: list[dict[str, Any]], stat: str, *, ref_ratio: float, noise_ratio: float,
-         level: float) -> SlopeFit:
-    """Fit ``stat`` of the points ``values`` (each with 'value', 'reference_error', 'draws', ...)."""
-    kept_x: list[float] = []
-    kept: list[dict[str, Any]] = []
-    excluded = []
-    for xi, point in zip(x, values, strict=True):
-        value = point["value"]
-        reason = None
-        if not (isinstance(value, float) and math.isfinite(value) and value > 0):
-            reason = "no finite positive value"
-        elif point["reference_error"] > ref_ratio * value:
-            reason = (f"reference error {point['reference_error']:.3g} above {ref_ratio:.3g} × "
-                      f"{stat} {value:.3g}")
-        elif stat == "bias_debiased" and value < noise_ratio * point["bias_se"]:
-            reason = (f"bias {value:.3g} below {noise_ratio:g} × its replica standard error "
-                      f"{point['bias_se']:.3g}")
-        if reason is None:
-            kept_x.append(xi)
-            kept.append(point)
-        else:
-            excluded.append({"x": xi, "value": value, "reason": reason})
-    if len(kept) < 2:
-        fit = SlopeFit(None, None, None, None, level, kept_x, [p["value"] for p in kept])
-    else:
-        draws = np.stack([p["draws"] for p in kept], axis=1)
-        fit = bootstrap_slope(kept_x, [p["value"] for p in kept], draws, level=level)
-    fit.excluded = excluded
-    return fit
+#: The rule that keeps or leaves out each point of a fit (kept under its old name).
+_fit = fit_points
 
 
 def analyze(config: StudyConfig, store: ResultStore) -> dict[str, Any]:
-    """Measurements, fits, lazy sweep and checks of a finished study (see the module docstring)."""
+    """Measurements, fits, α axis, lazy sweep and checks of a finished study (see the module docstring)."""
     measurements: list[dict[str, Any]] = []
     limits: list[dict[str, Any]] = []
     fits: list[dict[str, Any]] = []
     final_points: dict[tuple, dict[str, Any]] = {}
+    init_points: dict[tuple, dict[str, Any]] = {}
     for group in config.groups():
         limit = _limit_target(config, store, group)
         gkey = {k: group[k] for k in _GROUP_KEYS}
@@ -181,37 +173,45 @@ def analyze(config: StudyConfig, store: ResultStore) -> dict[str, Any]:
                                       "grid_error": lim["grid_error"][s],
                                       "loss": float(result["losses"][step][valid].mean())}
                         measurements.append(row)
+                        point_key = (space, *gkey.values(), depth, hidden)
                         if s == last:
                             draws = bootstrap_errors(result[key][s], lim["target"][s], valid=valid,
                                                      antithetic=config.antithetic, draws=config.bootstrap,
                                                      seed=derived_seed("bootstrap", unit, space))
-                            point = {"row": row, "draws": draws}
-                            final_points[(space, *gkey.values(), depth, hidden)] = point
+                            final_points[point_key] = {"row": row, "draws": draws}
+                        elif s == 0 and len(config.dims) >= 2:
+                            # The D rate is also fitted at initialization, where training has not
+                            # yet changed it (own draws: the last step's stay as they were).
+                            draws = bootstrap_errors(result[key][s], lim["target"][s], valid=valid,
+                                                     antithetic=config.antithetic, draws=config.bootstrap,
+                                                     seed=derived_seed("bootstrap", unit, space, "init"))
+                            init_points[point_key] = {"row": row, "draws": draws}
         for space in _SPACES:
             fits.extend(_group_fits(config, gkey, space, final_points))
-    fits.extend(_dim_fits(config, final_points))
-    lazy = _lazy(config, store)
-    result = {"limits": limits, "measurements": measurements, "fits": fits, "lazy": lazy}
+    fits.extend(_dim_fits(config, init_points, step="init"))
+    fits.extend(_dim_fits(config, final_points, step="last"))
+    alpha_axis = _alpha_axis(config, store)
+    fits.extend(alpha_axis.pop("fits"))
+    lazy = analyze_lazy(config, store)
+    result = {"limits": limits, "measurements": measurements, "fits": fits, "alpha_axis": alpha_axis,
+              "lazy": lazy}
     result["checks"] = _checks(config, result)
     return result
 
 
-def _point(entry: dict[str, Any], stat: str) -> dict[str, Any]:
+def _point(entry: dict[str, Any], stat: str, scale: float = 1.0) -> dict[str, Any]:
     row = entry["row"]
-    return {"value": row[stat], "reference_error": row["reference_error"], "bias_se": row["bias_se"],
-            "draws": entry["draws"][stat]}
+    return {"value": row[stat] * scale, "reference_error": row["reference_error"] * scale,
+            "bias_se": row["bias_se"] * scale, "draws": entry["draws"][stat] * scale}
 
 
-def _record(name: str, stat: str, space: str, fixed: dict[str, Any], fit: SlopeFit) -> dict[str, Any]:
+def _record(name: str, stat: str, space: str, fixed: dict[str, Any], fit: SlopeFit, *,
+            step: int | None = None, **extra: Any) -> dict[str, Any]:
+    """A fit's report entry; ``step`` is the GD step fitted (the last recorded one by default)."""
     theory = THEORY[name]
-    if name == "fluctuation_vs_dim" and space == "embedding":
-        # The bound's √D is for f = W_Uᵀh/D; h itself moves by O(D) to fit O(1) targets
-        # through the 1/D readout, so its errors carry an extra power of D that training
-        # builds up (measured slope 1.3 at 20 steps): no single theoretical rate.
-        theory = None
     covered = None if theory is None or fit.slope is None else fit.covers(theory)
-    return {"name": name, "statistic": stat, "space": space, "fixed": fixed, "theory": theory,
-            **fit.as_dict(), "theory_in_ci": covered}
+    return {"name": name, "statistic": stat, "space": space, "fixed": fixed, "step": step, "theory": theory,
+            **extra, **fit.as_dict(), "theory_in_ci": covered}
 
 
 def _group_fits(config: StudyConfig, gkey: dict[str, Any], space: str,
@@ -226,20 +226,27 @@ def _group_fits(config: StudyConfig, gkey: dict[str, Any], space: str,
                                ("rms_vs_depth", "rms")):
                 fit = _fit([float(d) for d in config.depths], [_point(e, stat) for e in entries], stat,
                            **opts)
-                out.append(_record(name, stat, space, gkey | {"hidden": hidden}, fit))
+                out.append(_record(name, stat, space, gkey | {"hidden": hidden}, fit, step=gkey["steps"]))
     if len(config.widths) >= 2:
         for depth in config.depths:
             entries = [points[(*key, depth, m)] for m in config.widths]
             fit = _fit([float(m) for m in config.widths], [_point(e, "fluctuation") for e in entries],
                        "fluctuation", **opts)
-            out.append(_record("fluctuation_vs_width", "fluctuation", space, gkey | {"depth": depth}, fit))
+            out.append(_record("fluctuation_vs_width", "fluctuation", space, gkey | {"depth": depth}, fit,
+                               step=gkey["steps"]))
     return out
 
 
-def _dim_fits(config: StudyConfig, points: dict[tuple, dict[str, Any]]) -> list[dict[str, Any]]:
+def _dim_fits(config: StudyConfig, points: dict[tuple, dict[str, Any]], *, step: str) -> list[dict[str, Any]]:
+    """The fluctuation's rate in D, per (L, M, ...), in each space and normalization, against the bound.
+
+    ``coordinate``: the RMS over samples and coordinates (as every other error here);
+    ``norm`` (embedding only): the RMS over samples of ‖h_L − h(1)‖, √D times the former.
+    """
     if len(config.dims) < 2:
         return []
     opts = {"ref_ratio": config.ref_ratio, "noise_ratio": config.noise_ratio, "level": config.level}
+    dims = [float(d) for d in config.dims]
     out = []
     for space in _SPACES:
         for seed in config.seeds:
@@ -250,46 +257,71 @@ def _dim_fits(config: StudyConfig, points: dict[tuple, dict[str, Any]]) -> list[
                             for hidden in config.widths:
                                 entries = [points[(space, seed, d, float(alpha), float(eta), steps, depth,
                                                    hidden)] for d in config.dims]
-                                fit = _fit([float(d) for d in config.dims],
-                                           [_point(e, "fluctuation") for e in entries], "fluctuation", **opts)
                                 fixed = {"seed": seed, "alpha": float(alpha), "eta": float(eta),
                                          "steps": steps, "depth": depth, "hidden": hidden}
-                                out.append(_record("fluctuation_vs_dim", "fluctuation", space, fixed, fit))
+                                norms = ("coordinate", "norm") if space == "embedding" else ("coordinate",)
+                                for norm in norms:
+                                    scales = [math.sqrt(d) if norm == "norm" else 1.0 for d in dims]
+                                    fit = _fit(dims, [_point(e, "fluctuation", c) for e, c in
+                                                      zip(entries, scales, strict=True)], "fluctuation",
+                                               **opts)
+                                    bound = BOUNDS[("fluctuation_vs_dim", space, norm)]
+                                    within = None if fit.ci_low is None else fit.ci_low <= bound
+                                    out.append(_record("fluctuation_vs_dim", "fluctuation", space, fixed, fit,
+                                                       step=0 if step == "init" else steps,
+                                                       normalization=norm, bound=bound,
+                                                       within_bound=within))
     return out
 
 
-def _lazy(config: StudyConfig, store: ResultStore) -> dict[str, Any]:
-    units = config.lazy_units()
-    if not units:
-        return {"points": [], "fits": []}
-    rows = []
-    by_group: dict[tuple, list[tuple[float, dict[str, Any]]]] = {}
-    for unit in units:
-        result = store.load(unit)
-        valid = ~result["nonfinite"].bool()
-        row = {k: unit[k] for k in ("seed", "dim", "eta", "steps", "depth", "hidden", "alpha", "replicas")}
-        row["nonfinite"] = int((~valid).sum())
-        for name in ("weight_movement", "lazy_ode_distance", "linearization_distance", "output_movement",
-                     "final_loss"):
-            row[name] = float(result[name][valid].double().mean())
-        rows.append(row)
-        gkey = tuple(unit[k] for k in ("seed", "dim", "eta", "steps"))
-        by_group.setdefault(gkey, []).append((unit["alpha"], result | {"valid": valid, "unit": unit}))
-    fits = []
-    for gkey, entries in by_group.items():
-        xs = [a for a, _ in entries]
-        for name in ("weight_movement", "lazy_ode_distance", "linearization_distance"):
-            points = []
-            for _, res in entries:
-                values = res[name][res["valid"]].double()
-                gen = torch.Generator().manual_seed(derived_seed("lazy-bootstrap", res["unit"], name))
-                idx = torch.randint(values.numel(), (config.bootstrap, values.numel()), generator=gen)
-                points.append({"value": float(values.mean()), "reference_error": 0.0, "bias_se": 0.0,
-                               "draws": values[idx].mean(1).numpy()})
-            fit = _fit(xs, points, name, ref_ratio=1.0, noise_ratio=0.0, level=config.level)
-            fixed = dict(zip(("seed", "dim", "eta", "steps"), gkey, strict=True))
-            fits.append(_record(f"{name}_vs_alpha", name, "output", fixed, fit))
-    return {"points": rows, "fits": fits}
+def _alpha_axis(config: StudyConfig, store: ResultStore) -> dict[str, Any]:
+    """The fluctuation along the α axis: per-α points, local slopes, and the fit over ``alpha_fit``.
+
+    The fluctuation is the spread of the replicas around their own mean: it does not
+    involve the limit, whose reference error is therefore not a criterion here.
+    """
+    if not config.alpha_axis:
+        return {"points": [], "fits": [], "range": None}
+    alphas = sorted(float(a) for a in config.alpha_axis)
+    depth, hidden = config.alpha_axis_depth, config.alpha_axis_hidden
+    low, high = (float(v) for v in config.alpha_fit)
+    rows: list[dict[str, Any]] = []
+    fits: list[dict[str, Any]] = []
+    opts = {"ref_ratio": 1.0, "noise_ratio": 0.0, "level": config.level}
+    for seed, dim, eta, steps in config._others():
+        fixed = {"seed": seed, "dim": dim, "eta": float(eta), "steps": steps, "depth": depth,
+                 "hidden": hidden}
+        entries: dict[str, list[dict[str, Any]]] = {space: [] for space in _SPACES}
+        previous: dict[str, tuple[float, float]] = {}
+        for alpha in alphas:
+            unit = config.resnet_unit(config._base(seed, dim, alpha, eta, steps), depth, hidden)
+            result = store.load(unit)
+            valid = ~result["nonfinite"].bool()
+            for space, key in (("output", "outputs"), ("embedding", "features")):
+                values = result[key]
+                own_mean = values[-1][valid].double().mean(0)
+                init = decompose(values[0], values[0][valid].double().mean(0), valid=valid,
+                                 antithetic=config.antithetic)["fluctuation"]
+                final = decompose(values[-1], own_mean, valid=valid,
+                                  antithetic=config.antithetic)["fluctuation"]
+                local = None
+                if space in previous and previous[space][1] > 0 and final > 0:
+                    local = math.log(final / previous[space][1]) / math.log(alpha / previous[space][0])
+                previous[space] = (alpha, final)
+                rows.append(fixed | {"alpha": alpha, "space": space, "fluctuation_init": init,
+                                     "fluctuation": final, "local_slope": local,
+                                     "nonfinite": int((~valid).sum()),
+                                     "weight_movement": float(result["weight_movement"][valid].mean()),
+                                     "loss": float(result["losses"][-1][valid].mean())})
+                draws = bootstrap_errors(values[-1], own_mean, valid=valid, antithetic=config.antithetic,
+                                         draws=config.bootstrap, seed=derived_seed("bootstrap", unit, space))
+                entries[space].append({"value": final, "reference_error": 0.0, "bias_se": 0.0,
+                                       "draws": draws["fluctuation"]})
+        for space in _SPACES:
+            fit = _fit(alphas, entries[space], "fluctuation", x_range=(low, high), **opts)
+            fits.append(_record("fluctuation_vs_alpha", "fluctuation", space, fixed, fit,
+                                step=steps, range=[low, high]))
+    return {"points": rows, "fits": fits, "range": [low, high]}
 
 
 def _checks(config: StudyConfig, result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -311,14 +343,40 @@ def _checks(config: StudyConfig, result: dict[str, Any]) -> list[dict[str, Any]]
             checks.append({"check": f"bias slope in L at M={f['fixed']['hidden']} below -0.6",
                            "value": f["slope"], "ci": [f["ci_low"], f["ci_high"]],
                            "holds": f["slope"] < -0.6})
-    fitted = [y for f in fits if f["slope"] is not None for y in f["y"]]
+        elif f["name"] == "fluctuation_vs_alpha":
+            low, high = f["range"]
+            checks.append({"check": f"fluctuation slope in α at L={f['fixed']['depth']}, "
+                                    f"M={f['fixed']['hidden']} (α in [{low:g}, {high:g}]) in [0.6, 1.3]",
+                           "value": f["slope"], "ci": [f["ci_low"], f["ci_high"]],
+                           "holds": 0.6 <= f["slope"] <= 1.3})
+    for f in result["lazy"]["fits"]:
+        if f["name"] == "lazy_ode_distance_vs_alpha" and f["slope"] is not None:
+            checks.append({"check": "lazy-ODE distance slope in α in [-2.4, -1.6]", "value": f["slope"],
+                           "ci": [f["ci_low"], f["ci_high"]], "holds": -2.4 <= f["slope"] <= -1.6})
+    for lin in result["lazy"]["linearization"]:
+        if lin["spread"] is not None:
+            checks.append({"check": f"linearization distance varies by at most 0.01 across α ≥ "
+                                    f"{lin['from_alpha']:g}", "value": lin["spread"],
+                           "holds": lin["spread"] <= 0.01})
+    # The limit's reference error matters for the fits that compare with it: the last step's fits
+    # of each group against the limit of that group (its seed, D, α, η, steps); not the α axis,
+    # which measures spreads only, nor the D rate, whose points come from several groups (each
+    # point of it passed its own group's test).
+    with_limit = [f for f in fits if f["name"] not in ("fluctuation_vs_alpha", "fluctuation_vs_dim")]
+    for lim in result["limits"]:
+        group = {k: lim[k] for k in _GROUP_KEYS}
+        fitted = [y for f in with_limit if f["slope"] is not None
+                  and all(f["fixed"].get(k, v) == v for k, v in group.items()) for y in f["y"]]
+        if not fitted:
+            continue
+        reference = lim["output"]["reference_error"][-1]
+        smallest = min(fitted)
+        where = "" if len(result["limits"]) == 1 else f" (D={group['dim']}, α={group['alpha']:g})"
+        checks.append({"check": f"reference error of the limit under a third of the smallest fitted "
+                                f"error{where}", "value": reference, "smallest_fitted_error": smallest,
+                       "ratio": reference / smallest, "holds": reference < smallest / 3})
     # The fits are made at the last recorded step: that is where the limit's error matters.
     reference = max((lim["output"]["reference_error"][-1] for lim in result["limits"]), default=math.nan)
-    if fitted:
-        smallest = min(fitted)
-        checks.append({"check": "reference error of the limit under a third of the smallest fitted error",
-                       "value": reference, "smallest_fitted_error": smallest, "ratio": reference / smallest,
-                       "holds": reference < smallest / 3})
     grid_errors = [r[s] for r in result["measurements"] if r["space"] == "output"
                    for s in ("fluctuation", "bias_debiased") if r["step"] == r["steps"]]
     if grid_errors:

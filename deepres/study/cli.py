@@ -67,6 +67,11 @@ _AXES: dict[str, tuple[str, Any, str]] = {
     "--lazy-depth": ("lazy_depth", int, "L of the lazy sweep"),
     "--lazy-hidden": ("lazy_hidden", int, "M of the lazy sweep (even)"),
     "--lazy-replicas": ("lazy_replicas", int, "replicas of the lazy sweep"),
+    "--lazy-fit-min": ("lazy_fit_min", float, "fit the lazy-ODE distance from this α on (its 1/α² range)"),
+    "--alpha-axis": ("alpha_axis", _floats, "α values of the α axis (empty string: skip)"),
+    "--alpha-axis-depth": ("alpha_axis_depth", int, "L of the α axis"),
+    "--alpha-axis-hidden": ("alpha_axis_hidden", int, "M of the α axis"),
+    "--alpha-fit": ("alpha_fit", _floats, "low,high: the α range of the fluctuation_vs_alpha fit"),
     "--bootstrap": ("bootstrap", int, "bootstrap draws per fit"),
     "--ref-ratio": ("ref_ratio", float, "fit a point only if reference error ≤ ratio × error"),
 }
@@ -142,7 +147,7 @@ def _versions(device: str) -> dict[str, Any]:
 
 def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
               progress: bool = True, plots: bool = True, executor: Executor | None = None,
-              ) -> dict[str, Any]:
+              estimate: bool = True) -> dict[str, Any]:
     """Run (or resume) a study, analyze it and write its report to ``out``.
 
     Args:
@@ -150,6 +155,9 @@ def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", back
         device: Default ``"cpu"``. backend: stack backend. Default ``"auto"``.
         progress: tqdm bar. Default True. plots: write PNGs. Default True.
         executor: where the units run. Default None: :class:`~deepres.study.sweep.LocalExecutor`.
+        estimate: before any unit runs, time one probe per kind of unit on this machine
+            and print the predicted total time (:mod:`deepres.study.estimate`); the bar
+            then counts the calibrated seconds. Default True.
 
     Returns:
         The report dict written to ``out/study.json``. When units failed (see
@@ -157,21 +165,35 @@ def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", back
         ``failed_units`` and holds no analysis, which needs every unit; rerun to retry them.
     """
     from deepres.study.analysis import analyze
-    from deepres.study.compare import limit_backend
     from deepres.study.sweep import ResultStore, run_units
 
     store = ResultStore(out)
+    units = config.units()
+    todo = [u for u in units if not store.has(u)]
     start = time.perf_counter()
-    counts = run_units(config.units(), store, executor=executor, device=device, backend=backend,
-                       progress=progress)
-    ran = time.perf_counter() - start
+    predicted, cost = _estimate(todo, device=device, backend=backend) if estimate and todo else (None, None)
+    calibrated = time.perf_counter()
+    counts = run_units(units, store, executor=executor, device=device, backend=backend, progress=progress,
+                       cost=cost)
+    ran = time.perf_counter() - calibrated
     report = {
         "config": config.as_dict(),
-        "limit_backend": limit_backend(config.resolved_solver),
+        "limit": {"model": "MeanODENet (ODE-adjoint gradient)", "solver": config.resolved_solver,
+                  "particle_init": config.resolved_particle_init, "particles": config.particles,
+                  "grid_steps": config.grid_steps, "sets": config.limit_sets},
         "environment": _versions(device) | {"executor": type(executor or LocalExecutor()).__name__},
         "units": counts,
         "wall_seconds": {"run": ran, "total": time.perf_counter() - start},
     }
+    if predicted is not None:
+        report["estimate"] = predicted | {"calibration_seconds": calibrated - start,
+                                          "measured_seconds": ran,
+                                          "measured_unit_seconds": _unit_seconds(store, todo)}
+    elif not todo:
+        # Everything was read back: keep the estimate of the run that computed the units.
+        previous = _previous_estimate(Path(out) / "study.json")
+        if previous is not None:
+            report["estimate"] = previous | {"from_an_earlier_run": True}
     if counts["failed"]:
         report["failed_units"] = store.failures()
         _write_json(report, Path(out) / "study.json")
@@ -181,6 +203,44 @@ def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", back
     report["wall_seconds"]["total"] = time.perf_counter() - start
     _write_json(report, Path(out) / "study.json")
     return report
+
+
+def _estimate(todo: list[dict[str, Any]], *, device: str, backend: str,
+              ) -> tuple[dict[str, Any], Any]:
+    """Calibrate the cost model on this machine, print the predicted time; the bar's cost function."""
+    from deepres.study.estimate import calibrate, estimate, format_seconds, model_seconds
+
+    calibration = calibrate(todo, device=device, backend=backend)
+    predicted = estimate(todo, calibration)
+    kinds = ", ".join(f"{kind} {format_seconds(e['seconds'])} ({e['units']} units)"
+                      for kind, e in predicted["by_kind"].items())
+    print(f"deepres study: {len(todo)} units to run, estimated {format_seconds(predicted['seconds'])} "
+          f"on this machine ({kinds}; per-unit cost timed here against the reference CPU: "
+          + ", ".join(f"{k} ×{f:.2f}" for k, f in predicted["factors"].items()) + ")",
+          file=sys.stderr, flush=True)
+    probes = [{"kind": kind} | {k: v for k, v in entry.items()} for kind, entry in calibration.items()]
+    factors = predicted["factors"]
+
+    def cost(unit: dict[str, Any]) -> float:
+        return model_seconds(unit) * factors[unit["kind"]]
+
+    return predicted | {"probes": probes}, cost
+
+
+def _previous_estimate(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text()).get("estimate")
+    except (OSError, ValueError):
+        return None
+
+
+def _unit_seconds(store: Any, units: list[dict[str, Any]]) -> dict[str, float]:
+    """Measured wall time per kind of the units just run (their stored ``seconds``)."""
+    out: dict[str, float] = {}
+    for unit in units:
+        if store.has(unit):
+            out[unit["kind"]] = out.get(unit["kind"], 0.0) + float(store.load(unit)["seconds"])
+    return out
 
 
 def _clean(value: Any) -> Any:
@@ -218,13 +278,18 @@ def write_report(report: dict[str, Any], out: str | Path, *, plots: bool = True)
             writer.writerows(_clean(rows))
     fits = report["fits"] + report["lazy"]["fits"]
     with open(written[2], "w", newline="") as handle:
-        names = ["name", "space", "fixed", "slope", "ci_low", "ci_high", "theory", "points", "excluded"]
+        names = ["name", "space", "normalization", "fixed", "step", "slope", "ci_low", "ci_high", "theory",
+                 "bound", "within_bound", "points", "excluded"]
         writer = csv.DictWriter(handle, fieldnames=names)
         writer.writeheader()
         for f in fits:
-            writer.writerow({"name": f["name"], "space": f["space"], "fixed": json.dumps(_clean(f["fixed"])),
+            writer.writerow({"name": f["name"], "space": f["space"],
+                             "normalization": f.get("normalization", "coordinate"),
+                             "fixed": json.dumps(_clean(f["fixed"])), "step": f["step"],
                              "slope": f["slope"], "ci_low": f["ci_low"], "ci_high": f["ci_high"],
-                             "theory": f["theory"], "points": f["points"], "excluded": len(f["excluded"])})
+                             "theory": f["theory"], "bound": f.get("bound"),
+                             "within_bound": f.get("within_bound"), "points": f["points"],
+                             "excluded": len(f["excluded"])})
     if plots:
         from deepres.study.plots import plot_report
 
@@ -232,22 +297,53 @@ def write_report(report: dict[str, Any], out: str | Path, *, plots: bool = True)
     return written
 
 
+def _ci(f: dict[str, Any]) -> str:
+    if f["ci_low"] is None:
+        return f"slope {f['slope']:+.3f}"
+    return f"slope {f['slope']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]"
+
+
 def _summary(report: dict[str, Any]) -> str:
+    limit = report["limit"]
     lines = [f"deepres study: {report['units']['ran']} units run, {report['units']['resumed']} resumed, "
-             f"{report['wall_seconds']['total']:.1f} s; limit: {report['limit_backend']} "
-             f"({report['config']['resolved_solver']})"]
+             f"{report['wall_seconds']['total']:.1f} s; limit: {limit['model']}, {limit['solver']}"]
+    if "estimate" in report:
+        lines[0] += f" (estimated {report['estimate']['seconds']:.0f} s for the units)"
     for f in report["fits"]:
-        if f["space"] != "output" or f["slope"] is None or f["name"] == "rms_vs_depth":
+        if f["space"] != "output" or f["slope"] is None or f["name"] in ("rms_vs_depth", "fluctuation_vs_dim",
+                                                                         "fluctuation_vs_alpha"):
             continue
         fixed = ", ".join(f"{k}={v}" for k, v in f["fixed"].items() if k in ("hidden", "depth"))
         theory = "" if f["theory"] is None else f"  theory {f['theory']:+.1f}"
-        lines.append(f"  {f['name']:<22} {fixed:<10} slope {f['slope']:+.3f} "
-                     f"[{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]{theory}"
+        lines.append(f"  {f['name']:<22} {fixed:<10} {_ci(f)}{theory}"
                      + (f"  ({len(f['excluded'])} points excluded)" if f["excluded"] else ""))
+    for f in report["fits"]:
+        if f["name"] == "fluctuation_vs_alpha" and f["slope"] is not None:
+            low, high = f["range"]
+            lines.append(f"  fluctuation_vs_alpha ({f['space']}) L={f['fixed']['depth']} "
+                         f"M={f['fixed']['hidden']} D={f['fixed']['dim']}, α in [{low:g}, {high:g}]: "
+                         f"{_ci(f)}  theory +1")
+    dim_fits: dict[tuple, list[dict[str, Any]]] = {}
+    for f in report["fits"]:
+        if f["name"] == "fluctuation_vs_dim" and f["slope"] is not None:
+            dim_fits.setdefault((f["space"], f["normalization"], f["step"]), []).append(f)
+    for (space, norm, step), group in dim_fits.items():
+        slopes = [f["slope"] for f in group]
+        within = sum(bool(f["within_bound"]) for f in group)
+        when = "at init" if step == 0 else f"at step {step}"
+        lines.append(f"  fluctuation_vs_dim {space} ({norm}) {when}: slopes {min(slopes):+.2f} to "
+                     f"{max(slopes):+.2f} over {len(group)} (L, M); bound {group[0]['bound']:+.1f}, "
+                     f"within it in {within} of {len(group)}")
     for f in report["lazy"]["fits"]:
         if f["slope"] is not None:
-            lines.append(f"  {f['name']:<34} slope {f['slope']:+.3f} "
-                         f"[{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]")
+            span = f" (α ≥ {f['range'][0]:g})" if f["range"] else ""
+            lines.append(f"  {f['name']:<34} {_ci(f)}  theory {f['theory']:+.1f}{span}")
+    for d in report["lazy"]["d_inf"]:
+        lines.append(f"  d_inf (lazy ODE vs its tangent model) = {d['d_inf']:.4f} ± {d['d_inf_se']:.4f}")
+    for lin in report["lazy"]["linearization"]:
+        if lin["spread"] is not None:
+            lines.append(f"  linearization distance over α ≥ {lin['from_alpha']:g}: spread "
+                         f"{lin['spread']:.2g}, largest gap to d_inf {lin['max_gap_to_d_inf']:.2g}")
     for c in report["checks"]:
         lines.append(f"  [{'ok' if c['holds'] else 'NO'}] {c['check']}: {c['value']:.4g}")
     return "\n".join(lines)

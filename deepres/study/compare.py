@@ -1,4 +1,4 @@
-"""Coupled comparison of trained ResNets with their trained mean-ODE limit (docs/design.md §3).
+"""Coupled comparison of trained ResNets with their trained mean-ODE limit.
 
 Coupling: every ResNet of a comparison and the limit see the same data (x, y)
 and the same fixed embedding W_E and readout W_U; the ResNets' u, v are drawn
@@ -29,43 +29,23 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import nn
 
+from deepres._checks import check_choice
+from deepres.meanode import SOLVERS, MeanODENet
 from deepres.modules import DeepResNet
 from deepres.training import TrainResult, train
 
 __all__ = [
-    "SOLVERS",
+    "SOLVERS",  # re-exported from deepres.meanode: the solvers the limit accepts
     "build_limit",
     "build_limit_sets",
     "build_resnet",
     "coupling_weights",
     "decompose",
-    "limit_backend",
     "rms",
     "run_limit",
     "run_resnet",
 ]
-
-#: Solvers accepted for the limit ("euler" always works; the others need deepres.meanode).
-SOLVERS: tuple[str, ...] = ("euler", "midpoint", "rk4")
-
-
-def _meanode_net() -> type | None:
-    """deepres.meanode.MeanODENet when it is available, else None."""
-    try:
-        from deepres import meanode
-    except ImportError:  # pragma: no cover - the subpackage always exists
-        return None
-    return getattr(meanode, "MeanODENet", None)
-
-
-def limit_backend(solver: str) -> str:
-    """Which implementation :func:`build_limit` uses for ``solver``: ``"meanode"`` or ``"tied-resnet"``."""
-    if solver not in SOLVERS:
-        raise ValueError(f"solver must be one of {SOLVERS}; got {solver!r}")
-    return "meanode" if _meanode_net() is not None else "tied-resnet"
-
 
 def coupling_weights(in_features: int, out_features: int, dim: int, seed: int, *,
                      dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
@@ -133,13 +113,11 @@ def build_resnet(embed: torch.Tensor, readout: torch.Tensor, *, depth: int, hidd
 
 def build_limit(embed: torch.Tensor, readout: torch.Tensor, *, particles: int, grid_steps: int,
                 alpha: float = 1.0, activation: str = "tanh", solver: str = "rk4", seed: int = 0,
-                particle_init: str = "antithetic", backend: str = "auto") -> nn.Module:
-    """The mean-ODE limit sharing W_E, W_U, with K antithetic particles and an N-step grid.
+                particle_init: str = "antithetic") -> MeanODENet:
+    """The mean-ODE limit sharing W_E, W_U, with K particles and an N-step grid.
 
-    Uses ``deepres.meanode.MeanODENet`` (ODE-adjoint gradient) when available. Without
-    it, ``solver="euler"`` is built as what it exactly is (docs/design.md §2): a ResNet of depth
-    N and width K whose blocks all start from the same K particles, trained with its
-    own lr multiplier N·K·D/α².
+    A :class:`deepres.meanode.MeanODENet` (ODE-adjoint gradient) whose embedding and
+    readout are the given tensors (shared, not copied).
 
     Args:
         embed, readout: the shared W_E (D, d_in), W_U (D, d_out).
@@ -148,39 +126,25 @@ def build_limit(embed: torch.Tensor, readout: torch.Tensor, *, particles: int, g
         solver: ``"euler"``, ``"midpoint"``, ``"rk4"`` (default).
         seed: seed of the particles. Default 0.
         particle_init: ``"antithetic"`` (default) or ``"sobol"`` (scrambled Sobol points
-            in antithetic pairs; needs MeanODENet), see ``deepres.meanode.init_particles``.
-        backend: stack backend of the tied-ResNet form. Default ``"auto"``.
+            in antithetic pairs), see ``deepres.meanode.init_particles``.
 
     Returns:
-        A module with ``forward(x)`` (N, d_out), ``features(x)`` (N, D) and ``lr_multiplier``.
+        The MeanODENet: ``forward(x)`` (N, d_out), ``features(x)`` (N, D), ``lr_multiplier``.
+
+    Example:
+        >>> we, wu = coupling_weights(5, 5, 4, seed=0)
+        >>> limit = build_limit(we, wu, particles=8, grid_steps=4)
+        >>> limit(torch.randn(3, 5)).shape, limit.embed_weight is we
+        (torch.Size([3, 5]), True)
     """
+    check_choice(solver, "solver", SOLVERS)
     if particles % 2:
         raise ValueError(f"particles must be even (antithetic pairs); got {particles}")
     dim, d_in = embed.shape
     gen = torch.Generator(device=embed.device).manual_seed(seed)
-    if limit_backend(solver) == "meanode":
-        cls = _meanode_net()
-        assert cls is not None
-        return cls(d_in, readout.shape[1], dim, particles, grid_steps, embed_weight=embed,
-                   readout_weight=readout, alpha=alpha, activation=activation, solver=solver,
-                   particle_init=particle_init, device=embed.device, dtype=embed.dtype, generator=gen)
-    if solver != "euler" or particle_init != "antithetic":
-        raise ValueError(f"solver={solver!r} with particle_init={particle_init!r} needs "
-                         f"deepres.meanode.MeanODENet, which is not available; use solver='euler' "
-                         f"and particle_init='antithetic'")
-    net = DeepResNet(d_in, readout.shape[1], grid_steps, dim, particles, alpha=alpha,
-                     activation=activation, backend=backend, dtype=embed.dtype, device=embed.device)
-    _set_shared(net, embed, readout)
-    std = net.stack.parameterization.init_std_u
-    half = torch.randn(particles // 2, dim, generator=gen, dtype=torch.float64, device=embed.device) * std
-    half_v = torch.randn(particles // 2, dim, generator=gen, dtype=torch.float64, device=embed.device) * std
-    # Interleaved pairs (2k, 2k+1) = (u, v), (u, −v), as deepres.meanode draws them.
-    u0 = half.repeat_interleave(2, dim=0).to(embed.dtype)
-    v0 = torch.stack([half_v, -half_v], dim=1).flatten(0, 1).to(embed.dtype)
-    with torch.no_grad():
-        net.stack.u.copy_(u0.expand_as(net.stack.u))
-        net.stack.v.copy_(v0.expand_as(net.stack.v))
-    return net
+    return MeanODENet(d_in, readout.shape[1], dim, particles, grid_steps, embed_weight=embed,
+                      readout_weight=readout, alpha=alpha, activation=activation, solver=solver,
+                      particle_init=particle_init, device=embed.device, dtype=embed.dtype, generator=gen)
 
 
 def rms(t: torch.Tensor) -> float:
@@ -256,39 +220,22 @@ def run_resnet(task_x: torch.Tensor, task_y: torch.Tensor, embed: torch.Tensor, 
 
 def run_limit(task_x: torch.Tensor, task_y: torch.Tensor, embed: torch.Tensor, readout: torch.Tensor, *,
               particles: int, grid_steps: int, alpha: float, eta: float, steps: int,
-              record_steps: list[int], activation: str = "tanh", solver: str = "rk4",
-              backend: str = "auto", seed: int = 0) -> TrainResult:
+              record_steps: list[int], activation: str = "tanh", solver: str = "rk4", seed: int = 0,
+              ) -> TrainResult:
     """Build and train the coupled limit (:func:`build_limit`), recording f and h(1)."""
     net = build_limit(embed, readout, particles=particles, grid_steps=grid_steps, alpha=alpha,
-                      activation=activation, solver=solver, seed=seed, backend=backend)
+                      activation=activation, solver=solver, seed=seed)
     return train(net, task_x, task_y, steps=steps, eta=eta, record_steps=record_steps)
 
 
 def build_limit_sets(embed: torch.Tensor, readout: torch.Tensor, *, particles: int, grid_steps: int,
                      sets: int, alpha: float = 1.0, activation: str = "tanh", solver: str = "rk4",
-                     seed: int = 0, particle_init: str = "antithetic", backend: str = "auto",
-                     ) -> list[nn.Module]:
-    """``sets`` independent particle draws of the limit, as few modules as possible.
+                     seed: int = 0, particle_init: str = "antithetic") -> list[MeanODENet]:
+    """``sets`` independent particle draws of the limit (:func:`build_limit`), one module each.
 
-    With the tied-ResNet form (euler without deepres.meanode) all the sets are the
-    replicas of one :class:`deepres.DeepResNet` (one launch trains them all); with
-    MeanODENet, one module per set.
+    Set i draws its particles from ``seed + 7919·i``.
     """
-    if limit_backend(solver) == "meanode":
-        return [build_limit(embed, readout, particles=particles, grid_steps=grid_steps, alpha=alpha,
-                            activation=activation, solver=solver, seed=seed + 7919 * i,
-                            particle_init=particle_init, backend=backend)
-                for i in range(sets)]
-    single = [build_limit(embed, readout, particles=particles, grid_steps=grid_steps, alpha=alpha,
-                          activation=activation, solver=solver, seed=seed + 7919 * i,
-                          particle_init=particle_init, backend=backend)
-              for i in range(sets)]
-    dim, d_in = embed.shape
-    net = DeepResNet(d_in, readout.shape[1], grid_steps, dim, particles, alpha=alpha, activation=activation,
-                     backend=backend, replicas=sets, dtype=embed.dtype, device=embed.device)
-    _set_shared(net, embed, readout)
-    with torch.no_grad():
-        for i, one in enumerate(single):
-            net.stack.u[i] = one.stack.u
-            net.stack.v[i] = one.stack.v
-    return [net]
+    return [build_limit(embed, readout, particles=particles, grid_steps=grid_steps, alpha=alpha,
+                        activation=activation, solver=solver, seed=seed + 7919 * i,
+                        particle_init=particle_init)
+            for i in range(sets)]

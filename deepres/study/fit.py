@@ -14,10 +14,11 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-__all__ = ["SlopeFit", "bootstrap_slope", "loglog_fit"]
+__all__ = ["SlopeFit", "bootstrap_slope", "fit_points", "loglog_fit"]
 
 
 def loglog_fit(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[float, float]:
@@ -118,3 +119,60 @@ def bootstrap_slope(x: Sequence[float], y: Sequence[float], draws: Sequence[Sequ
         low, high = (float(v) for v in np.quantile(slopes, [tail, 1 - tail]))
     return SlopeFit(slope, prefactor, low, high, level, [float(v) for v in x], [float(v) for v in y],
                     bootstrap=int(boot.shape[0]))
+
+
+def fit_points(x: Sequence[float], points: Sequence[dict[str, Any]], stat: str, *, ref_ratio: float,
+               noise_ratio: float, level: float, x_range: tuple[float, float] | None = None) -> SlopeFit:
+    """Fit ``stat`` over the points that qualify; list the others in ``excluded`` with the reason.
+
+    A point is left out when its value is not finite and positive, when its
+    ``reference_error`` exceeds ``ref_ratio`` × its value, when (for
+    ``"bias_debiased"``) it is under ``noise_ratio`` × its ``bias_se``, or when its x
+    lies outside ``x_range``.
+
+    Args:
+        x: abscissae, (P,). points: per x, a dict with ``value``, ``reference_error``,
+            ``bias_se`` and ``draws`` (its bootstrap replicates, (B,)). stat: the
+            statistic's name (for the bias rule and the messages).
+        ref_ratio, noise_ratio: the thresholds above. level: CI coverage.
+        x_range: (low, high), inclusive. Default None: every x.
+
+    Returns:
+        A :class:`SlopeFit` (slope None when fewer than 2 points qualify).
+
+    Example:
+        >>> pts = [{"value": v, "reference_error": 0.0, "bias_se": 0.0, "draws": np.full(9, v)}
+        ...        for v in (1.0, 0.5, 0.25, 0.2)]
+        >>> fit = fit_points([1.0, 2.0, 4.0, 8.0], pts, "fluctuation", ref_ratio=1 / 3, noise_ratio=3,
+        ...                  level=0.95, x_range=(1, 4))
+        >>> round(fit.slope, 6), fit.excluded[0]["x"]
+        (-1.0, 8.0)
+    """
+    kept_x: list[float] = []
+    kept: list[dict[str, Any]] = []
+    excluded = []
+    for xi, point in zip(x, points, strict=True):
+        value = point["value"]
+        reason = None
+        if x_range is not None and not x_range[0] <= xi <= x_range[1]:
+            reason = f"x = {xi:g} outside the fitted range [{x_range[0]:g}, {x_range[1]:g}]"
+        elif not (isinstance(value, float) and math.isfinite(value) and value > 0):
+            reason = "no finite positive value"
+        elif point["reference_error"] > ref_ratio * value:
+            reason = (f"reference error {point['reference_error']:.3g} above {ref_ratio:.3g} × "
+                      f"{stat} {value:.3g}")
+        elif stat == "bias_debiased" and value < noise_ratio * point["bias_se"]:
+            reason = (f"bias {value:.3g} below {noise_ratio:g} × its replica standard error "
+                      f"{point['bias_se']:.3g}")
+        if reason is None:
+            kept_x.append(float(xi))
+            kept.append(point)
+        else:
+            excluded.append({"x": xi, "value": value, "reason": reason})
+    if len(kept) < 2:
+        fit = SlopeFit(None, None, None, None, level, kept_x, [p["value"] for p in kept])
+    else:
+        draws = np.stack([p["draws"] for p in kept], axis=1)
+        fit = bootstrap_slope(kept_x, [p["value"] for p in kept], draws, level=level)
+    fit.excluded = excluded
+    return fit

@@ -1,32 +1,44 @@
-"""The lazy regime: α → ∞ with the 1/α² learning rate (docs/design.md §3).
+"""The lazy regime: α → ∞ with the 1/α² learning rate, and what the network approaches.
 
-With the ``mlu`` parameterization the residual scale is α/(L·M) and the lr
-multiplier L·M·D/α², so the output moves by O(1) in a fixed number of steps while
-each weight moves by O(1/α): as α grows, training stays closer and closer to its
-linearization around the initialization θ_0,
+With the ``mlu`` parameterization the residual scale is c = α/(L·M) and the lr
+multiplier L·M·D/α², so in a fixed number K of steps the output moves by O(1)
+while each weight moves by O(1/α). Write θ = θ_0 + δ/α. The networks start from
+*paired units* (units j and j + M/2 of a block are (u, v) and (u, −v)): the
+network is the identity map at initialization, whatever α, and the zeroth-order
+field Σ_j v0_j σ(a·u0_jᵀh) vanishes for every h. Three measurements:
 
-    f_lin(θ) = f(θ_0) + J_{θ_0}·(θ − θ_0),
-
-trained by the same gradient descent (same η, same lr multiplier). Two numbers
-measure laziness, both expected to decay like 1/α (slope −1 in log-log):
-
-* relative weight movement ‖θ_K − θ_0‖ / ‖θ_0‖ over u and v;
-* relative distance to the *lazy ODE* RMS(f_K − f_ode,K) / RMS(f_K − f_0), where
-  f_ode is the network whose blocks are linearized in their own weights but still
-  composed (the field is linear in the parameters, the flow is not):
+* **weight movement** ‖θ_K − θ_0‖/‖θ_0‖ = ‖δ_K‖/(α‖θ_0‖): slope −1 in α.
+* **distance to the lazy ODE**, RMS(f_K − f_ode,K)/RMS(f_K − f_0). The lazy ODE has
+  every block linearized in its own weights, the blocks still composed:
 
       h ← h + c · Σ_j [ v_j σ(a·u0_jᵀh) + v0_j σ'(a·u0_jᵀh) · a·(u_j − u0_j)ᵀh ].
 
-A third number is reported for contrast: the distance to the linearization of the
-whole network, RMS(f_K − f_lin,K) / RMS(f_K − f_0). It need not vanish: the
-trained flow moves h by O(1), and the field's O(α)·O(1/α) = O(1) dependence on h
-keeps the map θ ↦ h(1) nonlinear at O(1), whatever α. Measuring both shows which
-linear model the α → ∞ network approaches.
+  Its field is c·(first-order term in δ/α) = (1/(L·M))·(linear in δ): α cancels, and
+  so does it in the updates of δ (lr L·M·D/α² on a gradient α times that in δ), so
+  f_ode,K is the same for every α. The network's field differs from it by the
+  second-order terms, (1/α)·(1/(L·M))·[δv σ'·a δuᵀh + v0 σ''·(a δuᵀh)²/2]; in a pair the
+  first updates are δv_j = δv_{j+M/2} and δu_j = −δu_{j+M/2} (the gradient in u is
+  proportional to v), so both terms cancel between the two units to leading order,
+  and the distance decays like **1/α²** (slope −2) once α is past the transition.
+* **distance to the network's linearization** f_lin = f_0 + J·(θ − θ_0) (trained by the
+  same gradient descent), RMS(f_K − f_lin,K)/RMS(f_K − f_0). It does *not* vanish:
+  J·(θ − θ_0) = J_δ·δ with J_δ α-free, so f_lin,K is α-free too, and the distance
+  tends to the distance between the lazy ODE and its own tangent model (the two
+  share their first derivative at θ_0):
+
+      d_∞ = RMS(f_ode,K − f_tan,K) / RMS(f_ode,K − f_0),
+
+  positive because the composition of the O(1) linearly parameterized fields is
+  not linear in δ. :func:`lazy_limit` computes d_∞ directly, once, at α = 1 (the
+  α-free system in δ); each α's linearization distance is reported against it.
+
+Every α of a sweep starts from the same initial weights (common random numbers):
+the differences between α are then the effect of α alone, not of another draw.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -38,7 +50,20 @@ from deepres.scaling import ScaledParameter
 from deepres.study.compare import build_resnet
 from deepres.training import train
 
-__all__ = ["BlockLinearizedNet", "lazy_measurements", "linearized_training"]
+__all__ = ["BlockLinearizedNet", "lazy_limit", "lazy_measurements", "linearized_training",
+           "tangent_training"]
+
+Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def _lazy_features(h: torch.Tensor, u0: torch.Tensor, v0: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
+                   *, multiplier: float, pre_scale: float, activation: str) -> torch.Tensor:
+    """The lazy ODE's flow: blocks linear in their own weights (u, v around u0, v0), composed."""
+    for bu0, bv0, bu, bv in zip(u0.unbind(-3), v0.unbind(-3), u.unbind(-3), v.unbind(-3), strict=True):
+        s, ds = activation_and_derivative(activation, pre_scale * (h @ bu0.transpose(-1, -2)))
+        tangent = ds * (pre_scale * (h @ (bu - bu0).transpose(-1, -2)))
+        h = h + multiplier * (s @ bv + tangent @ bv0)
+    return h
 
 
 class BlockLinearizedNet(nn.Module):
@@ -79,48 +104,38 @@ class BlockLinearizedNet(nn.Module):
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         return self.net.readout(h)  # type: ignore[operator]
 
+    def features_at(self, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """h(1) of the lazy ODE at weights (u, v), (R, N, D), as a function of them."""
+        return _lazy_features(self.net.embed(x), self.u0, self.v0, u, v,  # type: ignore[operator]
+                              multiplier=self.c, pre_scale=self.a, activation=self.act)
+
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.net.embed(x)  # type: ignore[operator]
-        for u0, v0, u, v in zip(self.u0.unbind(-3), self.v0.unbind(-3), self.u.unbind(-3),
-                                self.v.unbind(-3), strict=True):
-            s, ds = activation_and_derivative(self.act, self.a * (h @ u0.transpose(-1, -2)))
-            tangent = ds * (self.a * (h @ (u - u0).transpose(-1, -2)))
-            h = h + self.c * (s @ v + tangent @ v0)
-        return h
+        return self.features_at(x, self.u, self.v)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.readout(self.features(x))
 
 
-def linearized_training(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, eta: float,
-                        ) -> torch.Tensor:
-    """Train the linearization of a replicated DeepResNet around its current weights.
+def tangent_training(forward: Forward, u0: torch.Tensor, v0: torch.Tensor, y: torch.Tensor, *, steps: int,
+                     eta: float, lr_multiplier: float) -> torch.Tensor:
+    """Train the tangent model f_0 + J·(θ − θ_0) of ``forward`` at (u0, v0) by gradient descent.
 
     Each step: r = (f_lin − y)/N, g = Jᵀr (one reverse pass through the linearization
     point, kept), θ ← θ − η·lr_multiplier·g, f_lin ← f_lin + J·Δθ (one forward-mode
-    product). The replicas are independent (J is block diagonal over replicas).
+    product). The loss is ½·mean over samples of ‖f − y‖², as in :func:`deepres.train`.
 
     Args:
-        net: a :class:`deepres.DeepResNet` with replicas; it is not modified.
-        x: (N, d_in). y: (N, d_out). steps: K. eta: η.
+        forward: (u, v) ↦ f, (R, N, d_out); replicas must be independent (J block
+            diagonal over replicas). u0, v0: the linearization point, (R, L, M, D).
+        y: targets (N, d_out). steps: K. eta: η. lr_multiplier: of u and v.
 
     Returns:
         f_lin after K steps, (R, N, d_out).
     """
-    stack = net.stack  # type: ignore[attr-defined]
-    u0 = stack.u.detach()
-    v0 = stack.v.detach()
-    h0 = net.embed(x).detach()  # type: ignore[operator]
-
-    def forward(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        h = residual_stack(h0, u, v, multiplier=stack.multiplier, pre_scale=stack.pre_scale,
-                           activation=stack.activation, backend="reference")
-        return net.readout(h)  # type: ignore[operator]
-
     f0, pullback = torch.func.vjp(forward, u0, v0)
     f_lin = f0.clone()
-    samples = x.shape[0]
-    lr = eta * float(stack.lr_multiplier)
+    samples = y.shape[0]
+    lr = eta * float(lr_multiplier)
     for _ in range(steps):
         grad_u, grad_v = pullback((f_lin - y) / samples)
         _, moved = torch.func.jvp(forward, (u0, v0), (-lr * grad_u, -lr * grad_v))
@@ -128,25 +143,63 @@ def linearized_training(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
     return f_lin
 
 
+def linearized_training(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, *, steps: int, eta: float,
+                        ) -> torch.Tensor:
+    """Train the linearization of a replicated DeepResNet around its current weights.
+
+    See :func:`tangent_training`; the network is not modified.
+
+    Args:
+        net: a :class:`deepres.DeepResNet` with replicas.
+        x: (N, d_in). y: (N, d_out). steps: K. eta: η.
+
+    Returns:
+        f_lin after K steps, (R, N, d_out).
+    """
+    stack = net.stack  # type: ignore[attr-defined]
+    h0 = net.embed(x).detach()  # type: ignore[operator]
+
+    def forward(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        h = residual_stack(h0, u, v, multiplier=stack.multiplier, pre_scale=stack.pre_scale,
+                           activation=stack.activation, backend="reference")
+        return net.readout(h)  # type: ignore[operator]
+
+    return tangent_training(forward, stack.u.detach(), stack.v.detach(), y, steps=steps, eta=eta,
+                            lr_multiplier=stack.lr_multiplier)
+
+
+def _per_replica_rms(t: torch.Tensor) -> torch.Tensor:
+    return t.double().pow(2).flatten(1).mean(1).sqrt()
+
+
 def lazy_measurements(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: torch.Tensor, *,
                       depth: int, hidden: int, replicas: int, alpha: float, eta: float, steps: int,
                       activation: str = "tanh", seed: int = 0) -> dict[str, Any]:
-    """Train R ResNets and their linearizations; measure how lazy training was.
+    """Train R ResNets, their lazy ODEs and their linearizations at one α; measure laziness.
 
     The networks start from paired units (see :func:`deepres.study.compare.build_resnet`):
     f(θ_0) is then the same for every α, so only the laziness of training changes
     with α, not the initial function (whose i.i.d. fluctuation would grow like α).
+    Pass the same ``seed`` for every α (common random numbers): the initial weights
+    are then the same draw at every α (they do not depend on α).
 
     Args:
         x: (N, d_in). y: (N, d_out). embed, readout: shared W_E (D, d_in), W_U (D, d_out).
-        depth: L. hidden: M. replicas: R. alpha: α. eta: η. steps: K.
-        activation: Default ``"tanh"``. seed: seed of the weights. Default 0.
+        depth: L. hidden: M (even). replicas: R. alpha: α. eta: η. steps: K.
+        activation: Default ``"tanh"``. seed: seed of the initial weights. Default 0.
 
     Returns:
         dict of (R,) tensors: ``weight_movement`` ‖θ_K − θ_0‖/‖θ_0‖,
         ``lazy_ode_distance`` RMS(f_K − f_ode,K)/RMS(f_K − f_0) (see the module docstring),
         ``linearization_distance`` RMS(f_K − f_lin,K)/RMS(f_K − f_0), ``output_movement``
         RMS(f_K − f_0), ``final_loss``, and ``nonfinite`` (bool).
+
+    Example:
+        >>> x, y, we, wu = torch.randn(6, 3), torch.randn(6, 2), torch.randn(4, 3), torch.randn(4, 2)
+        >>> out = lazy_measurements(x, y, we, wu, depth=2, hidden=2, replicas=2, alpha=4.0, eta=0.1,
+        ...                         steps=2)
+        >>> out["lazy_ode_distance"].shape
+        torch.Size([2])
     """
     net = build_resnet(embed, readout, depth=depth, hidden=hidden, replicas=replicas, alpha=alpha,
                        activation=activation, paired_units=True, seed=seed)
@@ -156,14 +209,52 @@ def lazy_measurements(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, rea
     result = train(net, x, y, steps=steps, eta=eta, record_steps=[0, steps], record_features=False)
     theta = torch.cat([net.stack.u.detach().flatten(1), net.stack.v.detach().flatten(1)], 1)
     f0, fk = result.recorded_outputs[0].double(), result.recorded_outputs[-1].double()
-    per = lambda t: t.pow(2).flatten(1).mean(1).sqrt()  # RMS per replica
-    moved = per(fk - f0)
+    moved = _per_replica_rms(fk - f0)
     return {
         "weight_movement": ((theta - theta0).double().norm(dim=1) / theta0.double().norm(dim=1)).cpu(),
-        "lazy_ode_distance": (per(fk - lazy_ode.outputs.double()) / moved).cpu(),
-        "linearization_distance": (per(fk - f_lin.double()) / moved).cpu(),
+        "lazy_ode_distance": (_per_replica_rms(fk - lazy_ode.outputs) / moved).cpu(),
+        "linearization_distance": (_per_replica_rms(fk - f_lin) / moved).cpu(),
         "output_movement": moved.cpu(),
         "final_loss": result.losses[-1].cpu(),
         "nonfinite": (result.nonfinite | lazy_ode.nonfinite
                       | ~torch.isfinite(f_lin).flatten(1).all(1)).cpu(),
     }
+
+
+def lazy_limit(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: torch.Tensor, *, depth: int,
+               hidden: int, replicas: int, eta: float, steps: int, activation: str = "tanh", seed: int = 0,
+               ) -> dict[str, Any]:
+    """The α → ∞ limit of the linearization distance: d_∞ between the lazy ODE and its tangent.
+
+    Trains the lazy ODE (:class:`BlockLinearizedNet`) and its own tangent model
+    f_0 + J_ode·(θ − θ_0) (:func:`tangent_training`) at α = 1, which is the α-free
+    system in the rescaled weights δ = α(θ − θ_0) (see the module docstring), from
+    the paired-unit weights that :func:`lazy_measurements` draws with the same seed.
+
+    Args:
+        x, y, embed, readout, depth, hidden, replicas, eta, steps, activation, seed: as for
+            :func:`lazy_measurements` (no α).
+
+    Returns:
+        dict of (R,) tensors: ``d_inf`` RMS(f_ode,K − f_tan,K)/RMS(f_ode,K − f_0),
+        ``ode_movement`` RMS(f_ode,K − f_0), ``nonfinite`` (bool).
+
+    Example:
+        >>> x, y, we, wu = torch.randn(6, 3), torch.randn(6, 2), torch.randn(4, 3), torch.randn(4, 2)
+        >>> lazy_limit(x, y, we, wu, depth=2, hidden=2, replicas=2, eta=0.1, steps=2)["d_inf"].shape
+        torch.Size([2])
+    """
+    net = build_resnet(embed, readout, depth=depth, hidden=hidden, replicas=replicas, alpha=1.0,
+                       activation=activation, paired_units=True, seed=seed)
+    lazy = BlockLinearizedNet(net)
+    u0, v0 = lazy.u0.clone(), lazy.v0.clone()
+
+    def forward(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return lazy.readout(lazy.features_at(x, u, v))
+
+    f_tan = tangent_training(forward, u0, v0, y, steps=steps, eta=eta, lr_multiplier=lazy.lr_multiplier)
+    result = train(lazy, x, y, steps=steps, eta=eta, record_steps=[0, steps], record_features=False)
+    f0, fk = result.recorded_outputs[0].double(), result.recorded_outputs[-1].double()
+    moved = _per_replica_rms(fk - f0)
+    return {"d_inf": (_per_replica_rms(fk - f_tan) / moved).cpu(), "ode_movement": moved.cpu(),
+            "nonfinite": (result.nonfinite | ~torch.isfinite(f_tan).flatten(1).all(1)).cpu()}

@@ -6,10 +6,16 @@
 * ``error_vs_width.png``: fluctuation against M, one colour per L;
 * ``bias_vs_depth.png``: the bias with its replica standard error, fitted and −1 slopes;
 * ``alpha_sweep.png``: the lazy sweep: weight movement, distance to the lazy ODE and
-  to the network's linearization, against α.
+  to the network's linearization against α, with d_∞ and the −1, −2 guides;
+* ``fluctuation_vs_alpha.png``: the α axis: the fluctuation against α at
+  initialization and after training, in output and embedding space, the fitted range
+  shaded;
+* ``error_vs_dim.png`` (with ≥ 2 dims): the fluctuation against D at initialization
+  and after training, in output space and in embedding space (per-coordinate RMS),
+  with the +1/2 slope of the bound.
 
-Every plot shows the output space at the last recorded step of the first group
-(seed, D, α, η, steps) of the report.
+The first three plots show the output space at the last recorded step of the first
+group (seed, D, α, η, steps) of the report.
 """
 
 from __future__ import annotations
@@ -138,25 +144,111 @@ def plot_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     fig.savefig(written[-1], dpi=120)
     plt.close(fig)
 
-    points = report["lazy"]["points"]
-    if points:
-        first = points[0]
-        sub = [p for p in points if all(p[k] == first[k] for k in ("seed", "dim", "eta", "steps"))]
-        alphas = [p["alpha"] for p in sub]
-        fig, ax = plt.subplots(figsize=(6.4, 4.8))
-        for name, marker, label in (("weight_movement", "o-", "relative weight movement"),
-                                    ("lazy_ode_distance", "s-", "distance to the lazy ODE"),
-                                    ("linearization_distance", "^-", "distance to the linearization")):
-            fit = next((f for f in report["lazy"]["fits"] if f["name"] == f"{name}_vs_alpha"), None)
-            if fit is not None and fit["slope"] is not None:
-                label += f" (slope {fit['slope']:.2f})"
-            ax.plot(alphas, [p[name] for p in sub], marker, label=label)
-        _guide(ax, alphas, sub[0]["weight_movement"] * 1.5, -1.0, color="k", ls=":", label="slope −1")
-        ax.set(xscale="log", yscale="log", xlabel="α", ylabel="relative size",
-               title=f"Lazy regime: L={sub[0]['depth']}, M={sub[0]['hidden']}, D={sub[0]['dim']}")
-        ax.legend(fontsize=7)
-        written.append(out / "alpha_sweep.png")
-        fig.tight_layout()
-        fig.savefig(written[-1], dpi=120)
-        plt.close(fig)
+    written += _plot_lazy(plt, report, out)
+    written += _plot_alpha_axis(plt, report, out)
+    written += _plot_dims(plt, report, out)
     return written
+
+
+def _save(plt: Any, fig: Any, path: Path) -> list[Path]:
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return [path]
+
+
+def _plot_lazy(plt: Any, report: dict[str, Any], out: Path) -> list[Path]:
+    points = report["lazy"]["points"]
+    if not points:
+        return []
+    first = points[0]
+    sub = [p for p in points if all(p[k] == first[k] for k in ("seed", "dim", "eta", "steps"))]
+    alphas = [p["alpha"] for p in sub]
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for name, marker, label in (("weight_movement", "o-", "relative weight movement"),
+                                ("lazy_ode_distance", "s-", "distance to the lazy ODE"),
+                                ("linearization_distance", "^-", "distance to the linearization")):
+        fit = next((f for f in report["lazy"]["fits"] if f["name"] == f"{name}_vs_alpha"), None)
+        if fit is not None and fit["slope"] is not None:
+            span = f", α ≥ {fit['range'][0]:g}" if fit["range"] else ""
+            label += f" (slope {fit['slope']:.2f}{span})"
+        ax.plot(alphas, [p[name] for p in sub], marker, label=label)
+    d_inf = report["lazy"]["d_inf"][0]["d_inf"] if report["lazy"]["d_inf"] else None
+    if d_inf is not None:
+        ax.axhline(d_inf, color="C2", ls=":", lw=1, label=f"d∞ = {d_inf:.3f} (lazy ODE vs its tangent model)")
+    _guide(ax, alphas, sub[0]["weight_movement"] * 1.5, -1.0, color="k", ls=":", label="slope −1")
+    _guide(ax, alphas, sub[0]["lazy_ode_distance"] * 0.5, -2.0, color="k", ls="--", label="slope −2")
+    ax.set(xscale="log", yscale="log", xlabel="α", ylabel="relative size",
+           title=f"Lazy regime: L={sub[0]['depth']}, M={sub[0]['hidden']}, D={sub[0]['dim']}, "
+                 f"same initial weights at every α")
+    ax.legend(fontsize=7)
+    return _save(plt, fig, out / "alpha_sweep.png")
+
+
+def _plot_alpha_axis(plt: Any, report: dict[str, Any], out: Path) -> list[Path]:
+    rows = report.get("alpha_axis", {}).get("points", [])
+    if not rows:
+        return []
+    first = rows[0]
+    keys = ("seed", "dim", "eta", "steps")
+    fig, ax = plt.subplots(figsize=(6.4, 4.8))
+    for color, space in (("C0", "output"), ("C1", "embedding")):
+        sub = [r for r in rows if r["space"] == space and all(r[k] == first[k] for k in keys)]
+        alphas = [r["alpha"] for r in sub]
+        fit = next((f for f in report["fits"] if f["name"] == "fluctuation_vs_alpha" and f["space"] == space
+                    and all(f["fixed"][k] == first[k] for k in keys)), None)
+        label = f"{space}, after {first['steps']} steps"
+        if fit is not None and fit["slope"] is not None:
+            label += f" (slope {fit['slope']:.2f} [{fit['ci_low']:.2f}, {fit['ci_high']:.2f}])"
+            _fit_line(ax, fit, color)
+        ax.plot(alphas, [r["fluctuation"] for r in sub], "o", color=color, label=label)
+        ax.plot(alphas, [r["fluctuation_init"] for r in sub], "o", mfc="none", color=color, alpha=0.6,
+                label=f"{space}, at initialization")
+    low, high = report["alpha_axis"]["range"]
+    ax.axvspan(low, high, color="0.9", zorder=0, label=f"fitted range α ∈ [{low:g}, {high:g}]")
+    sub = [r for r in rows if r["space"] == "output" and all(r[k] == first[k] for k in keys)]
+    _guide(ax, [r["alpha"] for r in sub], sub[0]["fluctuation_init"] * 0.5, 1.0, color="k", ls=":",
+           label="slope +1")
+    ax.set(xscale="log", yscale="log", xlabel="α", ylabel="fluctuation (RMS spread across replicas)",
+           title=f"Fluctuation vs α: L={first['depth']}, M={first['hidden']}, D={first['dim']}")
+    ax.legend(fontsize=7)
+    return _save(plt, fig, out / "fluctuation_vs_alpha.png")
+
+
+def _plot_dims(plt: Any, report: dict[str, Any], out: Path) -> list[Path]:
+    config = report["config"]
+    dims = config["dims"]
+    if len(dims) < 2:
+        return []
+    limit = report["limits"][0]
+    group = {k: limit[k] for k in ("seed", "alpha", "eta", "steps")}
+    widths = config["widths"]
+    hidden = widths[len(widths) // 2]
+    last = limit["record_steps"][-1]
+    colors = plt.get_cmap("viridis")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
+    for ax, space in zip(axes, ("output", "embedding"), strict=True):
+        for i, depth in enumerate(config["depths"]):
+            color = colors(i / max(len(config["depths"]) - 1, 1))
+            for step, style in ((last, "o-"), (0, "o:")):
+                values = []
+                for dim in dims:
+                    row = next((r for r in report["measurements"] if r["space"] == space and r["step"] == step
+                                and r["depth"] == depth and r["hidden"] == hidden and r["dim"] == dim
+                                and all(r[k] == v for k, v in group.items())), None)
+                    values.append(row["fluctuation"] if row else float("nan"))
+                ax.plot(dims, values, style, color=color, mfc=color if step else "none",
+                        label=f"L={depth}" if step else None)
+        scale = [r["fluctuation"] for r in report["measurements"] if r["space"] == space and r["step"] == 0
+                 and r["hidden"] == hidden and r["dim"] == dims[0]]
+        if scale:
+            _guide(ax, dims, min(scale) * 0.5, 0.5, color="k", ls="--", label="slope +1/2 (the bound)")
+        what = "f" if space == "output" else "h_L (per-coordinate RMS)"
+        ax.set(xscale="log", yscale="log", xlabel="embedding dimension D", ylabel=f"fluctuation of {what}",
+               title=f"{space} space, M={hidden}")
+        ax.set_xticks(dims, [str(d) for d in dims])
+        ax.tick_params(axis="x", which="minor", bottom=False, labelbottom=False)
+        ax.legend(fontsize=7, ncol=2)
+    fig.suptitle(f"Fluctuation vs D: filled after {last} steps, open at initialization "
+                 "(the norm of h adds +1/2 to every slope)", fontsize=10)
+    return _save(plt, fig, out / "error_vs_dim.png")

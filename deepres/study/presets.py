@@ -12,16 +12,21 @@ cuts it into units of work (see :mod:`deepres.study.sweep`). Presets:
   RK4 grid. About 35 s on the 2-core CPU.
 * ``paper`` — the large sweep for a GPU: L up to 1024, M up to 64, D ∈ {4, 16},
   several α, more replicas and a finer limit.
+* ``large`` — large L on the 2-core CPU (under 45 minutes there): L ∈ {16, 64, 256,
+  1024}, M ∈ {1, 4, 16}, D ∈ {4, 8, 16}, 256 replicas, the limit from 4 sets of 16384
+  particles; the α axis at (L, M) = (256, 4) for α from 0.5 to 32, fitted over [2, 16];
+  the lazy sweep at (32, 4) for α up to 128.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from deepres.activations import check_activation
-from deepres.study.compare import SOLVERS, limit_backend
+from deepres.study.compare import SOLVERS
 from deepres.study.data import TASKS
 
 __all__ = ["PRESETS", "StudyConfig", "preset"]
@@ -46,13 +51,19 @@ class StudyConfig:
         antithetic: replicas in antithetic pairs (u, v), (u, −v) [True].
         particles: K per limit set [16384]. grid_steps: N [16]. limit_sets: independent
             particle sets averaged into the limit [8]. solver: ``"euler"``, ``"midpoint"``,
-            ``"rk4"``; None picks rk4 when deepres.meanode provides MeanODENet, else euler [None].
-        particle_init: ``"sobol"`` or ``"antithetic"``; None picks sobol with MeanODENet,
-            else antithetic [None].
+            ``"rk4"``; None means rk4 [None].
+        particle_init: ``"sobol"`` or ``"antithetic"``; None means sobol [None].
         activation: ["tanh"]. dtype: ``"float32"`` or ``"float64"`` ["float32"].
         records: how many steps to record, evenly spaced from 0 to the last [5].
-        lazy_alphas: α values of the lazy sweep, [] to skip [1, 2, 4, 8, 16, 32].
+        alpha_axis: α values of the α axis, [] to skip [0.5, 1, 2, 4, 8, 16]: ResNets at one
+            (L, M) (``alpha_axis_depth``, ``alpha_axis_hidden`` [64, 4]) for every α, for the
+            fluctuation's rate in α (the fluctuation is the replicas' spread: no limit needed).
+        alpha_fit: [low, high], the α range of the ``fluctuation_vs_alpha`` fit [2, 8]: where
+            the bound's α/√(LM) term dominates at (64, 4) (see docs/study.md).
+        lazy_alphas: α values of the lazy sweep, [] to skip [1, 2, 4, ..., 256].
         lazy_depth, lazy_hidden, lazy_replicas: shape of its networks [16, 4, 16].
+        lazy_fit_min: the lazy-ODE distance is fitted from this α on, its asymptotic
+            1/α² range [16].
         bootstrap: bootstrap draws per fit [400]. level: CI coverage [0.95].
         ref_ratio: a point enters a fit only if reference error ≤ ref_ratio × error [1/3].
         noise_ratio: a bias enters a fit only if it is ≥ noise_ratio × its replica
@@ -78,10 +89,15 @@ class StudyConfig:
     activation: str = "tanh"
     dtype: str = "float32"
     records: int = 5
-    lazy_alphas: list[float] = field(default_factory=lambda: [1.0, 2.0, 4.0, 8.0, 16.0, 32.0])
+    alpha_axis: list[float] = field(default_factory=lambda: [0.5, 1.0, 2.0, 4.0, 8.0, 16.0])
+    alpha_axis_depth: int = 64
+    alpha_axis_hidden: int = 4
+    alpha_fit: list[float] = field(default_factory=lambda: [2.0, 8.0])
+    lazy_alphas: list[float] = field(default_factory=lambda: [float(2**i) for i in range(9)])
     lazy_depth: int = 16
     lazy_hidden: int = 4
     lazy_replicas: int = 16
+    lazy_fit_min: float = 16.0
     bootstrap: int = 400
     level: float = 0.95
     ref_ratio: float = 1 / 3
@@ -97,9 +113,17 @@ class StudyConfig:
                 raise ValueError(f"{name} must hold ints ≥ 1; got {getattr(self, name)!r}")
         if any(not isinstance(v, int) or v < 0 for v in self.steps):
             raise ValueError(f"steps must hold ints ≥ 0; got {self.steps!r}")
-        for name in ("alphas", "etas", "lazy_alphas"):
+        for name in ("alphas", "etas", "lazy_alphas", "alpha_axis", "alpha_fit"):
             if any(not float(v) > 0 for v in getattr(self, name)):
                 raise ValueError(f"{name} must hold numbers > 0; got {getattr(self, name)!r}")
+        if len(self.alpha_fit) != 2 or not self.alpha_fit[0] < self.alpha_fit[1]:
+            raise ValueError(f"alpha_fit must be [low, high] with low < high; got {self.alpha_fit!r}")
+        for name in ("alpha_axis_depth", "alpha_axis_hidden", "lazy_depth", "lazy_hidden", "lazy_replicas"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int ≥ 1; got {value!r}")
+        if not float(self.lazy_fit_min) > 0:
+            raise ValueError(f"lazy_fit_min must be > 0; got {self.lazy_fit_min!r}")
         if self.antithetic and self.replicas % 2:
             raise ValueError(f"replicas must be even with antithetic pairs; got {self.replicas}")
         if self.replicas < 2:
@@ -128,17 +152,13 @@ class StudyConfig:
 
     @property
     def resolved_solver(self) -> str:
-        """The solver the limit uses: the configured one, or rk4 with MeanODENet and euler without."""
-        if self.solver is not None:
-            return self.solver
-        return "rk4" if limit_backend("rk4") == "meanode" else "euler"
+        """The solver the limit uses: the configured one, else rk4."""
+        return self.solver if self.solver is not None else "rk4"
 
     @property
     def resolved_particle_init(self) -> str:
-        """The particle init: the configured one, or sobol with MeanODENet and antithetic without."""
-        if self.particle_init is not None:
-            return self.particle_init
-        return "sobol" if limit_backend("rk4") == "meanode" else "antithetic"
+        """The limit's particle init: the configured one, else sobol."""
+        return self.particle_init if self.particle_init is not None else "sobol"
 
     def as_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self) | {"resolved_solver": self.resolved_solver,
@@ -165,23 +185,55 @@ class StudyConfig:
         return group | {"kind": "resnet", "depth": depth, "hidden": hidden, "replicas": self.replicas,
                         "antithetic": self.antithetic}
 
+    def _others(self) -> list[tuple[int, int, float, int]]:
+        """(seed, D, η, steps) of every group, without α (the α axis and the lazy sweep vary it)."""
+        return [(seed, dim, eta, steps) for seed in self.seeds for dim in self.dims for eta in self.etas
+                for steps in self.steps]
+
+    def alpha_axis_units(self) -> list[dict[str, Any]]:
+        """The α axis: ResNet units at (``alpha_axis_depth``, ``alpha_axis_hidden``), one per α.
+
+        They are plain ``resnet`` units: one that the main grid also has is the same unit.
+        """
+        return [self.resnet_unit(self._base(seed, dim, alpha, eta, steps), self.alpha_axis_depth,
+                                 self.alpha_axis_hidden)
+                for seed, dim, eta, steps in self._others() for alpha in self.alpha_axis]
+
+    def _lazy_shape(self) -> dict[str, Any]:
+        # shared_weights: every α starts from the same weights (common random numbers); it also
+        # keeps these units apart from stored ones that drew new weights at each α.
+        return {"depth": self.lazy_depth, "hidden": self.lazy_hidden, "replicas": self.lazy_replicas,
+                "dtype": "float64", "shared_weights": True}
+
     def lazy_units(self) -> list[dict[str, Any]]:
-        """The α-sweep units (float64: the distances reach 1e-5 and below)."""
-        return [self._base(seed, dim, alpha, eta, steps)
-                | {"kind": "lazy", "depth": self.lazy_depth, "hidden": self.lazy_hidden,
-                   "replicas": self.lazy_replicas, "dtype": "float64"}
-                for seed in self.seeds for dim in self.dims for eta in self.etas for steps in self.steps
-                for alpha in self.lazy_alphas]
+        """The α-sweep units (float64: the distances reach 1e-7)."""
+        return [self._base(seed, dim, alpha, eta, steps) | {"kind": "lazy"}
+                | self._lazy_shape()
+                for seed, dim, eta, steps in self._others() for alpha in self.lazy_alphas]
+
+    def lazy_limit_units(self) -> list[dict[str, Any]]:
+        """The α → ∞ limit of each lazy sweep (d_∞): α-free, one per sweep; none without a sweep."""
+        if not self.lazy_alphas:
+            return []
+        out = []
+        for seed, dim, eta, steps in self._others():
+            base = {k: v for k, v in self._base(seed, dim, 1.0, eta, steps).items() if k != "alpha"}
+            out.append(base | {"kind": "lazy_limit"} | self._lazy_shape())
+        return out
 
     def units(self) -> list[dict[str, Any]]:
-        """Every unit of work of the study."""
+        """Every unit of work of the study, each once."""
         out: list[dict[str, Any]] = []
         for group in self.groups():
             out.append(self.limit_unit(group))
             out.append(self.limit_unit(group, grid_check=True))
             out.extend(self.resnet_unit(group, depth, hidden)
                        for hidden in self.widths for depth in self.depths)
-        return out + self.lazy_units()
+        out += self.alpha_axis_units() + self.lazy_units() + self.lazy_limit_units()
+        unique: dict[str, dict[str, Any]] = {}
+        for unit in out:
+            unique.setdefault(json.dumps(unit, sort_keys=True), unit)
+        return list(unique.values())
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -191,6 +243,18 @@ PRESETS: dict[str, dict[str, Any]] = {
         "alphas": [1.0], "steps": [50], "replicas": 512, "particles": 65536, "grid_steps": 32,
         "limit_sets": 16, "lazy_alphas": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "lazy_depth": 64,
         "lazy_hidden": 8, "lazy_replicas": 32, "bootstrap": 1000,
+    },
+    # NOTE: sized with deepres.study.estimate's model to about 19 minutes of the 2-core CPU at
+    # load 2–3 (the ResNets 15, the limits 2, the lazy sweeps 2), so that it ends within 45
+    # minutes even when the machine runs twice slower; 4 depths a factor 4 apart cost a third
+    # less than 7 a factor 2 apart, for fits over the same two and a half decades. The α axis
+    # at L·M = 1024 follows the fluctuation's +1 from α = 2 to √(LM)/2 = 16 (measured local
+    # slopes 0.86–1.02 there, 0.61 from 16 to 32).
+    "large": {
+        "depths": [16, 64, 256, 1024], "widths": [1, 4, 16], "dims": [4, 8, 16], "replicas": 256,
+        "limit_sets": 4, "alpha_axis": [0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0], "alpha_axis_depth": 256,
+        "alpha_axis_hidden": 4, "alpha_fit": [2.0, 16.0], "lazy_alphas": [float(2**i) for i in range(8)],
+        "lazy_depth": 32, "lazy_hidden": 4, "lazy_replicas": 8,
     },
 }
 

@@ -6,7 +6,8 @@ A study is cut into independent *units*, each a plain JSON-able dict:
 * ``{"kind": "limit", ...}``: the limit for one (D, α, η, steps, seed), with ``sets``
   independent particle draws of K particles on an N-step grid (the grid check is
   another limit unit with N/2 steps);
-* ``{"kind": "lazy", ...}``: the α-sweep measurements of one (L, M, D, α, η, steps, seed).
+* ``{"kind": "lazy", ...}``: the α-sweep measurements of one (L, M, D, α, η, steps, seed);
+* ``{"kind": "lazy_limit", ...}``: the α → ∞ limit of that sweep (d_∞), α-free.
 
 A unit's result depends only on the unit (its seeds are derived from its content),
 so units can run in any order, on any worker. :class:`ResultStore` keeps one file
@@ -39,7 +40,8 @@ import torch
 
 from deepres.study.compare import build_limit_sets, build_resnet, coupling_weights
 from deepres.study.data import make_task
-from deepres.study.lazy import lazy_measurements
+from deepres.study.estimate import format_seconds, model_seconds
+from deepres.study.lazy import lazy_limit, lazy_measurements
 from deepres.training import train
 
 __all__ = [
@@ -47,13 +49,13 @@ __all__ = [
     "LocalExecutor",
     "ResultStore",
     "derived_seed",
+    "lazy_weight_seed",
     "run_unit",
     "run_units",
     "unit_cost",
     "unit_key",
 ]
 
-_COST_SCALE = 1e3
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
@@ -69,25 +71,19 @@ def derived_seed(*parts: object) -> int:
     return int(hashlib.sha256(text.encode()).hexdigest()[:15], 16)
 
 
-def unit_cost(unit: dict[str, Any]) -> float:
-    """Rough relative cost of a unit, for the progress bar's ETA.
+def lazy_weight_seed(unit: dict[str, Any]) -> int:
+    """Seed of the initial weights of a ``lazy`` or ``lazy_limit`` unit: the same for every α.
 
-    A layer (or solver stage) costs a fixed overhead (a few kernel launches) plus its
-    arithmetic: steps × layers × (1 + unit-evaluations per layer / 2·10⁵).
+    Derived from the unit without its α and kind, so that every α of a sweep, and its
+    α → ∞ limit, start from the same draw (common random numbers).
     """
-    # NOTE: 2·10⁵ unit-sample evaluations per layer cost about as much as one layer's
-    # fixed launch overhead on a 2-core CPU (measured with the quick preset's units).
-    overhead = 2e5
-    samples = unit["samples"]
-    steps = max(unit["steps"], 1)
-    if unit["kind"] == "resnet":
-        return steps * unit["depth"] * (1 + unit["replicas"] * unit["hidden"] * samples / overhead)
-    if unit["kind"] == "limit":
-        stages = {"euler": 1, "midpoint": 2, "rk4": 4}[unit["solver"]]
-        layers = unit["sets"] * unit["grid_steps"] * stages
-        return steps * layers * (1 + unit["particles"] * samples / overhead)
-    # lazy: the network, its lazy ODE (plain autograd) and its linearization (forward + reverse).
-    return 6 * steps * unit["depth"] * (1 + unit["replicas"] * unit["hidden"] * samples / overhead)
+    return derived_seed("lazy", {k: v for k, v in unit.items() if k not in ("alpha", "kind")})
+
+
+def unit_cost(unit: dict[str, Any]) -> float:
+    """Predicted wall time of a unit on the reference CPU, in seconds, for ordering and the
+    progress bar (:func:`deepres.study.estimate.model_seconds`)."""
+    return model_seconds(unit)
 
 
 def _task_and_coupling(unit: dict[str, Any], device: torch.device | str | None,
@@ -119,7 +115,8 @@ def run_unit(unit: dict[str, Any], *, device: torch.device | str | None = None,
         ``record_steps``, ``losses`` (steps+1, R), ``nonfinite`` (R,), ``nonfinite_step``
         (R,), ``weight_movement`` (R,) = ‖θ_K − θ_0‖/‖θ_0‖. For ``limit``: ``outputs``
         (S, sets, N, d_out), ``features`` (S, sets, N, D), ``losses``, ``nonfinite``.
-        For ``lazy``: see :func:`deepres.study.lazy.lazy_measurements`. Always
+        For ``lazy``: see :func:`deepres.study.lazy.lazy_measurements`; for ``lazy_limit``:
+        :func:`deepres.study.lazy.lazy_limit`. Always
         ``seconds`` (wall time).
     """
     start = time.perf_counter()
@@ -143,8 +140,7 @@ def run_unit(unit: dict[str, Any], *, device: torch.device | str | None = None,
         nets = build_limit_sets(embed, readout, particles=unit["particles"], grid_steps=unit["grid_steps"],
                                 sets=unit["sets"], alpha=unit["alpha"], activation=unit["activation"],
                                 solver=unit["solver"], particle_init=unit["particle_init"],
-                                seed=derived_seed("limit", unit["seed"], unit["dim"], unit["particles"]),
-                                backend=backend)
+                                seed=derived_seed("limit", unit["seed"], unit["dim"], unit["particles"]))
         results = [train(net, x, y, steps=unit["steps"], eta=unit["eta"], record_steps=record)
                    for net in nets]
 
@@ -162,9 +158,13 @@ def run_unit(unit: dict[str, Any], *, device: torch.device | str | None = None,
         out = lazy_measurements(x, y, embed, readout, depth=unit["depth"], hidden=unit["hidden"],
                                 replicas=unit["replicas"], alpha=unit["alpha"], eta=unit["eta"],
                                 steps=unit["steps"], activation=unit["activation"],
-                                seed=derived_seed("lazy", unit))
+                                seed=lazy_weight_seed(unit))
+    elif kind == "lazy_limit":
+        out = lazy_limit(x, y, embed, readout, depth=unit["depth"], hidden=unit["hidden"],
+                         replicas=unit["replicas"], eta=unit["eta"], steps=unit["steps"],
+                         activation=unit["activation"], seed=lazy_weight_seed(unit))
     else:
-        raise ValueError(f"unit kind must be 'resnet', 'limit' or 'lazy'; got {kind!r}")
+        raise ValueError(f"unit kind must be 'resnet', 'limit', 'lazy' or 'lazy_limit'; got {kind!r}")
     out["seconds"] = time.perf_counter() - start
     return out
 
@@ -264,14 +264,17 @@ class LocalExecutor:
 
 def run_units(units: Sequence[dict[str, Any]], store: ResultStore, *, executor: Executor | None = None,
               device: torch.device | str | None = None, backend: str = "auto", progress: bool = True,
-              ) -> dict[str, int]:
+              cost: Callable[[dict[str, Any]], float] | None = None) -> dict[str, int]:
     """Run the units that the store does not hold yet; store each as it finishes.
 
     Args:
         units: the study's units. store: where results go.
         executor: Default :class:`LocalExecutor`.
         device: Default CPU. backend: stack backend. Default ``"auto"``.
-        progress: show a tqdm bar weighted by :func:`unit_cost` (its ETA). Default True.
+        progress: show a tqdm bar weighted by ``cost`` (its ETA). Default True.
+        cost: a unit's predicted seconds, for the order (cheapest first) and the bar; e.g.
+            the model scaled to this machine by :func:`deepres.study.estimate.calibrate`.
+            Default :func:`unit_cost` (the reference CPU's).
 
     Returns:
         ``{"total": ..., "resumed": ..., "ran": ..., "failed": ...}`` counts of units
@@ -282,29 +285,32 @@ def run_units(units: Sequence[dict[str, Any]], store: ResultStore, *, executor: 
     todo = [u for u in units if not store.has(u)]
     counts = {"total": len(units), "resumed": len(units) - len(todo), "ran": 0, "failed": 0}
     # Cheapest first: the bar's rate settles early and an interruption keeps the most units.
-    todo.sort(key=unit_cost)
+    cost = cost or unit_cost
+    todo.sort(key=cost)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        # The bar counts work (unit_cost), not units, so that its ETA weighs big units right.
-        total = sum(unit_cost(u) for u in todo) / _COST_SCALE
+        # The bar counts predicted seconds, not units, so that its ETA weighs big units right;
+        # until the first unit ends, the postfix shows the prediction itself.
+        total = sum(cost(u) for u in todo)
         bar = tqdm(total=total, desc="study", bar_format="{l_bar}{bar}| {percentage:3.0f}% "
                    "[{elapsed}<{remaining}] {postfix}")
-        bar.set_postfix_str(f"{counts['resumed']} units resumed, {len(todo)} to run")
+        bar.set_postfix_str(f"{counts['resumed']} units resumed, {len(todo)} to run, "
+                            f"about {format_seconds(total)}")
 
     def done(unit: dict[str, Any], result: dict[str, Any]) -> None:
         store.save(unit, result)
         counts["ran"] += 1
         if bar is not None:
-            bar.update(unit_cost(unit) / _COST_SCALE)
+            bar.update(cost(unit))
             bar.set_postfix_str(f"{unit_key(unit)[:14]} {result['seconds']:.1f}s")
 
     def failed(unit: dict[str, Any], message: str) -> None:
         store.save_failure(unit, message)
         counts["failed"] += 1
         if bar is not None:
-            bar.update(unit_cost(unit) / _COST_SCALE)
+            bar.update(cost(unit))
             bar.set_postfix_str(f"{unit_key(unit)[:14]} FAILED")
 
     def work(unit: dict[str, Any]) -> dict[str, Any]:
