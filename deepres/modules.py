@@ -145,8 +145,7 @@ class _FullPrecisionMatmul(torch.autograd.Function):
     matmul would compute the embedding's and readout's gradients in the
     autocast dtype; here they stay in the inputs' precision. b may be
     broadcast against a's leading axes (the replicas): its gradient is summed
-    over them. Differentiable again (the backward is made of matmuls), with a
-    forward-mode rule and a vmap rule, so ``torch.func`` transforms work too.
+    over them. Differentiable again (the backward is made of matmuls).
     """
 
     generate_vmap_rule = True
@@ -159,7 +158,6 @@ class _FullPrecisionMatmul(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output) -> None:
         ctx.save_for_backward(*inputs)
-        ctx.save_for_forward(*inputs)
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor):  # type: ignore[override]
@@ -174,16 +172,15 @@ class _FullPrecisionMatmul(torch.autograd.Function):
                     grad_b = grad_b.sum(0)
         return grad_a, grad_b
 
-    @staticmethod
-    def jvp(ctx, tangent_a: torch.Tensor | None, tangent_b: torch.Tensor | None) -> torch.Tensor:
-        a, b = ctx.saved_tensors
-        with autocast_disabled(a.device.type):
-            out = None
-            if tangent_a is not None:
-                out = tangent_a @ b
-            if tangent_b is not None:
-                out = a @ tangent_b if out is None else out + a @ tangent_b
-        return out
+
+
+def _full_precision_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """a @ b in the inputs' precision: plainly, or through :class:`_FullPrecisionMatmul` inside an
+    autocast region (plain outside, so that ``torch.func`` transforms, which need a forward-mode
+    rule that dynamo cannot trace, work on the modules)."""
+    if a.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(a.device.type):
+        return _FullPrecisionMatmul.apply(a, b)
+    return a @ b
 
 
 def draw_embedding_and_readout(in_features: int, out_features: int, dim: int, *,
@@ -230,7 +227,7 @@ class EmbeddedNetwork(nn.Module):
             if not (autocast and x.dtype in _HALF):
                 raise TypeError(f"x must have dtype {dtype}; got {x.dtype}")
             x = x.to(dtype)  # an autocast-ed layer's output: the stream stays in full precision
-        return _FullPrecisionMatmul.apply(x, self.embed_weight.T)
+        return _full_precision_matmul(x, self.embed_weight.T)
 
     def scaled_parameters(self) -> Iterator[ScaledParameter]:
         """W_E and W_U when they are trained, with multiplier 1 (see :mod:`deepres.scaling`)."""
@@ -241,7 +238,7 @@ class EmbeddedNetwork(nn.Module):
 
     def readout(self, h: torch.Tensor) -> torch.Tensor:
         """f = W_Uᵀ h / D: (..., N, D) → (..., N, d_out), in h's precision even under autocast."""
-        return _FullPrecisionMatmul.apply(h, self.readout_weight) / self.readout_weight.shape[0]
+        return _full_precision_matmul(h, self.readout_weight) / self.readout_weight.shape[0]
 
     def body(self, h0: torch.Tensor) -> torch.Tensor:  # pragma: no cover - abstract
         """h_0 ↦ the final embedding (the residual stack, or the mean ODE)."""
