@@ -16,15 +16,13 @@ import pytest
 import torch
 
 from deepres.benchmark import cli
-from deepres.benchmark.harness import RESULT_FIELDS, BenchConfig, fit_growth, measure, run_benchmark
+from deepres.benchmark.case import Case, Inputs, make_inputs
+from deepres.benchmark.config import BenchConfig
+from deepres.benchmark.growth import fit_growth
+from deepres.benchmark.harness import run_benchmark
+from deepres.benchmark.measure import RESULT_FIELDS, measure
 from deepres.benchmark.memory import SavedTensorCounter
-from deepres.benchmark.providers import (
-    Case,
-    Inputs,
-    make_inputs,
-    meanode_providers,
-    stack_providers,
-)
+from deepres.benchmark.providers import meanode_providers, stack_providers
 from deepres.benchmark.report import CSV_COLUMNS, format_table, write_csv, write_json, write_plot
 from deepres.benchmark.timing import TimingOptions, quantile
 from deepres.engines.reference import reference_residual_stack
@@ -113,7 +111,7 @@ def test_inputs_are_identical_for_every_draw() -> None:
 
 
 def test_saved_bytes_accounting_is_exact() -> None:
-    # DESIGN §1: the engine keeps L·B·D numbers; plain autograd with tanh keeps h and σ(z): L·B·(D + M).
+    # The engine keeps L·B·D numbers; plain autograd with tanh keeps h and σ(z): L·B·(D + M).
     case = Case(depth=6, batch=5, dim=3, hidden=7, dtype="float64", seed=1)
     inputs = make_inputs(case)
     item = 8
@@ -152,7 +150,7 @@ def test_unavailable_providers_are_skipped_with_a_reason() -> None:
 
 
 def test_build_failure_is_reported_as_skipped() -> None:
-    from deepres.benchmark.providers import Provider
+    from deepres.benchmark.runner import Provider
 
     def broken(case, inputs):
         raise RuntimeError("no compiler found")
@@ -243,8 +241,8 @@ def test_presets_and_quick_resolve_to_valid_configs() -> None:
         config.selected_providers()
     quick = cli.resolve(parser.parse_args(["--quick", "--depths", "32"]))
     assert quick["depths"] == [32] and quick["max_time"] == 2.0
-    issue2 = cli.resolve(parser.parse_args(["--preset", "issue2"]))
-    assert (issue2["depths"], issue2["batch"], issue2["dims"], issue2["hidden"]) == ([2048], [256], [32], [128])
+    engine = cli.resolve(parser.parse_args(["--preset", "engine-vs-reference"]))
+    assert (engine["depths"], engine["batch"], engine["dims"], engine["hidden"]) == ([2048], [256], [32], [128])
 
 
 @pytest.mark.parametrize("bad", [dict(depth=0), dict(workload="cnn"), dict(dtype="float16"),
