@@ -159,7 +159,11 @@ def measure(provider: Provider, case: Case, timing: TimingOptions,
             with counter.track():
                 out = runner.forward()
             del out
-            row["saved_bytes"] = counter.nbytes
+            if counter.count:
+                row["saved_bytes"] = counter.nbytes
+            else:  # a graph always saves something: these were saved out of the hooks' sight
+                row["reason"] = ("saved bytes not measurable: no saved tensor passed through autograd's "
+                                 "saved-tensor hooks (torch.compile's eager backends save them elsewhere)")
         except Exception as error:
             row["reason"] = f"saved-tensor accounting failed: {type(error).__name__}: {error}"
         runner.clear()
