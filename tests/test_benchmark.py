@@ -269,6 +269,15 @@ def test_cli_rejects_each_bad_option_in_one_line(option, value, capsys) -> None:
     assert option in err and repr(value) in err, err
 
 
+def test_cli_refuses_unknown_options_in_one_line(capsys) -> None:
+    from deepres.cli import main as deepres_main
+
+    with pytest.raises(SystemExit) as exit_info:
+        deepres_main(["bench", "--depths", "2", "--deep", "3"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err == "deepres bench: error: unrecognized arguments: --deep 3\n"
+
+
 @pytest.mark.parametrize("argv, option, value", [
     (["--providers", "nonsense", "--depths", "2"], "--providers", "nonsense"),
     (["--providers", "deepres-torch-k3"], "--providers", "deepres-torch-k3"),

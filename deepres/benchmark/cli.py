@@ -116,11 +116,26 @@ _POLICY_LIST = _typed(_policies, "comma-separated checkpoint policies: none, sqr
 _NAMES = _typed(_list(lambda name: name), "comma-separated provider names")
 
 
-def _one_line_error(parser: argparse.ArgumentParser) -> Callable[[str], None]:
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` end on a bad or unknown option with one line naming it, exit status 2.
+
+    Unknown options are refused by this parser itself: as a subcommand it would
+    otherwise leave them to the top-level parser, which prints its usage first.
+    """
+
     def error(message: str) -> None:
         parser.exit(2, f"{parser.prog}: error: {message}\n")
 
-    return error
+    known = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
+        parsed, extras = known(args, namespace)
+        if extras:
+            error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, []
+
+    parser.error = error  # type: ignore[method-assign]
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -131,7 +146,8 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
 
     Args:
         parser: the (sub)parser to fill; :func:`main` takes its parsed namespace. Its
-            errors become one line (``PROG: error: argument --X: ...``), exit status 2.
+            errors, unknown options included, become one line
+            (``PROG: error: argument --X: ...``), exit status 2.
 
     Example:
         >>> p = argparse.ArgumentParser()
@@ -139,7 +155,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         >>> p.parse_args(["--quick"]).quick
         True
     """
-    parser.error = _one_line_error(parser)  # type: ignore[method-assign]
+    _one_line_errors(parser)
     stack_names = ", ".join(p.name for p in stack_providers([None, "sqrt"]))
     meanode_names = ", ".join(p.name for p in meanode_providers())
     parser.description = (
