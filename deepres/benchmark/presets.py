@@ -85,7 +85,8 @@ QUICK_TIMING: dict[str, object] = {"min_repeats": 2, "max_repeats": 5, "min_time
 
 # NOTE: torch.compile of one block takes about 20 s on the 2-core CPU, once in the memory
 # process and again in the timing process: alone more than the minute --quick aims at; the
-# deepres module under torch.compile took 49 s to its first step at L=4 (cold caches).
+# deepres module under torch.compile took 24 s to its first step at L=16 and 43 s at L=64
+# (cold caches, bench/results/compiled_cpu.json).
 #: Providers ``--quick`` leaves out unless named in ``--providers``, with the reason.
 QUICK_EXCLUDED: dict[str, str] = {
     name: "left out of --quick: torch.compile takes ~20 s or more per process on a small CPU; run "
