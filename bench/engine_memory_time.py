@@ -1,17 +1,18 @@
-"""Issue 2's measurement: time and peak memory of one training step of the PyTorch
-engine against the plain autograd reference, on this machine.
+"""Time and peak memory of one training step of the PyTorch engine against the plain
+autograd reference, on this machine.
 
-Runs the ``issue2`` preset of ``deepres bench`` (L = 2048, B = 256, D = 32, M = 128,
-float32: reference, engine with ``checkpoint_every=None`` and ``"sqrt"``, and the
-eager module) and the ``issue2-overhead`` preset (the same at B = 64, D = M = 16,
-where per-layer overhead dominates), and writes both reports as JSON under
-``bench/results/``. Extra arguments are passed on to ``deepres bench``:
+Runs the ``engine-vs-reference`` preset of ``deepres bench`` (L = 2048, B = 256,
+D = 32, M = 128, float32: reference, engine with ``checkpoint_every=None`` and
+``"sqrt"``, and the eager module) and the ``engine-vs-reference-overhead`` preset
+(the same at B = 64, D = M = 16, where per-layer overhead dominates), and writes
+both reports as JSON under ``bench/results/``. Extra arguments are passed on to
+``deepres bench``:
 
     python bench/engine_memory_time.py                # both shapes
     python bench/engine_memory_time.py --dtype float64
     python bench/engine_memory_time.py --out-dir /tmp --threads 1
 
-Targets (issue 2): activation memory (``saved`` column) at most 1/4 of the
+What the engine is for: activation memory (``saved`` column) at most 1/4 of the
 reference's with ``None`` and at most 1/20 with ``"sqrt"``; time within 1.2× of
 the reference, and faster where overhead dominates.
 """
@@ -28,9 +29,10 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def run(extra: list[str], out_dir: Path) -> int:
-    """Run both presets with ``extra`` options; write ``issue2[-overhead]_<device>.json`` to ``out_dir``."""
+    """Run both presets with ``extra`` options; write ``engine_vs_reference[_overhead]_<device>.json``
+    to ``out_dir``."""
     status = 0
-    for preset in ("issue2", "issue2-overhead"):
+    for preset in ("engine-vs-reference", "engine-vs-reference-overhead"):
         parser = argparse.ArgumentParser(prog="deepres bench")
         configure_parser(parser)
         args = parser.parse_args(["--preset", preset, *extra])

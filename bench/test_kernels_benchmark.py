@@ -9,8 +9,7 @@ figures, ``--benchmark-compare`` to compare with a stored run. Each benchmark
 times one forward pass (no graph) or one training step (forward + backward of
 Σ probe ⊙ h_L) of the residual stack, through the same providers as ``deepres
 bench`` (:mod:`deepres.benchmark.providers`), so the numbers are comparable.
-The Triton engine runs only on CUDA; the MeanODE field solve only once
-``deepres.MeanODE`` exists.
+The Triton engine runs only on CUDA.
 """
 
 from __future__ import annotations
@@ -18,7 +17,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepres.benchmark.providers import Case, make_inputs, meanode_providers, stack_providers
+from deepres.benchmark.case import Case, make_inputs
+from deepres.benchmark.providers import meanode_providers, stack_providers
 
 CUDA = torch.cuda.is_available()
 DEVICE = "cuda" if CUDA else "cpu"

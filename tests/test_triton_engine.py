@@ -282,46 +282,6 @@ def test_kernels_compile_for_hopper_without_spills():
         assert report["spill_bytes"] <= (128 if report["dim"] > 128 else 16), report
 
 
-def _run_gpu_check(*args):
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parent.parent
-    return subprocess.run([sys.executable, "-m", "bench.gpu_check", *args], cwd=root, capture_output=True,
-                          text=True, env=dict(os.environ), timeout=600)
-
-
-@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without CUDA")
-def test_gpu_check_without_cuda_exits_2_and_says_why(tmp_path):
-    run = _run_gpu_check("--out", str(tmp_path / "out.json"))
-    assert run.returncode == 2
-    assert "needs a CUDA device" in run.stderr
-    assert not (tmp_path / "out.json").exists()
-
-
-@pytest.mark.slow
-def test_gpu_check_dry_run_writes_a_complete_report(tmp_path):
-    import json
-
-    out = tmp_path / "check.json"
-    run = _run_gpu_check("--dry-run", "--out", str(out))
-    assert run.returncode == 0, run.stderr[-3000:]
-    report = json.loads(out.read_text())
-    assert report["errors"] == []
-    assert report["all_correctness_passed"] is True
-    assert {"torch", "triton", "git", "command", "gpu"} <= set(report["environment"])
-    assert "--dry-run" in report["environment"]["command"]
-    assert {"copy_GBps", "fp32_matmul_TFLOPs"} <= set(report["ceilings"])
-    providers = {row["provider"] for row in report["timing"]}
-    assert providers == {"triton:none", "triton:sqrt", "torch_engine", "eager"}
-    for row in report["timing"]:
-        assert row["median_ms"] > 0 and row["repeats"] >= 3 and row["model_TFLOPs"] > 0
-    assert {(s["L"], s["pass"]) for s in report["speedups"]} == {
-        (L, p) for L in (4, 8) for p in ("forward", "forward+backward")}
-
-
 def test_config_must_cover_the_embedding_dimension():
     h, u, v, c, a = _inputs(1, 3, 20, 2, 2, seed=13)
     with pytest.raises(ValueError, match="config.block_d must cover D = 20"):

@@ -2,130 +2,152 @@
 
 The ``deepres`` console script adds this as its ``bench`` subcommand through
 :func:`configure_parser` and :func:`main`; ``python -m deepres.benchmark`` runs
-it on its own.
+it on its own. Every option is checked before any measurement starts; a bad
+one ends the command with one line on stderr that names the option and the
+value, and exit status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import math
+import os
 import sys
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
 
 from deepres.activations import ACTIVATIONS
-from deepres.benchmark.harness import BenchConfig, run_benchmark
-from deepres.benchmark.providers import DTYPES, MODES, WORKLOADS, Case, meanode_providers, stack_providers
+from deepres.benchmark.case import DTYPES, MODES, WORKLOADS, Case
+from deepres.benchmark.config import ISOLATIONS, BenchConfig
+from deepres.benchmark.harness import run_benchmark
+from deepres.benchmark.presets import DEFAULTS, GENERAL, PRESETS, QUICK, QUICK_EXCLUDED, QUICK_TIMING
+from deepres.benchmark.providers import meanode_providers, stack_providers
 from deepres.benchmark.report import format_table, write_csv, write_json, write_plot
 from deepres.benchmark.timing import TimingOptions
 
-__all__ = ["PRESETS", "configure_parser", "main"]
+__all__ = ["COMPILE_BACKENDS", "PRESETS", "OptionError", "build_config", "check_options", "configure_parser",
+           "main", "resolve"]
 
+#: ``torch.compile`` backends ``--compile-backend`` accepts.
+COMPILE_BACKENDS: tuple[str, ...] = ("inductor", "aot_eager", "eager")
 
-@dataclass(frozen=True)
-class Preset:
-    """Defaults of a named measurement; options given on the command line override them."""
-
-    description: str
-    values: dict[str, object] = field(default_factory=dict)
-
-
-#: Named measurements (``--preset NAME``).
-PRESETS: dict[str, Preset] = {
-    "issue2": Preset(
-        "engine vs plain reference, training step, L=2048 B=256 D=32 M=128",
-        {"workload": "stack", "mode": "train", "depths": [2048], "batch": [256], "dims": [32],
-         "hidden": [128], "providers": ["eager", "reference", "deepres-torch", "deepres-torch-sqrt"]}),
-    "issue2-overhead": Preset(
-        "the same where per-layer overhead dominates: L=2048 B=64 D=M=16",
-        {"workload": "stack", "mode": "train", "depths": [2048], "batch": [64], "dims": [16],
-         "hidden": [16], "providers": ["eager", "reference", "deepres-torch", "deepres-torch-sqrt"]}),
-    "issue6": Preset(
-        "every provider, training step, L=4096 B=64 D=16 M=64",
-        {"workload": "stack", "mode": "train", "depths": [4096], "batch": [64], "dims": [16],
-         "hidden": [64]}),
-    "growth": Preset(
-        "growth in L of time and memory, L=512..4096 B=64 D=16 M=64",
-        {"workload": "stack", "mode": "train", "depths": [512, 1024, 2048, 4096], "batch": [64],
-         "dims": [16], "hidden": [64],
-         "providers": ["eager", "reference", "deepres-torch", "deepres-torch-sqrt", "eager-checkpoint"]}),
-    "replicas": Preset(
-        "one replica launch of R=32 networks vs 32 looped models, L=1024 B=64 D=16 M=64",
-        {"workload": "stack", "mode": "train", "depths": [1024], "batch": [64], "dims": [16], "hidden": [64],
-         "replicas": [32], "checkpoint_every": [None],
-         "providers": ["eager", "deepres-torch", "deepres-torch-loop"]}),
-    "meanode": Preset(
-        "MeanODE forward+gradient: K=16384 particles, D=8, 10 samples, 64 rk4 steps",
-        {"workload": "meanode", "mode": "train", "depths": [64], "batch": [10], "dims": [8],
-         "hidden": [16384]}),
-    "gpu": Preset(
-        "CUDA check of the Triton engine against the PyTorch engine and the eager module",
-        {"workload": "stack", "mode": "train", "device": "cuda", "depths": [1024, 4096], "batch": [256],
-         "dims": [64], "hidden": [64],
-         "providers": ["eager", "deepres-torch", "deepres-torch-sqrt", "deepres-triton",
-                       "deepres-triton-sqrt",
-                       "compile", "compile-reduce-overhead"]}),
+# Option names on the command line, for the keys of the resolved options.
+_FLAGS: dict[str, str] = {
+    "workload": "--workload", "mode": "--mode", "device": "--device", "dtype": "--dtype",
+    "depths": "--depths", "batch": "--batch", "dims": "--dims", "hidden": "--hidden",
+    "replicas": "--replicas", "activation": "--activation", "checkpoint_every": "--checkpoint-every",
+    "providers": "--providers", "alpha": "--alpha", "seed": "--seed", "warmup": "--warmup",
+    "min_repeats": "--min-repeats", "max_repeats": "--repeats", "min_time": "--min-time",
+    "max_time": "--max-time", "isolation": "--isolation", "provider_timeout": "--provider-timeout",
+    "threads": "--threads", "interleave": "--no-interleave", "compile_backend": "--compile-backend",
 }
 
-_DEFAULTS: dict[str, dict[str, object]] = {
-    "stack": {"depths": [256, 1024], "batch": [64], "dims": [16], "hidden": [64]},
-    "meanode": {"depths": [16, 64], "batch": [10], "dims": [8], "hidden": [4096]},
-}
-_QUICK: dict[str, dict[str, object]] = {
-    "stack": {"depths": [64, 256], "batch": [32], "dims": [16], "hidden": [32]},
-    "meanode": {"depths": [8, 16], "batch": [10], "dims": [8], "hidden": [1024]},
-}
-_GENERAL: dict[str, object] = {
-    "workload": "stack", "mode": "train", "device": "cpu", "dtype": "float32", "replicas": [1],
-    "activation": ["tanh"], "checkpoint_every": [None, "sqrt"], "providers": None, "alpha": 1.0, "seed": 0,
-    "warmup": 1, "min_repeats": 3, "max_repeats": 20, "min_time": 1.0, "max_time": 30.0,
-    "isolation": "auto", "provider_timeout": 1800.0, "threads": None, "interleave": True,
-}
-_QUICK_TIMING: dict[str, object] = {"min_repeats": 2, "max_repeats": 5, "min_time": 0.1, "max_time": 2.0}
+
+class OptionError(ValueError):
+    """A bad option value: ``str()`` is one line that names the option and the value.
+
+    Args:
+        option: the option as typed (``"--depths"``). value: what it was given.
+        problem: what is wrong, or what is expected.
+    """
+
+    def __init__(self, option: str, value: object, problem: str) -> None:
+        super().__init__(f"argument {option}: {problem}; got {value!r}")
+        self.option = option
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        values = [int(item) for item in text.split(",") if item.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-    if not values or any(v < 1 for v in values):
-        raise argparse.ArgumentTypeError(f"expected comma-separated positive integers, got {text!r}")
-    return values
+# ------------------------------------------------------------------------------ value parsers
 
 
-def _policies(text: str) -> list[int | str | None]:
-    out: list[int | str | None] = []
-    for item in (s.strip().lower() for s in text.split(",") if s.strip()):
-        if item == "none":
-            out.append(None)
-        elif item == "sqrt":
-            out.append("sqrt")
-        elif item.isdigit() and int(item) >= 1:
-            out.append(int(item))
-        else:
-            raise argparse.ArgumentTypeError(
-                f"checkpoint policies are 'none', 'sqrt' or positive integers, comma-separated; got {item!r}")
-    if not out:
-        raise argparse.ArgumentTypeError("expected at least one checkpoint policy")
-    return out
+def _typed(parse: Callable[[str], object], expected: str) -> Callable[[str], object]:
+    """An argparse type: ``parse(text)``, or an error saying what was expected."""
+
+    def convert(text: str) -> object:
+        try:
+            value = parse(text)
+        except (ValueError, TypeError):
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return convert
 
 
-def _names(text: str) -> list[str]:
-    return [item.strip() for item in text.split(",") if item.strip()]
+def _int_at_least(low: int) -> Callable[[str], int | None]:
+    return lambda text: value if (value := int(text)) >= low else None
 
 
-def _activations(text: str) -> list[str]:
-    names = _names(text)
-    bad = [n for n in names if n not in ACTIVATIONS]
-    if not names or bad:
-        raise argparse.ArgumentTypeError(f"activations must be among {ACTIVATIONS}; got {text!r}")
-    return names
+def _float_where(ok: Callable[[float], bool]) -> Callable[[str], float | None]:
+    return lambda text: value if math.isfinite(value := float(text)) and ok(value) else None
+
+
+def _list(item: Callable[[str], object]) -> Callable[[str], list[object] | None]:
+    def parse(text: str) -> list[object] | None:
+        values = [item(part.strip()) for part in text.split(",") if part.strip()]
+        return values if values and all(v is not None for v in values) else None
+
+    return parse
+
+
+def _policy(text: str) -> int | str | bool | None:
+    text = text.lower()
+    if text in ("none", "sqrt"):
+        return None if text == "none" else "sqrt"
+    return int(text) if text.isdigit() and int(text) >= 1 else False
+
+
+def _policies(text: str) -> list[int | str | None] | None:
+    values = [_policy(part.strip()) for part in text.split(",") if part.strip()]
+    return values if values and all(v is not False for v in values) else None
+
+
+_POSITIVE_INTS = _typed(_list(_int_at_least(1)), "comma-separated positive integers")
+_COUNT = _typed(_int_at_least(0), "an integer >= 0")
+_POSITIVE_INT = _typed(_int_at_least(1), "an integer >= 1")
+_POSITIVE = _typed(_float_where(lambda x: x > 0), "a finite number > 0")
+_NON_NEGATIVE = _typed(_float_where(lambda x: x >= 0), "a finite number >= 0")
+_ACTIVATION_LIST = _typed(_list(lambda name: name if name in ACTIVATIONS else None),
+                          f"comma-separated activations among {', '.join(ACTIVATIONS)}")
+_POLICY_LIST = _typed(_policies, "comma-separated checkpoint policies: none, sqrt or positive integers")
+_NAMES = _typed(_list(lambda name: name), "comma-separated provider names")
+
+
+def _one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` end on a bad or unknown option with one line naming it, exit status 2.
+
+    Unknown options are refused by this parser itself: as a subcommand it would
+    otherwise leave them to the top-level parser, which prints its usage first.
+    """
+
+    def error(message: str) -> None:
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    known = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
+        parsed, extras = known(args, namespace)
+        if extras:
+            error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, []
+
+    parser.error = error  # type: ignore[method-assign]
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
+# ------------------------------------------------------------------------------------ parser
 
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``deepres bench`` to ``parser``.
 
     Args:
-        parser: the (sub)parser to fill; :func:`main` takes its parsed namespace.
+        parser: the (sub)parser to fill; :func:`main` takes its parsed namespace. Its
+            errors, unknown options included, become one line
+            (``PROG: error: argument --X: ...``), exit status 2.
 
     Example:
         >>> p = argparse.ArgumentParser()
@@ -133,17 +155,19 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         >>> p.parse_args(["--quick"]).quick
         True
     """
+    _one_line_errors(parser)
     stack_names = ", ".join(p.name for p in stack_providers([None, "sqrt"]))
     meanode_names = ", ".join(p.name for p in meanode_providers())
     parser.description = (
         "Measure time and memory of every way to run a deep residual stack (or the MeanODE limit) on the "
         "same inputs, in one run: deepres engines against the eager nn.ModuleList a user would write, "
-        "torch.utils.checkpoint, torch.compile, looped replicas, torchdiffeq. Reports median and "
-        "10/90 % quantiles after warm-up, samples/s, layer-updates/s, speedup and memory ratios to the "
-        "baseline (eager, or autograd-rk4 for meanode), peak memory of one step, the bytes saved for "
-        "backward, the agreement of outputs and gradients, growth exponents in L, and on CUDA achieved "
-        "TFLOP/s and GB/s against measured ceilings. Providers that cannot run here are listed with "
-        "the reason.")
+        "torch.utils.checkpoint, torch.compile (of one block, and of the deepres module), looped "
+        "replicas, torchdiffeq. Reports median and 10/90 % quantiles after warm-up, samples/s, "
+        "layer-updates/s, speedup and memory ratios to the baseline (eager, or autograd-rk4 for "
+        "meanode), peak memory of one step, the bytes saved for backward, the agreement of outputs and "
+        "gradients, the compile time of the first step for the compiling providers, growth exponents "
+        "in L, and on CUDA achieved TFLOP/s and GB/s against measured ceilings. Providers that cannot "
+        "run here are listed with the reason.")
     parser.epilog = (
         f"stack providers: {stack_names} (deepres-torch-k<k> for integer --checkpoint-every k). "
         f"meanode providers: {meanode_names}. Presets: "
@@ -155,60 +179,63 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     what.add_argument("--preset", choices=sorted(PRESETS), default=None,
                       help="a named measurement (see below); explicit options override its values")
     what.add_argument("--quick", action="store_true",
-                      help="a small grid and short repeats, torch.compile left out: about one minute "
-                           "on an idle 2-core CPU")
+                      help="a small grid and short repeats, the torch.compile providers left out: about "
+                           "one minute on an idle 2-core CPU")
     what.add_argument("--workload", choices=WORKLOADS, default=None,
-                      help="stack: the residual stack of eq. (1); meanode: the Neural Mean ODE with rk4 "
-                           "(default stack)")
+                      help="stack: the residual stack h <- h + c*sum_j v_j sigma(a*u_j.h); meanode: the "
+                           "Neural Mean ODE with rk4 (default stack)")
     what.add_argument("--mode", choices=MODES, default=None,
                       help="forward: inference under no_grad; train: forward + backward of "
                            "loss = sum(probe * output) (default train)")
-    what.add_argument("--providers", type=_names, default=None,
+    what.add_argument("--providers", type=_NAMES, default=None,
                       help="comma-separated provider names to run (default: all of the workload)")
     where = parser.add_argument_group("device and numbers")
     where.add_argument("--device", choices=("cpu", "cuda"), default=None, help="default cpu")
     where.add_argument("--dtype", choices=tuple(DTYPES), default=None, help="default float32")
     grid = parser.add_argument_group("grid (comma-separated lists; every combination is a case)")
-    grid.add_argument("--depths", type=_ints, default=None,
+    grid.add_argument("--depths", type=_POSITIVE_INTS, default=None,
                       help="depths L (meanode: rk4 steps N); default 256,1024 "
                            "(meanode 16,64; --quick 64,256)")
-    grid.add_argument("--batch", type=_ints, default=None,
+    grid.add_argument("--batch", type=_POSITIVE_INTS, default=None,
                       help="batch sizes B (meanode: samples); default 64 (meanode 10; --quick 32)")
-    grid.add_argument("--dims", type=_ints, default=None,
+    grid.add_argument("--dims", type=_POSITIVE_INTS, default=None,
                       help="widths D of the stream; default 16 (meanode 8)")
-    grid.add_argument("--hidden", type=_ints, default=None,
+    grid.add_argument("--hidden", type=_POSITIVE_INTS, default=None,
                       help="units per block M (meanode: particles K); default 64 (meanode 4096; --quick 32)")
-    grid.add_argument("--replicas", type=_ints, default=None,
+    grid.add_argument("--replicas", type=_POSITIVE_INTS, default=None,
                       help="replicas R: R independent networks; deepres runs them in one launch, the "
-                           "eager/compile providers loop over R models (default 1)")
-    grid.add_argument("--activation", type=_activations, default=None,
+                           "eager/compile providers loop over R models (stack only; default 1)")
+    grid.add_argument("--activation", type=_ACTIVATION_LIST, default=None,
                       help=f"activations among {', '.join(ACTIVATIONS)} (default tanh)")
-    grid.add_argument("--checkpoint-every", dest="checkpoint_every", type=_policies, default=None,
+    grid.add_argument("--checkpoint-every", dest="checkpoint_every", type=_POLICY_LIST, default=None,
                       help="checkpoint policies of the deepres engines: none, sqrt, or an integer k; each "
                            "is a provider (default none,sqrt)")
-    grid.add_argument("--alpha", type=float, default=None,
-                      help="alpha of the mlu parameterization (default 1)")
-    grid.add_argument("--seed", type=int, default=None, help="seed of the inputs (default 0)")
+    grid.add_argument("--alpha", type=_POSITIVE, default=None,
+                      help="alpha of the mlu parameterization, > 0 (default 1)")
+    grid.add_argument("--seed", type=_COUNT, default=None, help="seed of the inputs, >= 0 (default 0)")
     timing = parser.add_argument_group("timing")
-    timing.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 1)")
-    timing.add_argument("--min-repeats", dest="min_repeats", type=int, default=None,
+    timing.add_argument("--warmup", type=_COUNT, default=None, help="untimed steps first (default 1)")
+    timing.add_argument("--min-repeats", dest="min_repeats", type=_POSITIVE_INT, default=None,
                         help="timed steps at least (default 3; --quick 2)")
-    timing.add_argument("--repeats", dest="max_repeats", type=int, default=None,
-                        help="timed steps at most (default 20; --quick 5)")
-    timing.add_argument("--min-time", dest="min_time", type=float, default=None,
+    timing.add_argument("--repeats", dest="max_repeats", type=_POSITIVE_INT, default=None,
+                        help="timed steps at most, >= --min-repeats (default 20; --quick 5)")
+    timing.add_argument("--min-time", dest="min_time", type=_NON_NEGATIVE, default=None,
                         help="repeat until this many seconds are timed (default 1.0; --quick 0.1)")
-    timing.add_argument("--max-time", dest="max_time", type=float, default=None,
+    timing.add_argument("--max-time", dest="max_time", type=_POSITIVE, default=None,
                         help="stop repeating after this many seconds (default 30; --quick 2)")
-    timing.add_argument("--isolation", choices=("auto", "subprocess", "inprocess"), default=None,
+    timing.add_argument("--isolation", choices=ISOLATIONS, default=None,
                         help="auto: one process per provider on CPU (peak RSS), in-process on CUDA")
     timing.add_argument("--no-interleave", dest="interleave", action="store_const", const=False, default=None,
                         help="time each provider alone right after its memory step, instead of all "
                              "providers of a case together in shuffled rounds (the default, which "
                              "exposes all providers to the same load on a shared machine)")
-    timing.add_argument("--threads", type=int, default=None,
+    timing.add_argument("--threads", type=_POSITIVE_INT, default=None,
                         help="torch.set_num_threads for every provider (default: PyTorch's, one per core)")
-    timing.add_argument("--provider-timeout", dest="provider_timeout", type=float, default=None,
+    timing.add_argument("--provider-timeout", dest="provider_timeout", type=_POSITIVE, default=None,
                         help="seconds one provider's process may take for the whole grid (default 1800)")
+    timing.add_argument("--compile-backend", dest="compile_backend", choices=COMPILE_BACKENDS, default=None,
+                        help="torch.compile backend of the compile and deepres-compiled providers; eager "
+                             "and aot_eager trace without generating code (default inductor)")
     out = parser.add_argument_group("output")
     out.add_argument("--json", default=None, metavar="PATH", help="write the full report as JSON")
     out.add_argument("--csv", default=None, metavar="PATH", help="write one row per provider and case")
@@ -216,31 +243,80 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                      help="write log-log PNG plots of time and memory vs L (needs matplotlib)")
 
 
+# ------------------------------------------------------------------------ resolve and check
+
+
 def resolve(args: argparse.Namespace) -> dict[str, object]:
-    """Merge command-line options over the preset, ``--quick`` and workload defaults."""
+    """Merge command-line options over the preset, ``--quick`` and workload defaults.
+
+    Returns:
+        Every option's value (keys of the general defaults), plus ``"excluded"``
+        (provider → why ``--quick`` leaves it out) and ``"from_preset"`` (the keys
+        whose value the preset set).
+    """
     preset = PRESETS[args.preset].values if getattr(args, "preset", None) else {}
-    explicit = {k: v for k, v in vars(args).items() if v is not None and k in
-                ("workload", "mode", "device", "dtype", "depths", "batch", "dims", "hidden", "replicas",
-                 "activation", "checkpoint_every", "providers", "alpha", "seed", "warmup", "min_repeats",
-                 "max_repeats", "min_time", "max_time", "isolation", "provider_timeout", "threads",
-                 "interleave")}
+    explicit = {k: v for k, v in vars(args).items() if v is not None and k in _FLAGS}
     workload = explicit.get("workload", preset.get("workload", "stack"))
     quick = bool(getattr(args, "quick", False))
-    merged: dict[str, object] = {**_GENERAL, **_DEFAULTS[str(workload)]}
+    merged: dict[str, object] = {**GENERAL, **DEFAULTS[str(workload)]}
     if quick:
-        merged.update(_QUICK[str(workload)])
-        merged.update(_QUICK_TIMING)
+        merged.update(QUICK[str(workload)])
+        merged.update(QUICK_TIMING)
     merged.update(preset)
     merged.update(explicit)
     merged["workload"] = workload
-    merged["excluded"] = {}
-    if quick and merged["providers"] is None:
-        # NOTE: torch.compile of one block takes about 20 s on the 2-core CPU, once in the
-        # memory process and again in the timing process: alone more than the minute --quick aims at.
-        merged["excluded"] = {name: "left out of --quick: torch.compile takes ~20 s per process on a "
-                                    "small CPU; run without --quick or name it in --providers"
-                              for name in ("compile", "compile-reduce-overhead")}
+    merged["from_preset"] = sorted(set(preset) - set(explicit))
+    merged["excluded"] = dict(QUICK_EXCLUDED) if quick and merged["providers"] is None else {}
     return merged
+
+
+def _writable(option: str, path: str | None) -> None:
+    if path is None:
+        return
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise OptionError(option, path, "a file to write, not a directory")
+    if not parent.is_dir():
+        raise OptionError(option, path, f"its folder {str(parent)!r} does not exist")
+    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
+        raise OptionError(option, path, "cannot be written (no permission)")
+
+
+def check_options(options: dict[str, object], args: argparse.Namespace) -> None:
+    """Check the resolved options together, before any work: raise :class:`OptionError`.
+
+    Checks what no single option's parser can: values a preset set, the repeat
+    bounds together, replicas of the meanode workload, CUDA where ``--device cuda``,
+    the provider names of the workload, and that the output files can be written
+    (and plotted: matplotlib).
+    """
+
+    def flag(key: str) -> str:
+        preset = f" (from --preset {args.preset})" if key in options["from_preset"] else ""  # type: ignore[operator]
+        return _FLAGS[key] + preset
+
+    if options["min_repeats"] > options["max_repeats"]:  # type: ignore[operator]
+        raise OptionError(flag("max_repeats"), options["max_repeats"],
+                          f"must be >= --min-repeats {options['min_repeats']}")
+    if options["workload"] == "meanode" and options["replicas"] != [1]:
+        raise OptionError(flag("replicas"), options["replicas"],
+                          "the meanode workload has no replica axis: use 1")
+    if options["device"] == "cuda" and not torch.cuda.is_available():
+        raise OptionError(flag("device"), "cuda", "CUDA is not available on this machine "
+                                                  "(torch.cuda.is_available() is False)")
+    if options["providers"] is not None:
+        names = [p.name for p in (stack_providers(options["checkpoint_every"])  # type: ignore[arg-type]
+                                  if options["workload"] == "stack" else meanode_providers())]
+        unknown = [n for n in options["providers"] if n not in names]  # type: ignore[union-attr]
+        if unknown:
+            raise OptionError(flag("providers"), ",".join(unknown),
+                              f"not a provider of the {options['workload']} workload with these "
+                              f"--checkpoint-every policies; choose from {', '.join(names)}")
+    for option in ("json", "csv", "plot"):
+        _writable(f"--{option}", getattr(args, option, None))
+    if getattr(args, "plot", None) and importlib.util.find_spec("matplotlib") is None:
+        raise OptionError("--plot", args.plot, "needs matplotlib (pip install 'deepres[plot]')")
 
 
 def build_config(options: dict[str, object]) -> BenchConfig:
@@ -263,7 +339,8 @@ def build_config(options: dict[str, object]) -> BenchConfig:
                        checkpoint_policies=list(options["checkpoint_every"]),
                        timing=timing, isolation=options["isolation"],
                        provider_timeout=float(options["provider_timeout"]), threads=options["threads"],
-                       interleave=bool(options["interleave"]), excluded=dict(options.get("excluded", {})))
+                       interleave=bool(options["interleave"]), excluded=dict(options.get("excluded", {})),
+                       compile_backend=str(options["compile_backend"]))
 
 
 def _command_line() -> list[str]:
@@ -280,26 +357,22 @@ def main(args: argparse.Namespace) -> int:
         args: the namespace of a parser filled by :func:`configure_parser`.
 
     Returns:
-        0 on success, 2 on invalid options (the message goes to stderr).
+        0 on success, 2 on invalid options (one line on stderr, nothing measured).
     """
     try:
         options = resolve(args)
+        check_options(options, args)
         config = build_config(options)
-        config.selected_providers()  # unknown provider names fail now, not after minutes
-    except (ValueError, TypeError) as error:
+    except (ValueError, TypeError) as error:  # OptionError, or a value no check above foresaw
         print(f"deepres bench: error: {error}", file=sys.stderr)
         return 2
     report = run_benchmark(config, argv=_command_line(), quick=bool(getattr(args, "quick", False)))
     report["config"]["preset"] = getattr(args, "preset", None)
     report["config"]["quick"] = bool(getattr(args, "quick", False))
     print(format_table(report))
-    if args.json:
-        write_json(report, args.json)
-        print(f"wrote {args.json}")
-    if args.csv:
-        write_csv(report, args.csv)
-        print(f"wrote {args.csv}")
-    if args.plot:
-        write_plot(report, args.plot)
-        print(f"wrote {args.plot}")
+    for option, write in (("json", write_json), ("csv", write_csv), ("plot", write_plot)):
+        path = getattr(args, option, None)
+        if path:
+            write(report, path)
+            print(f"wrote {path}")
     return 0

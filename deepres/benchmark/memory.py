@@ -6,7 +6,7 @@
    - CPU: the process's peak resident set size (``VmHWM`` in
      ``/proc/self/status``) during the step, minus the resident size just
      before it. Each provider runs in its own process (see
-     :mod:`deepres.benchmark.harness`), so no provider inherits another's
+     :mod:`deepres.benchmark.isolation`), so no provider inherits another's
      heap. The sequence is: build the inputs and the model, run the warm-up
      step(s) (one-time costs such as compilation or thread pools are not
      charged to the step), drop outputs and gradients, ``gc.collect()`` and
@@ -23,7 +23,7 @@
    bytes of the distinct storages that autograd packs for the backward pass,
    seen through :func:`torch.autograd.graph.saved_tensors_hooks`, excluding
    the parameters' own storages (those exist whatever the engine). This is the
-   "activation memory" of docs/design.md §1: L·B·D numbers for the deepres engine with
+   "activation memory" of the stack: L·B·D numbers for the deepres engine with
    ``checkpoint_every=None``, about L·B·(D + M) for plain autograd. The
    non-reentrant ``torch.utils.checkpoint`` packs each segment's input through
    the outer hooks too, so checkpointed modules are counted correctly.

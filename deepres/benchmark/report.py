@@ -18,6 +18,7 @@ CSV_COLUMNS: tuple[str, ...] = (
     "device", "status", "reason", "median_s", "p10_s", "p90_s", "min_s", "repeats", "samples_per_s",
     "layer_updates_per_s", "tflops", "gbytes_per_s", "peak_bytes", "peak_method", "saved_bytes",
     "rel_err", "rel_err_vs", "speedup_vs_baseline", "peak_ratio_vs_baseline", "saved_ratio_vs_baseline",
+    "first_step_s", "compile_s",
 )
 
 _MIB = 2.0**20
@@ -48,8 +49,10 @@ def format_table(report: dict[str, object]) -> str:
     samples/s; layer-updates/s; speedup against the baseline (baseline time /
     time); peak memory of the step (MiB) and the baseline's peak over it;
     bytes saved for backward (MiB) and the baseline's over it; relative
-    error against the first provider that ran the case; on CUDA, achieved
-    TFLOP/s and GB/s as a share of the measured ceilings.
+    error against the first provider that ran the case; where a provider
+    compiles (``torch.compile``), the compile time of its first step (first
+    step − median step); on CUDA, achieved TFLOP/s and GB/s as a share of the
+    measured ceilings.
     """
     env = report["environment"]
     ceilings = report["ceilings"]
@@ -66,6 +69,9 @@ def format_table(report: dict[str, object]) -> str:
     ]
     header = ["provider", "L", "B", "D", "M", "R", "median ms", "p10–p90 ms", "samples/s", "layer-upd/s",
               "speedup", "peak MiB", "peak ×less", "saved MiB", "saved ×less", "rel err"]
+    compiled = any(row.get("compile_s") is not None for row in report["results"])
+    if compiled:
+        header.append("compile s")
     if cuda:
         header += ["TFLOP/s", "%peak", "GB/s", "%copy"]
     rows = [header]
@@ -85,6 +91,8 @@ def format_table(report: dict[str, object]) -> str:
             _ratio(row["peak_ratio_vs_baseline"]),
             _mib(row["saved_bytes"]), _ratio(row["saved_ratio_vs_baseline"]), _fmt(row["rel_err"], ".1e"),
         ]
+        if compiled:
+            cells.append(_fmt(row.get("compile_s"), ".2f"))
         if cuda:
             cells += [f"{row['tflops']:.3f}", f"{100 * row['tflops'] / ceilings['matmul_tflops']:.1f}",
                       f"{row['gbytes_per_s']:.1f}",

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 
 import torch
 
-__all__ = ["TimingOptions", "TimingResult", "quantile", "time_interleaved", "time_step"]
+__all__ = ["TimingOptions", "TimingResult", "quantile", "time_interleaved", "time_step", "wall_time"]
 
 
 @dataclass(frozen=True)
@@ -177,6 +177,24 @@ def time_interleaved(steps: dict[str, Callable[[], object]], device: torch.devic
         if done >= options.min_repeats and (per_step >= options.min_time or per_step >= options.max_time):
             break
     return {name: _summary(values, cuda) for name, values in times.items()}
+
+
+def wall_time(step: Callable[[], object], device: torch.device) -> float:
+    """Seconds of wall-clock time of one call of ``step()``, host work included (on CUDA,
+    synchronized before and after): the time a user waits, compilation included.
+
+    Example:
+        >>> wall_time(lambda: None, torch.device("cpu")) >= 0
+        True
+    """
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+    t0 = time.perf_counter()
+    step()
+    if cuda:
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - t0
 
 
 def _time_once(step: Callable[[], object], cuda: bool) -> float:
