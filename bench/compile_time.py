@@ -78,7 +78,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depths", default="64,1024,4096", help="comma-separated L (default %(default)s)")
     parser.add_argument("--backend", default="inductor", choices=BACKENDS,
                         help="torch.compile backend (default %(default)s)")
-    parser.add_argument("--rounds", type=int, default=7, help="timed steps of each kind (default %(default)s)")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="timed steps of each kind (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and data (default 0)")
     parser.add_argument("--out", type=Path, default=RESULTS / "compile_time_cpu.json",
                         help="JSON report (default %(default)s)")
