@@ -204,8 +204,9 @@ def _synthetic(point, depths, seed):
             result[name] = torch.tensor(depth**power * (1 + 0.05 * rng.standard_normal(32)))
         for name in ("output_move", "weight_move", "loss_decrease", "nonlinearity"):
             result[name] = torch.tensor(0.5 + 0.01 * rng.standard_normal(32))
-        result |= {"nonfinite": torch.zeros(32, dtype=torch.bool), "nonfinite_lin": torch.zeros(32, dtype=torch.bool),
-                   "diverged": torch.zeros(32, dtype=torch.bool), "losses": torch.ones(11, 32)}
+        no = torch.zeros(32, dtype=torch.bool)
+        result |= {"nonfinite": no, "nonfinite_lin": no, "diverged": no, "diverged_lin": no,
+                   "losses": torch.ones(11, 32)}
         pairs.append((unit, result))
     return pairs
 

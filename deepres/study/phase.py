@@ -416,8 +416,9 @@ def k_steps(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: torc
         Per replica (R,): ``output_move`` RMS(f_K − f_0); ``weight_move`` ‖θ_K − θ_0‖/‖θ_0‖
         over u and v; ``loss_decrease`` (loss_0 − loss_K)/loss_0; ``nonlinearity``
         RMS(f_K − f_lin,K)/RMS(f_K − f_0) with f_lin the block-linearized model;
-        ``diverged`` (bool): non-finite, or a final loss above the initial one;
-        ``nonfinite`` and ``nonfinite_lin`` (bool). ``losses`` (K+1, R) of the network.
+        ``diverged`` and ``diverged_lin`` (bool): non-finite, or a final loss above the
+        initial one, for the network and for the model; ``nonfinite`` and ``nonfinite_lin``
+        (bool). ``losses`` (K+1, R) of the network.
     """
     replicas = u0.shape[0]
     h0 = (x @ embed.T).unsqueeze(0).expand(replicas, -1, -1)
@@ -432,7 +433,7 @@ def k_steps(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: torc
 
     u, v = u0.clone(), v0.clone()
     f_k, losses, bad = _descend(network, u, v, y, lr=lr, steps=steps)
-    f_lin, _, bad_lin = _descend(linearized, u0.clone(), v0.clone(), y, lr=lr, steps=steps)
+    f_lin, losses_lin, bad_lin = _descend(linearized, u0.clone(), v0.clone(), y, lr=lr, steps=steps)
     with torch.no_grad():
         f0 = _readout(phase_features(h0, u0, v0, scaling, activation=activation, backend=backend), readout)
     theta0 = torch.cat([u0.flatten(1), v0.flatten(1)], 1)
@@ -447,19 +448,21 @@ def k_steps(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: torc
         "diverged": bad | ~(losses[-1] <= losses[0]),
         "nonfinite": bad,
         "nonfinite_lin": bad_lin,
+        "diverged_lin": bad_lin | ~(losses_lin[-1] <= losses_lin[0]),
         "losses": losses,
     }
 
 
 def phase_unit_cost(unit: dict[str, Any]) -> float:
     """Rough relative cost of a unit, for the progress bar: layer passes × (1 + work per layer)."""
-    # NOTE: the first step is one backward and about four forwards; each of the K steps trains
-    # the network and its block-linearized model (plain autograd, about twice the network's
-    # time per layer). As in deepres.study.sweep.unit_cost, 2·10⁵ multiply-adds per layer cost
-    # about one layer's fixed overhead.
+    # NOTE: the first step is one backward and about five forwards; each of the K steps trains the
+    # network and its block-linearized model. A layer's fixed overhead costs about as much as
+    # 7·10⁴ multiply-adds: measured on the 2-core CPU (load 2.5), the (1, 1) unit at L = 256
+    # (R·M·N·D = 10⁴, 10 steps) took 4.9 s and the (1/2, 0) unit at D = 256 (L = 64,
+    # R·M·N·D = 1.3·10⁶, first step only) 3.8 s.
     passes = 6 + 3 * unit["steps"]
     work = unit["replicas"] * unit["hidden"] * unit["samples"] * unit["dim"]
-    return passes * unit["depth"] * (1 + work / 2e5)
+    return passes * unit["depth"] * (1 + work / 7e4)
 
 
 def run_phase_unit(unit: dict[str, Any], *, device: torch.device | str | None = None,

@@ -154,7 +154,9 @@ def _valid(quantity: str, result: dict[str, Any]) -> torch.Tensor:
     if quantity in K_STEP:
         ok &= ~result["nonfinite"]
         if quantity == "nonlinearity":
-            ok &= ~result["nonfinite_lin"]
+            # The distance between two trained models: only where both trained (a model whose
+            # loss went up is as far from the network as its divergence takes it).
+            ok &= ~result["diverged"] & ~result["diverged_lin"]
     return ok
 
 
@@ -200,6 +202,7 @@ def _measurement_row(unit: dict[str, Any], result: dict[str, Any]) -> dict[str, 
     if "nonfinite" in result:
         row["nonfinite"] = int(result["nonfinite"].sum())
         row["diverged"] = int(result["diverged"].sum())
+        row["diverged_lin"] = int(result["diverged_lin"].sum())
         row["loss_curve"] = result["losses"][:, ~result["nonfinite"]].mean(1).tolist()
     row["seconds"] = result["seconds"]
     return row
@@ -255,6 +258,7 @@ def analyze_phase(pairs: Iterable[tuple[dict[str, Any], dict[str, Any]]], *, tol
         }
         if "diverged" in members[0][1]:
             entry["diverged"] = [int(result["diverged"].sum()) for _, result in members]
+            entry["diverged_lin"] = [int(result["diverged_lin"].sum()) for _, result in members]
             entry["nonfinite"] = [int(result["nonfinite"].sum()) for _, result in members]
         section = report.setdefault(diagram, {"points": [], "measurements": []})
         section["points"].append(entry)
@@ -277,14 +281,20 @@ def _checks(report: dict[str, Any], linearity_tolerance: float) -> list[dict[str
     for diagram in ("depth", "dim"):
         points = report.get(diagram, {}).get("points", [])
         above = [p for p in points if p["line_offset"] > 1e-9]
-        below = [p for p in points if p["line_offset"] < -1e-9]
+        # Below the line the output step vanishes; a point is trivial there unless its fluctuation
+        # at initialization grows (β < 1/2, δ > 1/2), which makes it unstable whatever its step.
+        sign = 1 if diagram == "depth" else -1
+        below = [p for p in points
+                 if p["line_offset"] < -1e-9 and sign * (p[AXES[diagram][0]] - 0.5) >= 0]
         if above:
             wrong = [_name(p) for p in above if p["regime"] != "unstable"]
             checks.append({"check": f"{diagram}: every point strictly above the line is unstable",
                            "value": wrong, "holds": not wrong})
         if below:
             wrong = [_name(p) for p in below if p["regime"] != "trivial"]
-            checks.append({"check": f"{diagram}: every point strictly below the line is trivial",
+            where = "β ≥ 1/2" if diagram == "depth" else "δ ≤ 1/2"
+            checks.append({"check": f"{diagram}: every point strictly below the line ({where}: the "
+                                    f"fluctuation at initialization does not grow) is trivial",
                            "value": wrong, "holds": not wrong})
         if points:
             wrong = [_name(p) for p in points if not p["linear"]]

@@ -105,7 +105,10 @@ def _diagram(plt: Any, points: list[dict[str, Any]], diagram: str, path: Path, t
         ax.scatter(x, y, s=260, marker="*", facecolor="none", edgecolor="black", zorder=4)
         ax.annotate(text, (x, y), xytext=offset, textcoords="offset points", fontsize=8, weight="bold")
     ax.set(xlim=(xlo, xhi), ylim=(ylo, yhi), title=title)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.86) if diagram == "depth" else None)
+    if diagram == "depth":
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(0.0, 0.86))
+    else:
+        ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
     fig.savefig(path, dpi=130)
     plt.close(fig)
@@ -177,7 +180,8 @@ def plot_phase(report: dict[str, Any], out: str | Path) -> list[Path]:
                               key=lambda r: r["dim"])
                 ax.plot([r["dim"] for r in mine], [r[quantity] for r in mine], "o-", ms=3, lw=1,
                         color=REGIME_COLORS[p["regime"]], label=_point_label(p, quantity))
-            ax.set(xscale="log", yscale="log", xlabel="embedding dimension D", title=_LABELS[quantity])
+            ax.set_xscale("log", base=2)
+            ax.set(yscale="log", xlabel="embedding dimension D", title=_LABELS[quantity])
             ax.title.set_fontsize(8)
             ax.legend(fontsize=6)
         fig.suptitle(f"Coordinate check in D (colour: regime)\n{setting}", fontsize=9)
