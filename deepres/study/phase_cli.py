@@ -94,9 +94,16 @@ def add_phase_arguments(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group(
         "phase preset", "with --preset phase: the (β, γ) phase diagram in depth and the (δ, λ) one in D "
                         "(see docs/study.md, 'Phase diagram')")
+    defaults = PhaseConfig()
     for flag, (name, kind, text) in _PHASE_FLAGS.items():
-        default = getattr(PhaseConfig(), name)
-        group.add_argument(flag, type=kind, default=None, help=f"{text} (default: {default})")
+        default = getattr(defaults, name)
+        metavar = None
+        if kind is _pairs:
+            default, metavar = ",".join(f"{a:g}:{b:g}" for a, b in default), "X:Y,..."
+        elif kind is _ints:
+            default, metavar = ",".join(map(str, default)), "D,..."
+        group.add_argument(flag, type=kind, default=None, metavar=metavar,
+                           help=f"{text} (default: {default})")
 
 
 def phase_requested(args: argparse.Namespace) -> bool:
