@@ -17,15 +17,13 @@ from deepres.study import cli
 from deepres.study.phase import (
     block_linearized_features,
     block_linearized_stack,
-    first_step,
-    k_steps,
     phase_features,
     phase_scaling,
     phase_step,
-    run_phase_unit,
 )
 from deepres.study.phase_analysis import analyze_phase, classify, exponent_sign, line_offset, theory_exponent
 from deepres.study.phase_config import PhaseConfig, PhaseConfigError
+from deepres.study.phase_measure import first_step, k_steps, run_phase_unit
 from tests.helpers import relative_error
 
 F64 = torch.float64

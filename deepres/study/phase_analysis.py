@@ -214,7 +214,7 @@ def analyze_phase(pairs: Iterable[tuple[dict[str, Any], dict[str, Any]]], *, tol
     """Fit, classify and check every point of the phase study.
 
     Args:
-        pairs: (unit, result) for every unit (see :func:`deepres.study.phase.run_phase_unit`).
+        pairs: (unit, result) for every unit (see :func:`deepres.study.phase_measure.run_phase_unit`).
         tolerance: τ of the sign rule. Default 0.125. bootstrap: draws per fit. Default 400.
         level: CI coverage. Default 0.95. linearity_tolerance: the first step's check. Default 0.05.
 

@@ -5,7 +5,7 @@ Usage (about 5 minutes on a 2-core CPU)::
     deepres study --preset phase --out phase-out
 
 It measures, at every point (β, γ) of a grid and every depth L, what one gradient
-step and K steps do (:mod:`deepres.study.phase`), fits the exponents in L with
+step and K steps do (:mod:`deepres.study.phase_measure`), fits the exponents in L with
 bootstrap CIs, classifies each point (:mod:`deepres.study.phase_analysis`), does
 the same in D at fixed L, M for the (δ, λ) family, and writes ``study.json``
 (with a ``phase`` section), ``phase_points.csv``, ``phase_measurements.csv`` and
@@ -35,8 +35,9 @@ from typing import Any
 
 import torch
 
-from deepres.study.phase import AXES, run_phase_unit
+from deepres.study.phase import AXES
 from deepres.study.phase_config import PhaseConfig, PhaseConfigError
+from deepres.study.phase_measure import phase_unit_cost, run_phase_unit
 
 __all__ = ["add_phase_arguments", "config_from_args", "main", "phase_requested", "run_phase",
            "write_phase_report"]
@@ -205,7 +206,6 @@ def run_phase(config: PhaseConfig, out: str | Path, *, device: str = "cpu", back
         The report written to ``out/study.json``: ``config``, ``environment``, ``units``,
         ``wall_seconds`` and ``phase`` (see :func:`deepres.study.phase_analysis.analyze_phase`).
     """
-    from deepres.study.phase import phase_unit_cost
     from deepres.study.phase_analysis import analyze_phase
     from deepres.study.sweep import ResultStore, unit_key
 

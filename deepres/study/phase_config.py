@@ -3,7 +3,7 @@
 :class:`PhaseConfig` says everything ``deepres study --preset phase`` does; its
 defaults are the ``phase`` preset (design and measurements: docs/study.md,
 "Phase diagram"); :meth:`PhaseConfig.units` cuts it into units of work, one per
-(diagram, point, L or D), each run by :func:`deepres.study.phase.run_phase_unit`.
+(diagram, point, L or D), each run by :func:`deepres.study.phase_measure.run_phase_unit`.
 """
 
 from __future__ import annotations
