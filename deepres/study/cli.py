@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from deepres.study import phase_cli
 from deepres.study.presets import PRESETS, StudyConfig, preset
 from deepres.study.sweep import Executor, LocalExecutor
 
@@ -79,8 +80,9 @@ _AXES: dict[str, tuple[str, Any, str]] = {
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``deepres study`` options to ``parser``."""
-    parser.add_argument("--preset", choices=sorted(PRESETS), default="quick",
-                        help="base configuration (default: quick)")
+    parser.add_argument("--preset", choices=sorted([*PRESETS, "phase"]), default="quick",
+                        help="base configuration (default: quick); phase: the phase diagram of residual "
+                             "multiplier and learning rate (deepres.study.phase_cli)")
     parser.add_argument("--seed", type=int, default=None, help="a single seed (same as --seeds N)")
     for flag, (_, kind, text) in _AXES.items():
         parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
@@ -107,6 +109,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: 1 on CPU, where the study's small tensors run "
                              "faster on one thread than on several; torch's default elsewhere)")
+    phase_cli.add_phase_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
@@ -361,6 +364,8 @@ def _executor(args: argparse.Namespace) -> Executor:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``deepres study`` with parsed ``args``; returns the exit status (0 on success)."""
+    if phase_cli.phase_requested(args):  # the phase diagram is a study of its own
+        return phase_cli.main(args)
     try:
         config = config_from_args(args)
     except (TypeError, ValueError) as error:
