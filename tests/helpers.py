@@ -6,9 +6,17 @@ import torch
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """‖out − ref‖ / ‖ref‖ (in float64)."""
+    """‖out − ref‖ / ‖ref‖ in float64; the absolute error ‖out − ref‖ where ‖ref‖ = 0.
+
+    A zero reference is a legitimate answer (relu with every unit off has exactly zero
+    weight gradients): dividing by its norm would give 0/0 = NaN, which fails every
+    tolerance although ``out`` is exact. The shapes must match: nothing is broadcast.
+    """
+    if out.shape != ref.shape:
+        raise ValueError(f"out and ref must have one shape; got {tuple(out.shape)} and {tuple(ref.shape)}")
     out64, ref64 = out.detach().double(), ref.detach().double()
-    return ((out64 - ref64).norm() / ref64.norm()).item()
+    error, scale = (out64 - ref64).norm().item(), ref64.norm().item()
+    return error / scale if scale > 0 else error
 
 
 def random_stack_inputs(batch, dim, hidden, depth, replicas=None, *, dtype=torch.float64, seed=0,
