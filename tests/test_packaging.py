@@ -32,7 +32,6 @@ def test_kernels_are_a_subpackage_of_deepres():
 def _floors() -> dict[str, str]:
     """Every direct dependency (runtime and extras) → its floor, from pyproject.toml."""
     import tomllib
-
     from packaging.requirements import Requirement
 
     project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
@@ -72,9 +71,9 @@ def test_dependency_floors_are_the_versions_ci_installs():
 
 def test_installed_versions_meet_the_floors():
     import sys
-    import tomllib
     from importlib.metadata import version
 
+    import tomllib
     from packaging.specifiers import SpecifierSet
     from packaging.version import Version
 
