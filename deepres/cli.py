@@ -6,6 +6,8 @@ import argparse
 import sys
 from collections.abc import Sequence
 
+from deepres.cli_checks import OneLineParser, check_device, int_at_least, print_error
+
 __all__ = ["build_parser", "main"]
 
 _DESCRIPTION = """\
@@ -17,15 +19,17 @@ deepres: very deep residual networks and their infinite-depth limit (the Neural 
                   torch.compile and torchdiffeq
   deepres demo    one training step of a 2048-layer network with each engine (a quick look)
 
-Run `deepres COMMAND --help` for the options of each command.
+Run `deepres COMMAND --help` for the options of each command. A bad option is
+reported on one line naming it and its value, with exit status 2, before any work.
 """
 
 
 def _demo_parser(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--depth", type=int, default=2048, help="number of residual blocks L (default 2048)")
-    parser.add_argument("--dim", type=int, default=16, help="embedding dimension D (default 16)")
-    parser.add_argument("--hidden", type=int, default=16, help="units per block M (default 16)")
-    parser.add_argument("--batch", type=int, default=64, help="batch size B (default 64)")
+    parser.add_argument("--depth", type=int_at_least(1), default=2048,
+                        help="number of residual blocks L (default 2048)")
+    parser.add_argument("--dim", type=int_at_least(1), default=16, help="embedding dimension D (default 16)")
+    parser.add_argument("--hidden", type=int_at_least(1), default=16, help="units per block M (default 16)")
+    parser.add_argument("--batch", type=int_at_least(1), default=64, help="batch size B (default 64)")
     parser.add_argument("--seed", type=int, default=0, help="seed of weights and data (default 0)")
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
@@ -37,6 +41,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     from deepres.demo import run_demo
 
+    try:
+        check_device(args.device)
+    except ValueError as error:
+        return print_error("deepres demo", error)
     run_demo(args.depth, args.dim, args.hidden, args.batch, args.seed, args.device,
              getattr(torch, args.dtype))
     return 0
@@ -47,8 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     from deepres.benchmark import cli as bench_cli
     from deepres.study import cli as study_cli
 
-    parser = argparse.ArgumentParser(prog="deepres", description=_DESCRIPTION,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="deepres", description=_DESCRIPTION,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, help_text, configure, run in (
         ("study", "convergence study: ResNets vs their mean-ODE limit",

@@ -27,12 +27,35 @@ from deepres.engines.reference import reference_residual_stack
 from deepres.engines.torch_engine import torch_residual_stack
 from deepres.engines.triton_support import fallback_reason, triton_importable, unavailable_reason
 
-__all__ = ["BACKENDS", "residual_stack", "select_engine"]
+__all__ = ["BACKENDS", "check_backend", "residual_stack", "select_engine"]
 
 #: Names accepted by the ``backend`` argument.
 BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "reference")
 
 _HALF = (torch.float16, torch.bfloat16)
+
+
+def check_backend(backend: object, device: torch.device) -> str:
+    """``backend`` if it names an engine that can run on ``device``, else raise.
+
+    The part of :func:`select_engine` that does not depend on the tensors' shapes
+    and dtypes (command lines check it before any work).
+
+    Raises:
+        TypeError: a non-str backend.
+        ValueError: an unknown backend, or ``"triton"`` where the kernels cannot
+            run at all (no triton; CPU tensors without ``TRITON_INTERPRET=1``).
+
+    Example:
+        >>> check_backend("auto", torch.device("cpu"))
+        'auto'
+    """
+    backend = check_choice(backend, "backend", BACKENDS)
+    if backend == "triton":
+        reason = unavailable_reason(device)
+        if reason is not None:
+            raise ValueError(f"backend='triton' cannot run here: {reason}")
+    return backend
 
 
 def select_engine(backend: object, h: torch.Tensor, u: torch.Tensor) -> str:
@@ -58,16 +81,13 @@ def select_engine(backend: object, h: torch.Tensor, u: torch.Tensor) -> str:
         >>> select_engine("auto", torch.zeros(2, 3), torch.zeros(4, 5, 3))
         'torch'
     """
-    backend = check_choice(backend, "backend", BACKENDS)
+    backend = check_backend(backend, h.device)
     if backend in ("torch", "reference"):
         return backend
     if backend == "auto":
         if h.device.type != "cuda" or not triton_importable():
             return "torch"
         return "torch" if fallback_reason(h, u) is not None else "triton"
-    reason = unavailable_reason(h.device)
-    if reason is not None:
-        raise ValueError(f"backend='triton' cannot run here: {reason}")
     reason = fallback_reason(h, u)
     if reason is not None:
         warnings.warn(f"backend='triton' runs the PyTorch engine instead of the fused kernels: {reason}",

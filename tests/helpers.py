@@ -1,4 +1,4 @@
-"""Shared helpers for the tests: random inputs and relative errors."""
+"""Shared helpers for the tests: random inputs, relative errors, a tiny study."""
 
 from __future__ import annotations
 
@@ -6,9 +6,17 @@ import torch
 
 
 def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """‖out − ref‖ / ‖ref‖ (in float64)."""
+    """‖out − ref‖ / ‖ref‖ in float64; the absolute error ‖out − ref‖ where ‖ref‖ = 0.
+
+    A zero reference is a legitimate answer (relu with every unit off has exactly zero
+    weight gradients): dividing by its norm would give 0/0 = NaN, which fails every
+    tolerance although ``out`` is exact. The shapes must match: nothing is broadcast.
+    """
+    if out.shape != ref.shape:
+        raise ValueError(f"out and ref must have one shape; got {tuple(out.shape)} and {tuple(ref.shape)}")
     out64, ref64 = out.detach().double(), ref.detach().double()
-    return ((out64 - ref64).norm() / ref64.norm()).item()
+    error, scale = (out64 - ref64).norm().item(), ref64.norm().item()
+    return error / scale if scale > 0 else error
 
 
 def random_stack_inputs(batch, dim, hidden, depth, replicas=None, *, dtype=torch.float64, seed=0,
@@ -22,3 +30,13 @@ def random_stack_inputs(batch, dim, hidden, depth, replicas=None, *, dtype=torch
         return (scale * torch.randn(shape, generator=generator, dtype=dtype)).requires_grad_()
 
     return draw(h_shape), draw(weight_shape), draw(weight_shape)
+
+
+# Small but complete: every kind of unit, about ten seconds on a 2-core CPU.
+TINY = {"depths": [2, 4], "widths": [1], "replicas": 4, "particles": 32, "grid_steps": 4, "limit_sets": 2,
+        "steps": [2], "records": 2, "lazy_alphas": [1.0], "lazy_depth": 2, "lazy_hidden": 2,
+        "lazy_replicas": 2, "bootstrap": 20, "samples": 6}
+TINY_FLAGS = ["--depths", "2,4", "--widths", "1", "--replicas", "4", "--particles", "32", "--grid-steps", "4",
+              "--limit-sets", "2", "--steps", "2", "--records", "2", "--lazy-alphas", "1", "--lazy-depth", "2",
+              "--lazy-hidden", "2", "--lazy-replicas", "2", "--bootstrap", "20", "--samples", "6",
+              "--no-progress", "--no-plots"]

@@ -27,3 +27,58 @@ def test_kernels_are_a_subpackage_of_deepres():
     assert config["options"]["package_dir"].split() == ["deepres.kernels", "=", "kernels"]
     assert deepres.kernels.__name__ == "deepres.kernels"
     assert pathlib.Path(deepres.kernels.__file__).parent == ROOT / "kernels"
+
+
+def _floors() -> dict[str, str]:
+    """Every direct dependency (runtime and extras) → its floor, from pyproject.toml."""
+    import tomllib
+    from packaging.requirements import Requirement
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    requirements = list(project["dependencies"])
+    for extra in project["optional-dependencies"].values():
+        requirements += extra
+    floors: dict[str, str] = {}
+    for text in requirements:
+        requirement = Requirement(text)
+        lower = [spec.version for spec in requirement.specifier if spec.operator == ">="]
+        assert len(lower) == 1 and len(requirement.specifier) == 1, f"{text}: one floor (>=) and nothing else"
+        assert floors.setdefault(requirement.name, lower[0]) == lower[0], f"{requirement.name}: two floors"
+    return floors
+
+
+def _pins() -> dict[str, str]:
+    """Package → pinned version, from the constraints file CI installs with."""
+    from packaging.requirements import Requirement
+
+    pins = {}
+    for line in (ROOT / ".ci" / "constraints.txt").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            requirement = Requirement(line)
+            (spec,) = requirement.specifier
+            assert spec.operator == "==", line
+            pins[requirement.name] = spec.version
+    return pins
+
+
+def test_dependency_floors_are_the_versions_ci_installs():
+    # CI installs every dependency pinned to its floor, so each floor is a tested version.
+    assert _pins() == _floors()
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert 'pip install -e ".[test]" -c .ci/constraints.txt' in ci
+    assert f"pip install torch=={_floors()['torch']} " in ci
+
+
+def test_installed_versions_meet_the_floors():
+    import sys
+    from importlib.metadata import version
+
+    import tomllib
+    from packaging.specifiers import SpecifierSet
+    from packaging.version import Version
+
+    for name, floor in _floors().items():
+        installed = Version(version(name))
+        assert Version(installed.base_version) >= Version(floor), f"{name} {installed} is below its floor {floor}"
+    python = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["requires-python"]
+    assert SpecifierSet(python).contains(".".join(map(str, sys.version_info[:3])))

@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from deepres import ACTIVATIONS, residual_stack
@@ -98,6 +98,8 @@ def test_half_weights_with_float32_stream_match_upcast_weights():
     every=st.one_of(st.none(), st.integers(1, 10), st.just("sqrt")),
     activation=st.sampled_from(ACTIVATIONS), seed=st.integers(0, 2**16),
 )
+# relu with its only unit off: the weight gradients are exactly zero, so the error is 0 and not 0/0.
+@example(batch=1, dim=1, hidden=1, depth=1, replicas=None, every=None, activation="relu", seed=0)
 def test_property_any_shape_matches_reference(batch, dim, hidden, depth, replicas, every,
                                               activation, seed):
     h, u, v = random_stack_inputs(batch, dim, hidden, depth, replicas, seed=seed)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import argparse
 import sys
 
+from deepres.cli_checks import OneLineParser
 from deepres.study import cli
 from deepres.study.cli import configure_parser, main
 
 
 def _entry() -> int:
-    parser = argparse.ArgumentParser(prog="python -m deepres.study", description=cli.__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = OneLineParser(prog="python -m deepres.study", description=cli.__doc__,
+                           formatter_class=argparse.RawDescriptionHelpFormatter)
     configure_parser(parser)
     return main(parser.parse_args())
 

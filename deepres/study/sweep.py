@@ -10,10 +10,14 @@ A study is cut into independent *units*, each a plain JSON-able dict:
 * ``{"kind": "lazy_limit", ...}``: the α → ∞ limit of that sweep (d_∞), α-free.
 
 A unit's result depends only on the unit (its seeds are derived from its content),
-so units can run in any order, on any worker. :class:`ResultStore` keeps one file
-per finished unit, written atomically (a temporary file then ``os.replace``): a
-rerun reads back what is there and runs only what is missing, and a run killed
-midway loses only the unit it was running.
+so units can run in any order, on any worker. :class:`~deepres.study.store.ResultStore`
+keeps one file per finished unit, written atomically (a temporary file then
+``os.replace``): a rerun reads back what is there and runs only what is missing, and
+a run killed midway loses only the unit it was running. A file that cannot be read
+back is renamed to ``*.corrupt``, reported, and its unit runs again. Results are
+also keyed by the stack backend and the device type
+(:func:`~deepres.study.store.unit_identity`): a rerun with another ``backend`` or
+``device`` computes its own results instead of resuming from those of the first.
 
 Executors run units: :class:`LocalExecutor` runs them one after the other in this
 process; :class:`deepres.study.ray_executor.RayExecutor` runs each as a Ray task, on a
@@ -29,11 +33,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any, Protocol
 
 import torch
@@ -42,9 +43,18 @@ from deepres.study.compare import build_limit_sets, build_resnet, coupling_weigh
 from deepres.study.data import make_task
 from deepres.study.estimate import format_seconds, model_seconds
 from deepres.study.lazy import lazy_limit, lazy_measurements
+from deepres.study.store import (
+    CorruptResultError,
+    CorruptResultWarning,
+    ResultStore,
+    unit_identity,
+    unit_key,
+)
 from deepres.training import train
 
 __all__ = [
+    "CorruptResultError",
+    "CorruptResultWarning",
     "Executor",
     "LocalExecutor",
     "ResultStore",
@@ -53,16 +63,11 @@ __all__ = [
     "run_unit",
     "run_units",
     "unit_cost",
+    "unit_identity",
     "unit_key",
 ]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def unit_key(unit: dict[str, Any]) -> str:
-    """A stable file-name-safe key for ``unit``: its kind and a digest of its canonical JSON."""
-    text = json.dumps(unit, sort_keys=True, separators=(",", ":"))
-    return f"{unit['kind']}-{hashlib.sha256(text.encode()).hexdigest()[:20]}"
 
 
 def derived_seed(*parts: object) -> int:
@@ -169,72 +174,6 @@ def run_unit(unit: dict[str, Any], *, device: torch.device | str | None = None,
     return out
 
 
-class ResultStore:
-    """One file per finished unit under ``root/units/``, written atomically.
-
-    Args:
-        root: the study's output directory (created if missing).
-
-    Example:
-        >>> store = ResultStore(tempfile.mkdtemp())
-        >>> unit = {"kind": "resnet", "depth": 4}
-        >>> store.save(unit, {"x": torch.ones(2)})
-        >>> store.has(unit), store.load(unit)["x"].tolist()
-        (True, [1.0, 1.0])
-    """
-
-    def __init__(self, root: str | Path) -> None:
-        self.root = Path(root)
-        self.units_dir = self.root / "units"
-        self.units_dir.mkdir(parents=True, exist_ok=True)
-
-    def path(self, unit: dict[str, Any]) -> Path:
-        return self.units_dir / f"{unit_key(unit)}.pt"
-
-    def has(self, unit: dict[str, Any]) -> bool:
-        return self.path(unit).is_file()
-
-    def load(self, unit: dict[str, Any]) -> dict[str, Any]:
-        """The stored result of ``unit``; raises FileNotFoundError when it has not finished."""
-        payload = torch.load(self.path(unit), map_location="cpu", weights_only=True)
-        if payload.get("unit") != json.loads(json.dumps(unit)):
-            raise ValueError(f"the file {self.path(unit)} holds another unit (digest collision)")
-        return payload["result"]
-
-    def failure_path(self, unit: dict[str, Any]) -> Path:
-        return self.units_dir / f"{unit_key(unit)}.failed.json"
-
-    def save_failure(self, unit: dict[str, Any], message: str) -> None:
-        """Record that ``unit`` failed (atomically, as :meth:`save`); a later success clears it."""
-        target = self.failure_path(unit)
-        tmp = target.with_name(f".{target.name}.tmp")
-        tmp.write_text(json.dumps({"unit": unit, "error": message}, indent=1))
-        os.replace(tmp, target)
-
-    def failures(self) -> list[dict[str, Any]]:
-        """The recorded failures, ``{"unit": ..., "error": ...}`` each, oldest file name first."""
-        return [json.loads(p.read_text()) for p in sorted(self.units_dir.glob("*.failed.json"))]
-
-    def save(self, unit: dict[str, Any], result: dict[str, Any]) -> None:
-        """Write ``result`` for ``unit``: to a temporary file in the same folder, then renamed.
-
-        ``os.replace`` is atomic on one file system, so a reader (or a rerun after a
-        kill) sees either no file or the whole file, never a partial one.
-        """
-        target = self.path(unit)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=".tmp", dir=self.units_dir)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                torch.save({"unit": unit, "result": result}, handle)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        self.failure_path(unit).unlink(missing_ok=True)
-
-
 Work = Callable[[dict[str, Any]], dict[str, Any]]
 OnDone = Callable[[dict[str, Any], dict[str, Any]], None]
 OnFailed = Callable[[dict[str, Any], str], None]
@@ -263,14 +202,15 @@ class LocalExecutor:
 
 
 def run_units(units: Sequence[dict[str, Any]], store: ResultStore, *, executor: Executor | None = None,
-              device: torch.device | str | None = None, backend: str = "auto", progress: bool = True,
+              device: torch.device | str | None = None, backend: str | None = None, progress: bool = True,
               cost: Callable[[dict[str, Any]], float] | None = None) -> dict[str, int]:
     """Run the units that the store does not hold yet; store each as it finishes.
 
     Args:
         units: the study's units. store: where results go.
         executor: Default :class:`LocalExecutor`.
-        device: Default CPU. backend: stack backend. Default ``"auto"``.
+        device, backend: where and with which stack backend the units run. Default None:
+            the store's (see :class:`ResultStore`); when given they must agree with it.
         progress: show a tqdm bar weighted by ``cost`` (its ETA). Default True.
         cost: a unit's predicted seconds, for the order (cheapest first) and the bar; e.g.
             the model scaled to this machine by :func:`deepres.study.estimate.calibrate`.
@@ -281,6 +221,11 @@ def run_units(units: Sequence[dict[str, Any]], store: ResultStore, *, executor: 
         (failed: given up on by the executor, recorded with
         :meth:`ResultStore.save_failure`).
     """
+    device = store.device if device is None else device
+    backend = store.backend if backend is None else backend
+    if unit_identity(device, backend) != store.identity:
+        raise ValueError(f"device {device!r} and backend {backend!r} must match the store's "
+                         f"{store.identity}: its results are keyed by them")
     executor = executor or LocalExecutor()
     todo = [u for u in units if not store.has(u)]
     counts = {"total": len(units), "resumed": len(units) - len(todo), "ran": 0, "failed": 0}
