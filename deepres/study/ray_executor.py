@@ -53,9 +53,11 @@ class RayExecutor:
     Use it as a context manager (or call :meth:`close`) so that a local
     instance is stopped.
 
-    Example:
-        >>> with RayExecutor(max_retries=1) as executor:
-        ...     run_units(config.units(), ResultStore("out"), executor=executor)
+    Example (not run as a doctest: it starts a local Ray instance):
+        >>> from deepres.study.presets import preset
+        >>> from deepres.study.sweep import ResultStore, run_units
+        >>> with RayExecutor(max_retries=1) as executor:                      # doctest: +SKIP
+        ...     run_units(preset("quick").units(), ResultStore("study-out"), executor=executor)
     """
 
     def __init__(self, address: str | None = None, *, max_retries: int = 2,
