@@ -77,41 +77,6 @@ def _(h0, u, v, solver, steps, multiplier, pre_scale, activation, every, return_
     return h0.new_empty(h0.shape), h0.new_empty((count, *h0.shape)), h0.new_empty(nodes)
 
 
-def _backward_impl(route, grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier, pre_scale,
-                   activation, every, pool, needs):
-    with autocast_disabled(grad_h1.device.type):
-        field = field_for(u, v, multiplier, pre_scale, activation, h1.shape[0])
-        b0, grad_ut, grad_vt = route(field, TABLEAUS[solver], steps, None if every == BACKSOLVE else every,
-                                     grad_h1, h0.detach(), checkpoints, h1, pool)
-    if b0 is grad_h1:  # an op's output must not alias its input
-        b0 = b0.clone()
-    return (b0 if needs[0] else b0.new_empty((0,)),
-            grad_ut.transpose(1, 2) if needs[1] else u.new_empty((0,)),
-            grad_vt.transpose(1, 2) if needs[2] else u.new_empty((0,)))
-
-
-@torch.library.custom_op("deepres::meanode_adjoint_backward", mutates_args=())
-def meanode_adjoint_backward(grad_h1: torch.Tensor, h0: torch.Tensor, checkpoints: torch.Tensor,
-                             h1: torch.Tensor, u: torch.Tensor, v: torch.Tensor, solver: str, steps: int,
-                             multiplier: float, pre_scale: float, activation: str, every: int, pool: int,
-                             needs: list[bool],
-                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """ODE-adjoint gradients: (b(0), ∂/∂u, ∂/∂v), an empty tensor for each one ``needs`` leaves out."""
-    return _backward_impl(adjoint_gradients, grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier,
-                          pre_scale, activation, every, pool, needs)
-
-
-@torch.library.custom_op("deepres::meanode_discrete_backward", mutates_args=())
-def meanode_discrete_backward(grad_h1: torch.Tensor, h0: torch.Tensor, checkpoints: torch.Tensor,
-                              h1: torch.Tensor, u: torch.Tensor, v: torch.Tensor, solver: str, steps: int,
-                              multiplier: float, pre_scale: float, activation: str, every: int, pool: int,
-                              needs: list[bool],
-                              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Exact gradients of the discrete solve: (∂/∂h0, ∂/∂u, ∂/∂v), empty where ``needs`` says so."""
-    return _backward_impl(discrete_gradients, grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier,
-                          pre_scale, activation, every, pool, needs)
-
-
 def _backward_fake(grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier, pre_scale, activation,
                    every, pool, needs):
     nodes, particles, dim = u.shape
@@ -124,8 +89,38 @@ def _backward_fake(grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier
             weights() if needs[2] else u.new_empty((0,)))
 
 
-meanode_adjoint_backward.register_fake(_backward_fake)
-meanode_discrete_backward.register_fake(_backward_fake)
+def _backward_op(route_name: str, route, summary: str) -> torch.library.CustomOpDef:
+    """The backward op ``deepres::meanode_<route_name>_backward`` running the sweep ``route``."""
+
+    def backward(grad_h1: torch.Tensor, h0: torch.Tensor, checkpoints: torch.Tensor, h1: torch.Tensor,
+                 u: torch.Tensor, v: torch.Tensor, solver: str, steps: int, multiplier: float,
+                 pre_scale: float, activation: str, every: int, pool: int, needs: list[bool],
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        with autocast_disabled(grad_h1.device.type):
+            field = field_for(u, v, multiplier, pre_scale, activation, h1.shape[0])
+            segment = None if every == BACKSOLVE else every
+            b0, grad_ut, grad_vt = route(field, TABLEAUS[solver], steps, segment, grad_h1, h0.detach(),
+                                         checkpoints, h1, pool)
+        if b0 is grad_h1:  # an op's output must not alias its input
+            b0 = b0.clone()
+        return (b0 if needs[0] else b0.new_empty((0,)),
+                grad_ut.transpose(1, 2) if needs[1] else u.new_empty((0,)),
+                grad_vt.transpose(1, 2) if needs[2] else u.new_empty((0,)))
+
+    backward.__doc__ = summary + (" Arguments: the forward's, its outputs h1 and checkpoints, "
+                                  "∂loss/∂h(1) and ``needs`` (an empty tensor for each gradient left out).")
+    backward.__name__ = backward.__qualname__ = f"meanode_{route_name}_backward"
+    op = torch.library.custom_op(f"deepres::meanode_{route_name}_backward", backward, mutates_args=())
+    op.register_fake(_backward_fake)
+    return op
+
+
+#: ODE-adjoint gradients (b(0), ∂/∂u, ∂/∂v).
+meanode_adjoint_backward = _backward_op("adjoint", adjoint_gradients,
+                                        "ODE-adjoint gradients: (b(0), ∂/∂u, ∂/∂v).")
+#: Exact gradients of the discrete solve (∂/∂h0, ∂/∂u, ∂/∂v).
+meanode_discrete_backward = _backward_op("discrete", discrete_gradients,
+                                         "Exact gradients of the discrete solve: (∂/∂h0, ∂/∂u, ∂/∂v).")
 
 
 def _setup_context(ctx, inputs, output):
