@@ -14,7 +14,8 @@ import torch
 
 from deepres._checks import check_choice
 
-__all__ = ["ACTIVATIONS", "activation", "activation_and_derivative", "activation_vjp", "check_activation"]
+__all__ = ["ACTIVATIONS", "TORCH_ACTIVATIONS", "activation", "activation_and_derivative", "activation_vjp",
+           "check_activation"]
 
 _INV_SQRT2 = 1.0 / math.sqrt(2.0)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
@@ -83,6 +84,17 @@ _PAIR: dict[str, Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]] = 
 
 #: Names accepted wherever an ``activation`` argument is taken.
 ACTIVATIONS: tuple[str, ...] = tuple(_FORWARD)
+
+#: σ written with PyTorch's own functions, name by name: what a user writes. The plain
+#: references and the benchmark baselines use these, never the engines' faster forms
+#: (e.g. tanh through sigmoid on the CPU), so that they stay independent oracles.
+TORCH_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "tanh": torch.tanh,
+    "relu": torch.relu,
+    "gelu": lambda z: torch.nn.functional.gelu(z, approximate="none"),
+    "silu": torch.nn.functional.silu,
+    "identity": lambda z: z,
+}
 
 
 def check_activation(name: object, argument: str = "activation") -> str:

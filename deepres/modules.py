@@ -68,22 +68,11 @@ class ResidualStack(nn.Module):
         torch.Size([8, 16])
     """
 
-    def __init__(
-        self,
-        depth: int,
-        dim: int,
-        hidden: int,
-        *,
-        alpha: float = 1.0,
-        parameterization: str = "mlu",
-        activation: str = "tanh",
-        backend: str = "auto",
-        checkpoint_every: int | str | None = None,
-        replicas: int | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
+    def __init__(self, depth: int, dim: int, hidden: int, *, alpha: float = 1.0,
+                 parameterization: str = "mlu", activation: str = "tanh", backend: str = "auto",
+                 checkpoint_every: int | str | None = None,
+                 replicas: int | None = None, device: torch.device | str | None = None,
+                 dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.parameterization = Parameterization(parameterization, depth, hidden, dim, alpha)
         self.activation = check_choice(activation, "activation", ACTIVATIONS)
@@ -293,26 +282,12 @@ class DeepResNet(EmbeddedNetwork):
         torch.Size([3, 10, 5])
     """
 
-    def __init__(
-        self,
-        in_features: int,
-        out_features: int,
-        depth: int,
-        dim: int,
-        hidden: int,
-        *,
-        alpha: float = 1.0,
-        parameterization: str = "mlu",
-        activation: str = "tanh",
-        backend: str = "auto",
-        checkpoint_every: int | str | None = None,
-        replicas: int | None = None,
-        train_embedding: bool = False,
-        train_readout: bool = False,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
+    def __init__(self, in_features: int, out_features: int, depth: int, dim: int, hidden: int, *,
+                 alpha: float = 1.0, parameterization: str = "mlu", activation: str = "tanh",
+                 backend: str = "auto", checkpoint_every: int | str | None = None,
+                 replicas: int | None = None, train_embedding: bool = False, train_readout: bool = False,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")

@@ -35,6 +35,7 @@ The gradient-descent step for every trained weight is
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from deepres._checks import check_choice, check_finite_real, check_positive_int
@@ -43,6 +44,32 @@ __all__ = ["PARAMETERIZATIONS", "Parameterization"]
 
 #: Names accepted wherever a ``parameterization`` argument is taken.
 PARAMETERIZATIONS: tuple[str, ...] = ("mlu", "depth_mup", "standard")
+
+
+# The table of the module docstring: name → quantity → (L, M, D, α) ↦ value.
+_FORMULAS: dict[str, dict[str, Callable[[int, int, int, float], float]]] = {
+    "mlu": {
+        "init_std_u": lambda L, M, D, alpha: math.sqrt(D),
+        "init_std_v": lambda L, M, D, alpha: math.sqrt(D),
+        "pre_scale": lambda L, M, D, alpha: 1.0 / D,
+        "multiplier": lambda L, M, D, alpha: alpha / (L * M),
+        "lr_multiplier": lambda L, M, D, alpha: L * M * D / alpha**2,
+    },
+    "depth_mup": {
+        "init_std_u": lambda L, M, D, alpha: 1.0,
+        "init_std_v": lambda L, M, D, alpha: 1.0,
+        "pre_scale": lambda L, M, D, alpha: 1.0 / math.sqrt(D),
+        "multiplier": lambda L, M, D, alpha: alpha / math.sqrt(L * M),
+        "lr_multiplier": lambda L, M, D, alpha: 1.0,
+    },
+    "standard": {
+        "init_std_u": lambda L, M, D, alpha: 1.0 / math.sqrt(D),
+        "init_std_v": lambda L, M, D, alpha: 1.0 / math.sqrt(M),
+        "pre_scale": lambda L, M, D, alpha: 1.0,
+        "multiplier": lambda L, M, D, alpha: 1.0,
+        "lr_multiplier": lambda L, M, D, alpha: 1.0,
+    },
+}
 
 
 @dataclass(frozen=True)
@@ -78,45 +105,30 @@ class Parameterization:
             raise ValueError(f"alpha must be > 0; got {alpha!r}")
         object.__setattr__(self, "alpha", float(alpha))
 
+    def _formula(self, quantity: str) -> float:
+        return float(_FORMULAS[self.name][quantity](self.depth, self.hidden, self.dim, self.alpha))
+
     @property
     def init_std_u(self) -> float:
         """Standard deviation of each entry of u at initialization."""
-        if self.name == "mlu":
-            return math.sqrt(self.dim)
-        if self.name == "depth_mup":
-            return 1.0
-        return 1.0 / math.sqrt(self.dim)
+        return self._formula("init_std_u")
 
     @property
     def init_std_v(self) -> float:
         """Standard deviation of each entry of v at initialization."""
-        if self.name == "mlu":
-            return math.sqrt(self.dim)
-        if self.name == "depth_mup":
-            return 1.0
-        return 1.0 / math.sqrt(self.hidden)
+        return self._formula("init_std_v")
 
     @property
     def pre_scale(self) -> float:
         """The pre-activation scale a in σ(a·uᵀh)."""
-        if self.name == "mlu":
-            return 1.0 / self.dim
-        if self.name == "depth_mup":
-            return 1.0 / math.sqrt(self.dim)
-        return 1.0
+        return self._formula("pre_scale")
 
     @property
     def multiplier(self) -> float:
         """The residual multiplier c."""
-        if self.name == "mlu":
-            return self.alpha / (self.depth * self.hidden)
-        if self.name == "depth_mup":
-            return self.alpha / math.sqrt(self.depth * self.hidden)
-        return 1.0
+        return self._formula("multiplier")
 
     @property
     def lr_multiplier(self) -> float:
         """Factor applied to the base learning rate η for u and v."""
-        if self.name == "mlu":
-            return self.depth * self.hidden * self.dim / self.alpha**2
-        return 1.0
+        return self._formula("lr_multiplier")

@@ -13,22 +13,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
 
+from deepres.activations import TORCH_ACTIVATIONS
 from deepres.benchmark.case import Case, Inputs
 
 __all__ = ["Provider", "Runner", "adopt_weights", "leaf", "per_network", "stack_replicas", "user_activation"]
-
-
-# What a user writes: PyTorch's own functions (deepres.activations may trade autograd
-# memory for speed, e.g. tanh through sigmoid on the CPU, which is not what a baseline does).
-_USER_ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "tanh": torch.tanh,
-    "relu": torch.relu,
-    "gelu": lambda z: F.gelu(z, approximate="none"),
-    "silu": F.silu,
-    "identity": lambda z: z,
-}
 
 
 def user_activation(name: str, z: torch.Tensor) -> torch.Tensor:
@@ -38,7 +27,7 @@ def user_activation(name: str, z: torch.Tensor) -> torch.Tensor:
         >>> float(user_activation("relu", torch.tensor(-1.0)))
         0.0
     """
-    return _USER_ACTIVATIONS[name](z)
+    return TORCH_ACTIVATIONS[name](z)
 
 
 def leaf(t: torch.Tensor) -> torch.Tensor:

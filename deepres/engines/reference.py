@@ -1,4 +1,5 @@
-"""The plain per-layer reference: eq. (1) written with ordinary autograd.
+"""The plain per-layer reference: eq. (1) written with ordinary autograd and PyTorch's own
+activations (:data:`deepres.activations.TORCH_ACTIVATIONS`).
 
 It is the oracle the fused engines are tested against and the "what a user
 would write" baseline of the benchmarks. It keeps every intermediate autograd
@@ -9,28 +10,14 @@ from __future__ import annotations
 
 import torch
 
+from deepres.activations import TORCH_ACTIVATIONS
 from deepres.engines.common import autocast_disabled
-
-# The oracle computes σ with torch's own functions, not the engines' (faster) forms.
-_PLAIN_ACTIVATIONS = {
-    "tanh": torch.tanh,
-    "relu": torch.relu,
-    "gelu": lambda z: torch.nn.functional.gelu(z, approximate="none"),
-    "silu": torch.nn.functional.silu,
-    "identity": lambda z: z,
-}
 
 __all__ = ["reference_residual_stack"]
 
 
-def reference_residual_stack(
-    h: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    multiplier: float,
-    pre_scale: float,
-    activation: str,
-) -> torch.Tensor:
+def reference_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,
+                             pre_scale: float, activation: str) -> torch.Tensor:
     """h_L of eq. (1) by a plain loop over layers, differentiable by autograd.
 
     Args:
@@ -49,5 +36,5 @@ def reference_residual_stack(
         layers_v = v.unbind(dim=-3)
         for u_l, v_l in zip(layers_u, layers_v, strict=True):
             z = pre_scale * (h @ u_l.to(h.dtype).transpose(-1, -2))
-            h = h + multiplier * (_PLAIN_ACTIVATIONS[activation](z) @ v_l.to(h.dtype))
+            h = h + multiplier * (TORCH_ACTIVATIONS[activation](z) @ v_l.to(h.dtype))
         return h

@@ -193,15 +193,8 @@ stack_fakes(torch_stack, torch_stack_backward, checkpoints_hold_input=False,
 register_stack_autograd(torch_stack, _backward, reference_residual_stack)
 
 
-def torch_residual_stack(
-    h: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    multiplier: float,
-    pre_scale: float,
-    activation: str,
-    every: int,
-) -> torch.Tensor:
+def torch_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,
+                         pre_scale: float, activation: str, every: int) -> torch.Tensor:
     """Run the PyTorch engine on replica-form tensors (no argument checks: see
     :func:`deepres.residual_stack` for the public entry point).
 

@@ -107,19 +107,9 @@ stack_fakes(triton_stack, triton_stack_backward, checkpoints_hold_input=True,
 register_stack_autograd(triton_stack, _backward, reference_residual_stack)
 
 
-def triton_residual_stack(
-    h: torch.Tensor,
-    u: torch.Tensor,
-    v: torch.Tensor,
-    multiplier: float,
-    pre_scale: float,
-    activation: str,
-    every: int,
-    *,
-    allow_tf32: bool = False,
-    deterministic: bool = False,
-    config: object | None = None,
-) -> torch.Tensor:
+def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,
+                          pre_scale: float, activation: str, every: int, *, allow_tf32: bool = False,
+                          deterministic: bool = False, config: object | None = None) -> torch.Tensor:
     """Run the Triton engine on replica-form tensors (no argument checks: see
     :func:`deepres.residual_stack` for the public entry point).
 

@@ -89,48 +89,51 @@ class _Sweep:
         self.field.weight_grads(self.grad_ut, self.grad_vt, node, self.weights[node], False, h, b, s, p)
 
 
-def _sweep_euler(sw: _Sweep, b: torch.Tensor, h1: torch.Tensor) -> torch.Tensor:
-    f, delta, steps = sw.field, sw.delta, sw.steps
-    top = top_node(sw.tab, steps - 1, steps)
+def _start(sw: _Sweep, b: torch.Tensor, h1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(G at the node of s = 1, and F there when backsolving): where euler and midpoint start."""
+    f, top = sw.field, top_node(sw.tab, sw.steps - 1, sw.steps)
     s, ds = f.pair(h1, top, sw.s_node, sw.ds_node)
-    g = f.adjoint(f.pullback(b, top, ds, sw.q), top)
-    f_hi = f.from_activation(s, top) if sw.backsolve else None
+    return f.adjoint(f.pullback(b, top, ds, sw.q), top), (f.from_activation(s, top) if sw.backsolve else None)
+
+
+def _step_node(sw: _Sweep, node: int, h: torch.Tensor, b: torch.Tensor, more: bool,
+               ) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """The density at a step's first node from (h, b); with ``more`` steps below it, also
+    (G there, F there when backsolving) for the next step down."""
+    f = sw.field
+    s, ds = f.pair(h, node, sw.s_node, sw.ds_node)
+    p = f.pullback(b, node, ds, sw.q)
+    sw.density(node, h, b, s, p)
+    if not more:
+        return None, None
+    return f.adjoint(p, node), (f.from_activation(s, node) if sw.backsolve else None)
+
+
+def _sweep_euler(sw: _Sweep, b: torch.Tensor, h1: torch.Tensor) -> torch.Tensor:
+    g, f_hi = _start(sw, b, h1)
     h_hi = h1
-    for i in range(steps - 1, -1, -1):
-        b = torch.add(b, g, alpha=delta)
+    for i in range(sw.steps - 1, -1, -1):
+        b = torch.add(b, g, alpha=sw.delta)
         h = sw.previous(i, h_hi, f_hi)
-        s, ds = f.pair(h, i, sw.s_node, sw.ds_node)
-        p = f.pullback(b, i, ds, sw.q)
-        sw.density(i, h, b, s, p)
-        if i > 0:
-            g = f.adjoint(p, i)
-            f_hi = f.from_activation(s, i) if sw.backsolve else None
+        g, f_hi = _step_node(sw, i, h, b, i > 0)
         h_hi = h
     return b
 
 
 def _sweep_midpoint(sw: _Sweep, b: torch.Tensor, h1: torch.Tensor) -> torch.Tensor:
-    f, delta, steps = sw.field, sw.delta, sw.steps
-    top = top_node(sw.tab, steps - 1, steps)
-    s, ds = f.pair(h1, top, sw.s_node, sw.ds_node)
-    g_hi = f.adjoint(f.pullback(b, top, ds, sw.q), top)
-    f_hi = f.from_activation(s, top) if sw.backsolve else None
+    f, delta = sw.field, sw.delta
+    g_hi, f_hi = _start(sw, b, h1)
     h_hi = h1
-    for i in range(steps - 1, -1, -1):
+    for i in range(sw.steps - 1, -1, -1):
         h = sw.previous(i, h_hi, f_hi)
-        mid, lo = 2 * i + 1, 2 * i
+        mid = 2 * i + 1
         b_pred = torch.add(b, g_hi, alpha=0.5 * delta)
         h_mid = midpoint_state(sw.tab, h, h_hi, None, None, delta)
         s_m, ds_m = f.pair(h_mid, mid, sw.s_mid, sw.ds_mid)
         p = f.pullback(b_pred, mid, ds_m, sw.q)
         sw.density(mid, h_mid, b_pred, s_m, p)
         b = torch.add(b, f.adjoint(p, mid), alpha=delta)
-        s, ds = f.pair(h, lo, sw.s_node, sw.ds_node)
-        p = f.pullback(b, lo, ds, sw.q)
-        sw.density(lo, h, b, s, p)
-        if i > 0:
-            g_hi = f.adjoint(p, lo)
-            f_hi = f.from_activation(s, lo) if sw.backsolve else None
+        g_hi, f_hi = _step_node(sw, 2 * i, h, b, i > 0)
         h_hi = h
     return b
 

@@ -116,23 +116,12 @@ class MeanODE(nn.Module):
         torch.Size([33, 10, 8])
     """
 
-    def __init__(
-        self,
-        dim: int,
-        particles: int,
-        steps: int,
-        *,
-        alpha: float = 1.0,
-        parameterization: str = "mlu",
-        activation: str = "tanh",
-        solver: str = "rk4",
-        gradient: str = "adjoint",
-        particle_init: str = "antithetic",
-        checkpoint_every: int | str | None = None,
-        device: torch.device | str | None = None,
-        dtype: torch.dtype | None = None,
-        generator: torch.Generator | None = None,
-    ) -> None:
+    def __init__(self, dim: int, particles: int, steps: int, *, alpha: float = 1.0,
+                 parameterization: str = "mlu", activation: str = "tanh", solver: str = "rk4",
+                 gradient: str = "adjoint", particle_init: str = "antithetic",
+                 checkpoint_every: int | str | None = None,
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None,
+                 generator: torch.Generator | None = None) -> None:
         super().__init__()
         dim = check_positive_int(dim, "dim")
         particles = check_positive_int(particles, "particles")

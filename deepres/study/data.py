@@ -43,6 +43,16 @@ def _generator(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _inputs(seed: int, samples: int, in_features: int, out_features: int,
+            ) -> tuple[torch.Generator, torch.Tensor]:
+    """Check the sizes; the seeded generator and the first draw, x (N, d_in) in float64."""
+    check_positive_int(samples, "samples")
+    check_positive_int(in_features, "in_features")
+    check_positive_int(out_features, "out_features")
+    gen = _generator(seed)
+    return gen, torch.randn(samples, in_features, generator=gen, dtype=torch.float64)
+
+
 def paper_task(seed: int = 0, *, samples: int = 10, in_features: int = 5, out_features: int = 5,
                dtype: torch.dtype = torch.float32, device: torch.device | str | None = None) -> Task:
     """The companion paper's task: x and y with i.i.d. N(0, 1) entries (pure memorization).
@@ -60,11 +70,7 @@ def paper_task(seed: int = 0, *, samples: int = 10, in_features: int = 5, out_fe
         >>> task.x.shape, task.y.shape
         (torch.Size([10, 5]), torch.Size([10, 5]))
     """
-    check_positive_int(samples, "samples")
-    check_positive_int(in_features, "in_features")
-    check_positive_int(out_features, "out_features")
-    gen = _generator(seed)
-    x = torch.randn(samples, in_features, generator=gen, dtype=torch.float64)
+    gen, x = _inputs(seed, samples, in_features, out_features)
     y = torch.randn(samples, out_features, generator=gen, dtype=torch.float64)
     return Task(x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype), "paper")
 
@@ -91,12 +97,8 @@ def teacher_task(seed: int = 0, *, samples: int = 10, in_features: int = 5, out_
         >>> teacher_task(1, samples=20).y.shape
         torch.Size([20, 5])
     """
-    check_positive_int(samples, "samples")
-    check_positive_int(in_features, "in_features")
-    check_positive_int(out_features, "out_features")
     check_positive_int(hidden, "hidden")
-    gen = _generator(seed)
-    x = torch.randn(samples, in_features, generator=gen, dtype=torch.float64)
+    gen, x = _inputs(seed, samples, in_features, out_features)
     a = torch.randn(hidden, in_features, generator=gen, dtype=torch.float64)
     b = torch.randn(out_features, hidden, generator=gen, dtype=torch.float64)
     y = torch.tanh(x @ a.T / math.sqrt(in_features)) @ b.T / math.sqrt(hidden)
