@@ -19,7 +19,8 @@ import triton
 from .stack_backward import stack_backward_kernel
 from .stack_forward import stack_forward_kernel
 
-__all__ = ["MAX_FUSED_DIM", "StackConfig", "choose_config", "stack_backward", "stack_forward"]
+__all__ = ["MAX_FUSED_DIM", "KernelLaunch", "StackConfig", "backward_plan", "choose_config", "forward_plan",
+           "stack_backward", "stack_forward"]
 
 #: Largest embedding dimension D the fused kernels handle: one program keeps
 #: a (BLOCK_B, D) tile of h, and in the backward also x, g and the g update,
@@ -143,6 +144,150 @@ def choose_config(batch: int, dim: int, width: int, replicas: int, device: torch
     return _choose_config_cached(batch, dim, width, replicas, multiprocessors, backward)
 
 
+@dataclass(frozen=True)
+class KernelLaunch:
+    """One launch of a plan: what the launchers run and what the cost model compiles.
+
+    Attributes:
+        kernel: ``"stack_forward"``, ``"stack_backward"`` or ``"torch"`` (a
+            PyTorch reduction, costed by its bytes only).
+        constexprs: the kernel's compile-time arguments, as sorted pairs.
+        num_warps, num_stages: launch options.
+        grid: the launch grid.
+        weight_dtype: Triton name of the weights' dtype (``"fp32"``, ``"fp16"``, ``"bf16"``).
+        loops: hot loop name → iterations of it per program (the names are
+            the ``# loop:`` markers of the kernels' source).
+        trips: nested loop name → iterations per iteration of the enclosing loop.
+        dram_bytes: bytes the launch reads and writes at least once.
+        scalars: the runtime integer and float arguments (the JIT specializes
+            on them: ints equal to 1 or divisible by 16).
+        pointer_dtypes: pointer arguments that are not float32 → their dtype.
+    """
+
+    kernel: str
+    constexprs: tuple[tuple[str, object], ...]
+    num_warps: int
+    num_stages: int
+    grid: tuple[int, int]
+    weight_dtype: str
+    loops: tuple[tuple[str, int], ...] = ()
+    trips: tuple[tuple[str, int], ...] = ()
+    dram_bytes: int = 0
+    scalars: tuple[tuple[str, int | float], ...] = ()
+    pointer_dtypes: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def options(self) -> dict:
+        """The constexprs as a dict."""
+        return dict(self.constexprs)
+
+    @property
+    def programs(self) -> int:
+        """Programs in the grid."""
+        return self.grid[0] * self.grid[1]
+
+
+_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+_DTYPE_BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
+
+
+def _scalars(replicas: int, batch: int, dim: int, width: int, depth: int, every: int) -> tuple:
+    # c and a: any float (the JIT does not specialize on float values).
+    return (("R", replicas), ("B", batch), ("D", dim), ("M", width), ("L", depth), ("every", every),
+            ("c", 0.5), ("a", 0.5))
+
+
+def forward_plan(replicas: int, batch: int, dim: int, width: int, depth: int, every: int, *,
+                 save_checkpoints: bool, precision: str, weight_dtype: str, activation: str,
+                 config: StackConfig) -> list[KernelLaunch]:
+    """The launches :func:`stack_forward` makes for these shapes (one).
+
+    Args:
+        replicas, batch, dim, width, depth: R, B, D, M, L. every: segment length k.
+        save_checkpoints, activation: as in :func:`stack_forward`.
+        precision: ``tl.dot`` input precision (``"ieee"`` or ``"tf32"``).
+        weight_dtype: ``"fp32"``, ``"fp16"`` or ``"bf16"``.
+        config: the tiles.
+
+    Returns:
+        A list of :class:`KernelLaunch`.
+
+    Example:
+        >>> cfg = StackConfig(block_b=16, block_d=64, block_m=64)
+        >>> [launch.kernel for launch in forward_plan(1, 64, 64, 64, 8, 2, save_checkpoints=True,
+        ...  precision="ieee", weight_dtype="fp32", activation="tanh", config=cfg)]
+        ['stack_forward']
+    """
+    one_m_tile = width <= config.block_m
+    constexprs = {"ACT": activation, "PRECISION": precision, "SAVE_CHECKPOINTS": save_checkpoints,
+                  "ONE_M_TILE": one_m_tile, "BLOCK_B": config.block_b, "BLOCK_D": config.block_d,
+                  "BLOCK_M": config.block_m}
+    weight_bytes = 2 * replicas * depth * width * dim * _DTYPE_BYTES[weight_dtype]
+    stream_bytes = 4 * replicas * batch * dim * (2 + (triton.cdiv(depth, every) if save_checkpoints else 0))
+    return [KernelLaunch(
+        kernel="stack_forward", constexprs=tuple(sorted(constexprs.items())), num_warps=config.num_warps,
+        num_stages=config.num_stages, grid=(triton.cdiv(batch, config.block_b), replicas),
+        weight_dtype=weight_dtype, loops=(("forward-layer", depth),),
+        trips=(("m-tile", triton.cdiv(width, config.block_m)),), dram_bytes=weight_bytes + stream_bytes,
+        scalars=_scalars(replicas, batch, dim, width, depth, every),
+        pointer_dtypes=(("u_ptr", weight_dtype), ("v_ptr", weight_dtype)),
+    )]
+
+
+def weight_grad_mode(need_weights: bool, batch_tiles: int, deterministic: bool) -> str:
+    """How the backward kernel combines the batch tiles' weight gradients (``W_MODE``)."""
+    if not need_weights or batch_tiles == 1:
+        return "store"
+    return "partial" if deterministic else "atomic"
+
+
+def backward_plan(replicas: int, batch: int, dim: int, width: int, depth: int, every: int, *,
+                  need_weights: bool, deterministic: bool, precision: str, weight_dtype: str,
+                  activation: str, config: StackConfig) -> list[KernelLaunch]:
+    """The launches :func:`stack_backward` makes for these shapes.
+
+    Args: as :func:`forward_plan`, plus ``need_weights`` and ``deterministic``
+    of :func:`stack_backward`.
+
+    Returns:
+        A list of :class:`KernelLaunch`: the backward kernel, then (partial
+        mode) the fixed-order reduction.
+
+    Example:
+        >>> cfg = StackConfig(block_b=16, block_d=64, block_m=16, num_warps=8)
+        >>> [launch.kernel for launch in backward_plan(1, 64, 64, 64, 8, 2, need_weights=True,
+        ...  deterministic=True, precision="ieee", weight_dtype="fp32", activation="tanh", config=cfg)]
+        ['stack_backward', 'torch']
+    """
+    batch_tiles = triton.cdiv(batch, config.block_b)
+    mode = weight_grad_mode(need_weights, batch_tiles, deterministic)
+    constexprs = {"ACT": activation, "PRECISION": precision, "RECOMPUTE": every > 1,
+                  "NEED_WEIGHTS": need_weights, "W_MODE": mode, "ONE_M_TILE": width <= config.block_m,
+                  "BLOCK_B": config.block_b, "BLOCK_D": config.block_d, "BLOCK_M": config.block_m}
+    n_segments = triton.cdiv(depth, every)
+    weights = replicas * depth * width * dim
+    grad_copies = batch_tiles if mode == "partial" else 1
+    dram = 2 * weights * _DTYPE_BYTES[weight_dtype] + (2 * weights * 4 * grad_copies if need_weights else 0)
+    dram += 4 * replicas * batch * dim * (2 + n_segments + (2 * depth if every > 1 else depth))
+    loops = (("walk-layer", depth),) + ((("recompute-layer", depth - n_segments),) if every > 1 else ())
+    plan = [KernelLaunch(
+        kernel="stack_backward", constexprs=tuple(sorted(constexprs.items())), num_warps=config.num_warps,
+        num_stages=config.num_stages, grid=(batch_tiles, replicas), weight_dtype=weight_dtype, loops=loops,
+        trips=(("m-tile", triton.cdiv(width, config.block_m)),), dram_bytes=dram,
+        scalars=_scalars(replicas, batch, dim, width, depth, every),
+        pointer_dtypes=(("u_ptr", weight_dtype), ("v_ptr", weight_dtype)),
+    )]
+    if mode == "partial":
+        plan.append(KernelLaunch(kernel="torch", constexprs=(("op", "sum over batch tiles"),), num_warps=0,
+                                 num_stages=0, grid=(1, 1), weight_dtype="fp32",
+                                 dram_bytes=2 * weights * 4 * (batch_tiles + 1)))
+    if mode == "atomic":
+        plan.append(KernelLaunch(kernel="torch", constexprs=(("op", "zero the gradient buffers"),),
+                                 num_warps=0, num_stages=0, grid=(1, 1), weight_dtype="fp32",
+                                 dram_bytes=2 * weights * 4))
+    return plan
+
+
 # CUDA's limit on the second grid dimension, which carries the replicas.
 _MAX_REPLICAS = 65535
 
@@ -164,6 +309,33 @@ def _on_device(device: torch.device) -> contextlib.AbstractContextManager:
 
 def _precision(allow_tf32: bool) -> str:
     return "tf32" if allow_tf32 else "ieee"
+
+
+#: The dot-product precisions the kernels take (``tl.dot``'s ``input_precision``).
+PRECISIONS = ("ieee", "tf32")
+
+#: Kernel name in a :class:`KernelLaunch` → the ``triton.jit`` function.
+KERNELS = {"stack_forward": stack_forward_kernel, "stack_backward": stack_backward_kernel}
+
+
+def default_precision(dim: int, width: int, weight_dtype: str = "fp32") -> str:
+    """The dot precision used unless the caller asks for another: IEEE float32."""
+    return "ieee"
+
+
+def plans(replicas: int, batch: int, dim: int, width: int, depth: int, every: int, *, precision: str,
+          weight_dtype: str, activation: str, multiprocessors: int, save_checkpoints: bool = True,
+          need_weights: bool = True, deterministic: bool = False,
+          ) -> tuple[list[KernelLaunch], list[KernelLaunch]]:
+    """(forward launches, backward launches) of one training step with the default tiles."""
+    forward = forward_plan(replicas, batch, dim, width, depth, every, save_checkpoints=save_checkpoints,
+                           precision=precision, weight_dtype=weight_dtype, activation=activation,
+                           config=_choose_config_cached(batch, dim, width, replicas, multiprocessors, False))
+    backward = backward_plan(replicas, batch, dim, width, depth, every, need_weights=need_weights,
+                             deterministic=deterministic, precision=precision, weight_dtype=weight_dtype,
+                             activation=activation,
+                             config=_choose_config_cached(batch, dim, width, replicas, multiprocessors, True))
+    return forward, backward
 
 
 def stack_forward(
@@ -201,19 +373,18 @@ def stack_forward(
     replicas, batch, dim = h0.shape
     depth, width = u.shape[1], u.shape[2]
     cfg = _check_config(config or choose_config(batch, dim, width, replicas, h0.device), dim, replicas)
+    (launch,) = forward_plan(replicas, batch, dim, width, depth, every, save_checkpoints=save_checkpoints,
+                             precision=_precision(allow_tf32), weight_dtype=_DTYPE_NAMES[u.dtype],
+                             activation=activation, config=cfg)
     out = torch.empty_like(h0)
     n_segments = triton.cdiv(depth, every)
     ckpt = h0.new_empty((n_segments, replicas, batch, dim)) if save_checkpoints else None
-    grid = (triton.cdiv(batch, cfg.block_b), replicas)
     with _on_device(h0.device):
-        stack_forward_kernel[grid](
+        stack_forward_kernel[launch.grid](
             h0, u, v, out, ckpt if ckpt is not None else out,
             replicas, batch, dim, width, depth, every,
             float(multiplier), float(pre_scale),
-            ACT=activation, PRECISION=_precision(allow_tf32), SAVE_CHECKPOINTS=save_checkpoints,
-            ONE_M_TILE=width <= cfg.block_m,
-            BLOCK_B=cfg.block_b, BLOCK_D=cfg.block_d, BLOCK_M=cfg.block_m,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **launch.options, num_warps=launch.num_warps, num_stages=launch.num_stages,
         )
     return out, ckpt
 
@@ -261,34 +432,31 @@ def stack_backward(
     depth, width = u.shape[1], u.shape[2]
     cfg = _check_config(config or choose_config(batch, dim, width, replicas, grad_out.device, backward=True),
                         dim, replicas)
-    batch_tiles = triton.cdiv(batch, cfg.block_b)
+    launch = backward_plan(replicas, batch, dim, width, depth, every, need_weights=need_weights,
+                           deterministic=deterministic, precision=_precision(allow_tf32),
+                           weight_dtype=_DTYPE_NAMES[u.dtype], activation=activation, config=cfg)[0]
+    mode = launch.options["W_MODE"]
+    batch_tiles = launch.grid[0]
     grad_h = torch.empty_like(grad_out)
     recompute = every > 1
     scratch = (grad_out.new_empty((min(every, depth), replicas, batch, dim)) if recompute else grad_h)
     f32 = {"dtype": torch.float32, "device": u.device}
     if not need_weights:
-        mode, grad_u, grad_v = "store", grad_h, grad_h  # never written
-    elif batch_tiles == 1:
-        mode = "store"
+        grad_u, grad_v = grad_h, grad_h  # never written
+    elif mode == "store":
         grad_u, grad_v = torch.empty(u.shape, **f32), torch.empty(u.shape, **f32)
-    elif deterministic:
-        mode = "partial"
+    elif mode == "partial":
         grad_u = torch.empty((batch_tiles, *u.shape), **f32)
         grad_v = torch.empty((batch_tiles, *u.shape), **f32)
     else:
-        mode = "atomic"
         grad_u, grad_v = torch.zeros(u.shape, **f32), torch.zeros(u.shape, **f32)
-    grid = (batch_tiles, replicas)
     with _on_device(grad_out.device):
-        stack_backward_kernel[grid](
+        stack_backward_kernel[launch.grid](
             grad_out, checkpoints, scratch, u, v,
             grad_h, grad_u, grad_v,
             replicas, batch, dim, width, depth, every,
             float(multiplier), float(pre_scale),
-            ACT=activation, PRECISION=_precision(allow_tf32), RECOMPUTE=recompute,
-            NEED_WEIGHTS=need_weights, W_MODE=mode, ONE_M_TILE=width <= cfg.block_m,
-            BLOCK_B=cfg.block_b, BLOCK_D=cfg.block_d, BLOCK_M=cfg.block_m,
-            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            **launch.options, num_warps=launch.num_warps, num_stages=launch.num_stages,
         )
     if not need_weights:
         return grad_h, None, None

@@ -130,7 +130,7 @@ def stack_backward_kernel(
         if RECOMPUTE:
             h = tl.load(ckpt_ptr + (segment * R + r) * B * D + tile, mask=mask_bd, other=0.0)
             tl.store(scratch_ptr + r * B * D + tile, h, mask=mask_bd)
-            for layer in range(start, stop - 1):
+            for layer in range(start, stop - 1):  # loop: recompute-layer
                 h = layer_forward(h, u_ptr, v_ptr, (r * L + layer) * M * D, M, D, a, c,
                                   offs_m, offs_d, mask_d, ACT, PRECISION, ONE_M_TILE,
                                   BLOCK_B, BLOCK_D, BLOCK_M)
@@ -138,7 +138,7 @@ def stack_backward_kernel(
             # The inputs are read back below in a different thread layout: make
             # this program's stores visible to all its threads first.
             tl.debug_barrier()
-        for t2 in range(0, stop - start):
+        for t2 in range(0, stop - start):  # loop: walk-layer
             layer = stop - 1 - t2
             if RECOMPUTE:
                 x_ptr = scratch_ptr + ((layer - start) * R + r) * B * D
@@ -152,7 +152,7 @@ def stack_backward_kernel(
                 g_acc = _backward_m_tile(x, g, g_acc, u_ptr, v_ptr, grad_u_ptr, grad_v_ptr, w_base + w_tile,
                                          mask_w, a, c, ACT, PRECISION, NEED_WEIGHTS, W_MODE)
             else:
-                for m0 in range(0, M, BLOCK_M):
+                for m0 in range(0, M, BLOCK_M):  # loop: m-tile
                     mask_w = ((m0 + offs_m) < M)[:, None] & mask_d[None, :]
                     g_acc = _backward_m_tile(x, g, g_acc, u_ptr, v_ptr, grad_u_ptr, grad_v_ptr,
                                              w_base + m0 * D + w_tile, mask_w, a, c,

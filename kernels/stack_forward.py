@@ -52,7 +52,7 @@ def layer_forward(h, u_ptr, v_ptr, w_base, M, D, a, c, offs_m, offs_d, mask_d,
         mask_w = (offs_m < M)[:, None] & mask_d[None, :]
         acc = _forward_m_tile(h, acc, u_ptr, v_ptr, w_base + w_tile, mask_w, a, ACT, PRECISION)
     else:
-        for m0 in range(0, M, BLOCK_M):
+        for m0 in range(0, M, BLOCK_M):  # loop: m-tile
             mask_w = ((m0 + offs_m) < M)[:, None] & mask_d[None, :]
             acc = _forward_m_tile(h, acc, u_ptr, v_ptr, w_base + m0 * D + w_tile, mask_w, a,
                                   ACT, PRECISION)
@@ -88,7 +88,7 @@ def stack_forward_kernel(
     tile = offs_b[:, None] * D + offs_d[None, :]
 
     h = tl.load(h0_ptr + r * B * D + tile, mask=mask_bd, other=0.0).to(tl.float32)
-    for layer in range(0, L):
+    for layer in range(0, L):  # loop: forward-layer
         # Two ifs: the outer one is resolved at compile time, the inner one at run time.
         if SAVE_CHECKPOINTS:  # noqa: SIM102
             if layer % every == 0:
