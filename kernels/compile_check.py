@@ -95,6 +95,7 @@ def _signature(fn, launch) -> tuple[dict, dict, dict]:
     scalars = dict(launch.scalars)
     constexprs = dict(launch.constexprs)
     signature, attrs = {}, {}
+    keep = {param.name for param in fn.params if param.do_not_specialize}
     for index, name in enumerate(fn.arg_names):
         if name in constexprs:
             signature[name] = "constexpr"
@@ -103,7 +104,7 @@ def _signature(fn, launch) -> tuple[dict, dict, dict]:
             value = torch.empty(4, dtype=dtypes[pointers.get(name, "fp32")])
         else:
             value = scalars[name]
-        kind, spec = native_specialize_impl(CUDABackend, value, False, True, True)
+        kind, spec = native_specialize_impl(CUDABackend, value, False, name not in keep, True)
         if kind == "constexpr":
             signature[name], constexprs[name] = "constexpr", value
         else:
@@ -118,14 +119,22 @@ def variant_key(launch) -> tuple:
     from triton.backends.nvidia.compiler import CUDABackend
     from triton.runtime.jit import native_specialize_impl
 
-    scalars = tuple((name, native_specialize_impl(CUDABackend, value, False, True, True))
+    from .launch import KERNELS
+
+    keep = {param.name for param in KERNELS[launch.kernel].params if param.do_not_specialize}
+    scalars = tuple((name, native_specialize_impl(CUDABackend, value, False, name not in keep, True))
                     for name, value in launch.scalars)
     return (launch.kernel, launch.constexprs, launch.num_warps, launch.num_stages, launch.pointer_dtypes,
             scalars)
 
 
+# A representative launch of each variant key (the caches below key on the variant alone: launches
+# that differ only in unspecialized scalars, such as a walk's layer range, share a binary).
+_REPRESENTATIVE: dict = {}
+
+
 @functools.lru_cache(maxsize=4096)
-def _compile_cached(key: tuple, launch, arch: int) -> CompiledVariant:
+def _compile_cached(key: tuple, arch: int) -> CompiledVariant:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -133,6 +142,7 @@ def _compile_cached(key: tuple, launch, arch: int) -> CompiledVariant:
     from .launch import KERNELS
     from .sass import disassemble
 
+    launch = _REPRESENTATIVE[key]
     fn = KERNELS[launch.kernel]
     signature, constexprs, attrs = _signature(fn, launch)
     compiled = triton.compile(ASTSource(fn=fn, signature=signature, constexprs=constexprs, attrs=attrs),
@@ -149,7 +159,9 @@ def compile_launch(launch, arch: int = 90) -> CompiledVariant:
         RuntimeError: TRITON_INTERPRET=1 is set, or no bundled ptxas works.
     """
     _check_not_interpreted()
-    return _compile_cached(variant_key(launch), launch, arch)
+    key = variant_key(launch)
+    _REPRESENTATIVE.setdefault(key, launch)
+    return _compile_cached(key, arch)
 
 
 @functools.lru_cache(maxsize=1)
@@ -201,27 +213,35 @@ class HotLoop:
 def hot_loops(launch, compiled: CompiledVariant, resident: int = 1,
               global_bytes_per_cycle: float | None = None) -> dict[str, HotLoop]:
     """Every marked loop of the launch's kernel that its plan runs, simulated (see :mod:`.cost_model`)."""
+    names = tuple(sorted(name for name, _ in launch.loops))
+    key = variant_key(launch)
+    _REPRESENTATIVE.setdefault(key, launch)
+    return dict(_hot_loops_cached(key, launch.trips, names, resident, global_bytes_per_cycle, compiled))
+
+
+@functools.lru_cache(maxsize=4096)
+def _hot_loops_cached(key, trips_by_name, names, resident, global_bytes_per_cycle, compiled):
     from .cost_model import build_trace, simulate
     from .sass import find_loops, parse_sass
 
+    num_warps = _REPRESENTATIVE[key].num_warps
     instructions = parse_sass(compiled.sass)
     loops = find_loops(instructions)
-    names = name_loops(instructions, loops)
-    trips_by_name = dict(launch.trips)
-    trips = {loop: trips_by_name.get(name, 1) for loop, name in names.items()}
-    result = {}
-    for name, _ in launch.loops:
-        candidates = [loop for loop, loop_name in names.items() if loop_name == name]
+    loop_names = name_loops(instructions, loops)
+    trips_of = dict(trips_by_name)
+    trips = {loop: trips_of.get(name, 1) for loop, name in loop_names.items()}
+    result = []
+    for name in names:
+        candidates = [loop for loop, loop_name in loop_names.items() if loop_name == name]
         if not candidates:
             continue
         # A source loop may appear more than once (versioned copies): keep the largest.
         hot = max(candidates, key=lambda x: x.tail - x.head)
         trace = build_trace(instructions, loops, hot, trips)
-        timing = simulate(trace, launch.num_warps, programs=resident,
-                          global_bytes_per_cycle=global_bytes_per_cycle)
-        result[name] = HotLoop(name, len(trace), timing.cycles, timing.exposed_waits,
-                               timing.exposed_wait_cycles, timing.global_bytes)
-    return result
+        timing = simulate(trace, num_warps, programs=resident, global_bytes_per_cycle=global_bytes_per_cycle)
+        result.append((name, HotLoop(name, len(trace), timing.cycles, timing.exposed_waits,
+                                     timing.exposed_wait_cycles, timing.global_bytes)))
+    return tuple(result)
 
 
 def launch_cost(launch, arch: int = 90, multiprocessors: int = MULTIPROCESSORS) -> tuple[float, dict]:
@@ -229,7 +249,7 @@ def launch_cost(launch, arch: int = 90, multiprocessors: int = MULTIPROCESSORS) 
     from .cost_model import HOPPER, launch_seconds, occupancy
 
     hw = HOPPER
-    if launch.kernel == "torch":
+    if launch.kernel == "torch":  # a PyTorch reduction (earlier launchers): costed by its bytes
         return hw.launch_microseconds * 1e-6 + launch.dram_bytes / hw.dram_bytes_per_second, {}
     compiled = compile_launch(launch, arch)
     fit = occupancy(compiled.registers, compiled.shared_bytes, launch.num_warps, hw)
@@ -238,7 +258,8 @@ def launch_cost(launch, arch: int = 90, multiprocessors: int = MULTIPROCESSORS) 
     share = min(hw.sm_global_bytes_per_cycle, hw.l2_bytes_per_second / active / (hw.clock_ghz * 1e9))
     loops = hot_loops(launch, compiled, resident, share)
     counts = dict(launch.loops)
-    timing = {name: (loop.cycles, counts[name], loop.global_bytes * resident) for name, loop in loops.items()}
+    timing = {name: (loop.cycles, counts[name], loop.global_bytes * resident) for name, loop in loops.items()
+              if counts[name]}
     seconds = launch_seconds(launch.programs, timing, resident=resident, hw=hw, dram_bytes=launch.dram_bytes)
     return seconds, loops
 
@@ -249,7 +270,7 @@ def variant_record(launch, arch: int = 90) -> dict:
     loops = hot_loops(launch, compiled)
     options = launch.options
     scalars = dict(launch.scalars)
-    weights = dict(launch.pointer_dtypes).get("u_ptr", "fp32")
+    weights = dict(launch.pointer_dtypes).get("u_ptr", dict(launch.pointer_dtypes).get("s_ptr", "fp32"))
     return {
         "kernel": launch.kernel,
         "variant": ",".join(f"{k}={v}" for k, v in launch.constexprs)
@@ -308,33 +329,49 @@ def default_cases(quick: bool = False) -> list[dict]:
     """The (shape, options) cases whose launches are compiled: every mode of both launchers, every
     precision and weight dtype at each shape of the spill table, every activation at D = M = 64.
 
-    ``quick``: one shape (D = M = 64) with every mode, for tests.
+    ``quick``: D = M = 64, float32 at the default precision, every mode (for tests).
     """
-    from .launch import PRECISIONS
+    from .launch import PRECISIONS, default_precision
+
+    try:
+        from .launch import resolve_precision
+    except ImportError:  # earlier launchers took every combination
+        resolve_precision = None
+
+    def launchable(precision: str, dim: int, width: int, weight_dtype: str) -> bool:
+        try:
+            if resolve_precision is not None:
+                resolve_precision(precision, False, dim, width, weight_dtype)
+        except ValueError:
+            return False
+        return True
 
     base = {"replicas": 1, "batch": 1024, "depth": 4096, "activation": "tanh"}
-    modes = [{"every": 64, "save_checkpoints": True, "need_weights": True, "deterministic": False},
-             {"every": 64, "save_checkpoints": False, "need_weights": True, "deterministic": True},
-             {"every": 1, "save_checkpoints": True, "need_weights": False, "deterministic": False}]
-    small = [{"replicas": 1, "batch": 16}, {"replicas": 4, "batch": 64}]
+    # Training step with "sqrt" checkpoints; the no-grad forward with an input-gradient-only
+    # backward; every layer checkpointed (every = 1: no recompute).
+    modes = [{"every": 64, "save_checkpoints": True, "need_weights": True},
+             {"every": 64, "save_checkpoints": False, "need_weights": False},
+             {"every": 1, "save_checkpoints": True, "need_weights": True}]
     shapes = [(64, 64)] if quick else [(16, 16), (20, 7), (64, 64), (64, 200), (128, 128), (128, 256),
                                        (256, 64), (250, 200), (256, 256)]
     cases = []
     for dim, width in shapes:
         for weight_dtype in ("fp32",) if quick else ("fp32", "bf16", "fp16"):
-            for precision in PRECISIONS:
+            for precision in (default_precision(dim, width, weight_dtype),) if quick else PRECISIONS:
+                if not launchable(precision, dim, width, weight_dtype):
+                    continue
                 for mode in modes:
                     cases.append({**base, **mode, "dim": dim, "width": width, "precision": precision,
                                   "weight_dtype": weight_dtype})
-    for extra in small:
-        for mode in modes:
-            cases.append({**base, **mode, **extra, "dim": 64, "width": 64, "precision": PRECISIONS[0],
-                          "weight_dtype": "fp32"})
+    # A single batch tile (in-kernel weight gradients), and small batches with replicas.
+    for extra in ({"replicas": 1, "batch": 16}, {"replicas": 4, "batch": 64})[:1 if quick else 2]:
+        cases.append({**base, **modes[0], **extra, "dim": 64, "width": 64,
+                      "precision": default_precision(64, 64), "weight_dtype": "fp32"})
     if not quick:
         from deepres.activations import ACTIVATIONS
 
         for activation in ACTIVATIONS:
-            cases.append({**base, **modes[0], "dim": 64, "width": 64, "precision": PRECISIONS[0],
+            cases.append({**base, **modes[0], "dim": 64, "width": 64, "precision": default_precision(64, 64),
                           "weight_dtype": "fp32", "activation": activation})
     return cases
 
@@ -346,21 +383,26 @@ def case_launches(case: dict) -> list:
     forward, backward = plans(case["replicas"], case["batch"], case["dim"], case["width"], case["depth"],
                               case["every"], precision=case["precision"], weight_dtype=case["weight_dtype"],
                               activation=case["activation"], multiprocessors=MULTIPROCESSORS,
-                              save_checkpoints=case["save_checkpoints"], need_weights=case["need_weights"],
-                              deterministic=case["deterministic"])
-    return [launch for launch in forward + backward if launch.kernel != "torch"]
+                              save_checkpoints=case["save_checkpoints"], need_weights=case["need_weights"])
+    return forward + backward
 
 
-def default_step_cases() -> list[dict]:
-    """The step estimates reported: the headline shape at every precision and policy, and neighbours."""
+def default_step_cases(quick: bool = False) -> list[dict]:
+    """The step estimates reported: the headline shape (L = 4096, B = 1024, D = M = 64) at every
+    precision and checkpoint policy, and neighbouring shapes at the default precision.
+
+    ``quick``: the headline shape at the default precision with ``"sqrt"`` checkpoints only.
+    """
     from .launch import PRECISIONS
 
-    cases = [{"depth": 4096, "batch": 1024, "dim": 64, "width": 64, "precision": p, "checkpoint_every": e}
+    headline = {"depth": 4096, "batch": 1024, "dim": 64, "width": 64}
+    if quick:
+        return [{**headline, "precision": None, "checkpoint_every": "sqrt"}]
+    cases = [{**headline, "precision": p, "checkpoint_every": e}
              for p in (None, *PRECISIONS) for e in ("sqrt", None)]
     cases += [{"depth": 4096, "batch": b, "dim": d, "width": m, "precision": None, "checkpoint_every": "sqrt"}
-              for b, d, m in ((64, 64, 64), (1024, 128, 128), (1024, 256, 256), (64, 16, 64))]
-    cases += [{"depth": 4096, "batch": 1024, "dim": 64, "width": 64, "precision": None,
-               "checkpoint_every": "sqrt", "weight_dtype": "bf16"}]
+              for b, d, m in ((64, 64, 64), (16, 64, 64), (1024, 128, 128), (1024, 256, 256), (64, 16, 64))]
+    cases += [{**headline, "precision": None, "checkpoint_every": "sqrt", "weight_dtype": "bf16"}]
     return cases
 
 
@@ -373,7 +415,9 @@ def main(argv: list[str] | None = None) -> int:
                     "measurement.")
     parser.add_argument("--arch", type=int, default=90, help="compute capability x 10 (default 90)")
     parser.add_argument("--cost", action="store_true", help="also estimate step times with the cost model")
-    parser.add_argument("--quick", action="store_true", help="only D = M = 64 (every mode): for tests")
+    parser.add_argument("--quick", action="store_true",
+                        help="only D = M = 64 at the default precision (every mode), and only the headline "
+                             "step estimate: for tests")
     parser.add_argument("--json", metavar="PATH", help="write the report as JSON to PATH ('-' for stdout)")
     args = parser.parse_args(argv)
     try:
@@ -403,7 +447,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report["hardware"] = asdict(HOPPER)
         steps = []
-        for case in default_step_cases():
+        for case in default_step_cases(args.quick):
             estimate = estimate_step(case["depth"], case["batch"], case["dim"], case["width"],
                                      precision=case["precision"], checkpoint_every=case["checkpoint_every"],
                                      weight_dtype=case.get("weight_dtype", "fp32"), arch=args.arch)

@@ -276,9 +276,10 @@ def simulate(trace: list[Instruction], num_warps: int, *, programs: int = 1, hw:
                 size = warp_bytes(ins)
                 base = ins.base
                 if base == "LDGSTS":
+                    # The copy writes shared memory when the data arrive, not at issue: its
+                    # bandwidth is counted in the per-iteration floor below, not in the queue.
                     global_free = max(global_free, t) + size / bandwidth
                     w.group_done = max(w.group_done, t + hw.latency_dram, global_free)
-                    shared_free = max(shared_free, t) + shared_cycles(ins, hw)
                 elif base == "LDGDEPBAR":
                     w.scoreboards[0].append((max(w.group_done, t), True))
                     w.group_done = 0.0
@@ -330,6 +331,10 @@ def simulate(trace: list[Instruction], num_warps: int, *, programs: int = 1, hw:
             raise RuntimeError("cost model simulation deadlocked (barrier never completes)")
         t = max(t + 1, math.ceil(min(upcoming)))
     cycles = max((w.iteration_end[-1] - w.iteration_end[0]) / (iterations - 1) for w in warps)
+    # Shared-memory bandwidth floor: every wavefront of every warp, asynchronous copies included.
+    shared_floor = sum(shared_cycles(ins, hw) for ins in trace
+                       if ins.base in _SHARED_OPS or ins.base == "LDGSTS") * len(warps)
+    cycles = max(cycles, shared_floor)
     per_scheduler = max(len(members) for members in by_scheduler)
     return LoopTiming(
         cycles=cycles,
