@@ -57,6 +57,7 @@ class Hardware:
     schedulers_per_sm: int = 4
     registers_per_sm: int = 65536
     shared_bytes_per_sm: int = 228 * 1024
+    shared_bytes_per_program: int = 227 * 1024
     max_warps_per_sm: int = 64
     max_programs_per_sm: int = 32
     latency_shared: int = 33

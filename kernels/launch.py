@@ -55,7 +55,8 @@ def _multiprocessors(device_index: int) -> int:
 
 
 def default_config(batch: int, dim: int, width: int, replicas: int, device: torch.device, *,
-                   backward: bool = False, weight_dtype: str = "fp32") -> StackConfig:
+                   backward: bool = False, weight_dtype: str = "fp32",
+                   precision: str = "tf32x3") -> StackConfig:
     """The tiles :func:`deepres.kernels.plan.choose_config` picks for ``device``.
 
     On the CPU (Triton's interpreter, which runs programs one after the
@@ -71,7 +72,7 @@ def default_config(batch: int, dim: int, width: int, replicas: int, device: torc
         multiprocessors = _multiprocessors(index)
     else:
         multiprocessors = 1
-    return choose_config(batch, dim, width, replicas, multiprocessors, backward, weight_dtype)
+    return choose_config(batch, dim, width, replicas, multiprocessors, backward, weight_dtype, precision)
 
 
 def _check_config(cfg: StackConfig, dim: int, replicas: int) -> StackConfig:
@@ -124,16 +125,23 @@ def stack_forward(
         both new tensors.
 
     Example:
-        >>> out, ckpt = stack_forward(h0, u, v, 1 / (L * M), 1 / D, "tanh", 8, save_checkpoints=True)
+        >>> R, B, D, M, L = 1, 20, 16, 16, 8
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> h0 = torch.randn(R, B, D, generator=generator)
+        >>> u, v = torch.randn(2, R, L, M, D, generator=generator)
+        >>> out, ckpt = stack_forward(h0, u, v, 1 / (L * M), 1 / D, "tanh", 4, save_checkpoints=True)
+        >>> tuple(out.shape), tuple(ckpt.shape)  # checkpoints h_0 and h_4
+        ((1, 20, 16), (2, 1, 20, 16))
     """
     replicas, batch, dim = h0.shape
     depth, width = u.shape[1], u.shape[2]
     weight_dtype = _DTYPE_NAMES[u.dtype]
+    precision = resolve_precision(precision, allow_tf32, dim, width, weight_dtype)
     cfg = _check_config(config or default_config(batch, dim, width, replicas, h0.device,
-                                                  weight_dtype=weight_dtype), dim, replicas)
+                                                  weight_dtype=weight_dtype, precision=precision),
+                        dim, replicas)
     (launch,) = forward_plan(
-        replicas, batch, dim, width, depth, every, save_checkpoints=save_checkpoints,
-        precision=resolve_precision(precision, allow_tf32, dim, width, weight_dtype),
+        replicas, batch, dim, width, depth, every, save_checkpoints=save_checkpoints, precision=precision,
         weight_dtype=weight_dtype, activation=activation, config=cfg)
     out = torch.empty_like(h0)
     ckpt = h0.new_empty((triton.cdiv(depth, every), replicas, batch, dim)) if save_checkpoints else None
@@ -144,6 +152,7 @@ def stack_forward(
             replicas, batch, dim, width, depth, scalars["every"],
             float(multiplier), float(pre_scale),
             **launch.options, num_warps=launch.num_warps, num_stages=launch.num_stages,
+            maxnreg=launch.maxnreg,
         )
     return out, ckpt
 
@@ -190,7 +199,14 @@ def stack_backward(
         float32, or None when not ``need_weights``), new tensors.
 
     Example:
-        >>> gh, gu, gv = stack_backward(torch.ones_like(out), ckpt, u, v, c, a, "tanh", 8)
+        >>> R, B, D, M, L = 1, 20, 16, 16, 8
+        >>> generator = torch.Generator().manual_seed(0)
+        >>> h0 = torch.randn(R, B, D, generator=generator)
+        >>> u, v = torch.randn(2, R, L, M, D, generator=generator)
+        >>> out, ckpt = stack_forward(h0, u, v, 1 / (L * M), 1 / D, "tanh", 4, save_checkpoints=True)
+        >>> gh, gu, gv = stack_backward(torch.ones_like(out), ckpt, u, v, 1 / (L * M), 1 / D, "tanh", 4)
+        >>> tuple(gh.shape), tuple(gu.shape)
+        ((1, 20, 16), (1, 8, 16, 16))
     """
     del deterministic  # always deterministic
     if workspace_dtype not in _WORKSPACE_DTYPES:
@@ -200,11 +216,12 @@ def stack_backward(
     replicas, batch, dim = grad_out.shape
     depth, width = u.shape[1], u.shape[2]
     weight_dtype = _DTYPE_NAMES[u.dtype]
-    cfg = _check_config(config or default_config(batch, dim, width, replicas, grad_out.device, backward=True),
+    precision = resolve_precision(precision, allow_tf32, dim, width, weight_dtype)
+    cfg = _check_config(config or default_config(batch, dim, width, replicas, grad_out.device, backward=True,
+                                                  weight_dtype=weight_dtype, precision=precision),
                         dim, replicas)
     launches = backward_plan(
-        replicas, batch, dim, width, depth, every, need_weights=need_weights,
-        precision=resolve_precision(precision, allow_tf32, dim, width, weight_dtype),
+        replicas, batch, dim, width, depth, every, need_weights=need_weights, precision=precision,
         weight_dtype=weight_dtype, activation=activation, config=cfg, workspace_dtype=ws_dtype)
     buffers = {name: grad_out.new_empty(shape, dtype=_TORCH_DTYPES[kind])
                for name, (shape, kind) in backward_workspace(
@@ -221,7 +238,8 @@ def stack_backward(
     with _on_device(grad_out.device):
         for launch in launches:
             scalars = dict(launch.scalars)
-            options = {**launch.options, "num_warps": launch.num_warps, "num_stages": launch.num_stages}
+            options = {**launch.options, "num_warps": launch.num_warps, "num_stages": launch.num_stages,
+                       "maxnreg": launch.maxnreg}
             if launch.kernel == "stack_backward":
                 stack_backward_kernel[launch.grid](
                     g_in, checkpoints, scratch, u, v, grad_h, grad_u, grad_v, ws_s, ws_p, ws_g,

@@ -56,6 +56,21 @@ _HALF_WEIGHTS_FORWARD_WARPS = {128: 8}
 #: layers' weights in flight (two buffers beyond the one being read).
 NUM_STAGES = 3
 
+#: Register limit per thread given to ptxas for the tensor-core precisions.
+#: NOTE: left to its default, ptxas stops at 128 registers for some variants and
+#: spills instead (float16 weights, D = M = 64, three-pass TF32: backward 128
+#: registers / 16 B spilled; with the limit at 255: 154 / 0); one program per
+#: SM is all these kernels need. IEEE (FFMA) variants keep ptxas's default: with
+#: the limit they spill (D = M = 64 forward: 255 / 64 B, against 107 / 0).
+MAX_REGISTERS = 255
+
+
+def _register_limit(precision: str) -> int | None:
+    return None if precision == "ieee" else MAX_REGISTERS
+
+#: Fewest layers per weight-gradient chunk (each chunk costs two launches).
+MIN_CHUNK = 16
+
 #: Weight-gradient GEMM tiles (see :mod:`.weight_grad`): largest BLOCK_M and
 #: BLOCK_D, the batch rows reduced per step, warps and pipeline depth.
 _GEMM_MAX_TILE, _GEMM_BLOCK_K, _GEMM_WARPS, _GEMM_STAGES = 64, 32, 4, 3
@@ -92,7 +107,8 @@ class StackConfig:
 
 @functools.lru_cache(maxsize=256)
 def choose_config(batch: int, dim: int, width: int, replicas: int, multiprocessors: int,
-                  backward: bool = False, weight_dtype: str = "fp32") -> StackConfig:
+                  backward: bool = False, weight_dtype: str = "fp32",
+                  precision: str = "tf32x3") -> StackConfig:
     """The default tiles for a (R, B, D) stream and (R, L, M, D) weights.
 
     Args:
@@ -101,6 +117,7 @@ def choose_config(batch: int, dim: int, width: int, replicas: int, multiprocesso
             runs programs one after the other: the largest batch tile then).
         backward: tiles for the backward kernel instead of the forward one.
         weight_dtype: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"``.
+        precision: one of :data:`PRECISIONS`. Default ``"tf32x3"``.
 
     Returns:
         A :class:`StackConfig`.
@@ -117,6 +134,10 @@ def choose_config(batch: int, dim: int, width: int, replicas: int, multiprocesso
     max_b, max_m, num_warps = row[2] if backward else row[1]
     if weight_dtype != "fp32" and not backward:
         num_warps = _HALF_WEIGHTS_FORWARD_WARPS.get(row[0], num_warps)
+    if precision == "ieee" and backward and block_d >= 64:
+        # FFMA dots hold whole operand tiles in registers: at D = M = 64 the backward with 64
+        # hidden units per tile spills 60–140 B (4 or 8 warps); with 32, none (158 registers).
+        max_m = min(max_m, 32)
     block_m = max(_MIN_BLOCK, min(triton.next_power_of_2(width), max_m))
     cap_b = max(_MIN_BLOCK, min(max_b, triton.next_power_of_2(batch)))
     # The layers are sequential, so the only parallelism is batch tiles ×
@@ -188,6 +209,7 @@ class KernelLaunch:
         scalars: the runtime integer and float arguments (the JIT specializes
             on ints equal to 1 or divisible by 16, except the launch ranges).
         pointer_dtypes: pointer arguments that are not float32 → their dtype.
+        maxnreg: register limit per thread passed to ptxas (None: its default).
     """
 
     kernel: str
@@ -200,6 +222,7 @@ class KernelLaunch:
     dram_bytes: int = 0
     scalars: tuple[tuple[str, int | float], ...] = ()
     pointer_dtypes: tuple[tuple[str, str], ...] = ()
+    maxnreg: int | None = MAX_REGISTERS
 
     @property
     def options(self) -> dict:
@@ -245,16 +268,19 @@ def forward_plan(replicas: int, batch: int, dim: int, width: int, depth: int, ev
     every = every if save_checkpoints else depth
     constexprs = {"ACT": activation, "PRECISION": precision, "EXACT_WEIGHTS": weight_dtype != "fp32",
                   "SAVE_CHECKPOINTS": save_checkpoints, "ONE_M_TILE": width <= config.block_m,
+                  "CHECKPOINT_EVERY_LAYER": save_checkpoints and every == 1,
                   "BLOCK_B": config.block_b, "BLOCK_D": config.block_d, "BLOCK_M": config.block_m}
     weight_bytes = 2 * replicas * depth * width * dim * _BYTES[weight_dtype]
     stream_bytes = 4 * replicas * batch * dim * (2 + (triton.cdiv(depth, every) if save_checkpoints else 0))
     return [KernelLaunch(
         kernel="stack_forward", constexprs=tuple(sorted(constexprs.items())), num_warps=config.num_warps,
         num_stages=config.num_stages, grid=(triton.cdiv(batch, config.block_b), replicas),
-        loops=(("forward-layer", depth),), trips=(("m-tile", triton.cdiv(width, config.block_m)),),
+        loops=((("forward-every-layer" if save_checkpoints and every == 1 else "forward-layer"), depth),),
+        trips=(("m-tile", triton.cdiv(width, config.block_m)),),
         dram_bytes=weight_bytes + stream_bytes,
         scalars=_stack_scalars(replicas, batch, dim, width, depth, every),
         pointer_dtypes=(("u_ptr", weight_dtype), ("v_ptr", weight_dtype)),
+        maxnreg=_register_limit(precision),
     )]
 
 
@@ -273,13 +299,14 @@ def gemm_chunk(replicas: int, batch: int, dim: int, width: int, depth: int, ever
     and this workspace — is kept within a quarter of (float32 weights +
     gradients) where possible, so that a training step's peak stays within
     1.25 × (weights + gradients); the workspace may always be as large as the
-    layer-input buffer. Segments are cut into equal chunks.
+    layer-input buffer, and always MIN_CHUNK layers. Segments are cut into equal
+    chunks; with every = 1 nothing is recomputed and chunks span segments.
     """
-    seg = min(every, depth)
+    seg = min(every, depth) if every > 1 else depth
     per_layer = replicas * batch * (2 * width * _BYTES[workspace_dtype] + 4 * dim)
     stream = 4 * replicas * batch * dim
     budget = (2 * 2 * replicas * depth * width * dim * 4) // 4 - stream * (triton.cdiv(depth, every) + seg)
-    most = max(1, budget // per_layer, (stream * seg) // per_layer)
+    most = max(MIN_CHUNK, budget // per_layer, (stream * min(every, depth)) // per_layer)
     pieces = triton.cdiv(seg, min(seg, most))
     return triton.cdiv(seg, pieces)
 
@@ -319,6 +346,7 @@ def _gemm_launch(replicas: int, batch: int, dim: int, width: int, depth: int, lo
         dram_bytes=dram, scalars=(("R", replicas), ("B", batch), ("D", dim), ("M", width), ("L", depth),
                                   ("lo", lo), ("c", 0.5), ("a", 0.5)),
         pointer_dtypes=(("s_ptr", workspace_dtype), ("p_ptr", workspace_dtype)),
+        maxnreg=_register_limit(precision),
     )
 
 
@@ -367,6 +395,7 @@ def backward_plan(replicas: int, batch: int, dim: int, width: int, depth: int, e
             scalars=(*_stack_scalars(replicas, batch, dim, width, depth, every), ("lo", lo), ("hi", hi)),
             pointer_dtypes=(("u_ptr", weight_dtype), ("v_ptr", weight_dtype), ("ws_s_ptr", workspace_dtype),
                             ("ws_p_ptr", workspace_dtype)),
+            maxnreg=_register_limit(precision),
         )
 
     if mode != "gemm":
@@ -374,8 +403,9 @@ def backward_plan(replicas: int, batch: int, dim: int, width: int, depth: int, e
         return [walk(0, depth, depth - segments if every > 1 else 0)]
     chunk = gemm_chunk(replicas, batch, dim, width, depth, every, workspace_dtype)
     plan = []
-    for start in reversed(range(0, depth, every)):
-        stop = min(start + every, depth)
+    # Without recompute (every = 1) a chunk may span segments: one range.
+    for start in reversed(range(0, depth, every if every > 1 else depth)):
+        stop = min(start + every, depth) if every > 1 else depth
         for hi in range(stop, start, -chunk):
             lo = max(start, hi - chunk)
             plan.append(walk(lo, hi, stop - start - 1 if hi == stop and every > 1 else 0))
@@ -391,9 +421,10 @@ def plans(replicas: int, batch: int, dim: int, width: int, depth: int, every: in
     forward = forward_plan(replicas, batch, dim, width, depth, every, save_checkpoints=save_checkpoints,
                            precision=precision, weight_dtype=weight_dtype, activation=activation,
                            config=choose_config(batch, dim, width, replicas, multiprocessors, False,
-                                                weight_dtype))
+                                                weight_dtype, precision))
     backward = backward_plan(replicas, batch, dim, width, depth, every, need_weights=need_weights,
                              precision=precision, weight_dtype=weight_dtype, activation=activation,
-                             config=choose_config(batch, dim, width, replicas, multiprocessors, True),
+                             config=choose_config(batch, dim, width, replicas, multiprocessors, True,
+                                                  weight_dtype, precision),
                              workspace_dtype=workspace_dtype)
     return forward, backward

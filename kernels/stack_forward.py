@@ -77,7 +77,7 @@ def stack_forward_kernel(
     R, B, D, M, L, every,
     c, a,
     ACT: tl.constexpr, PRECISION: tl.constexpr, EXACT_WEIGHTS: tl.constexpr,
-    SAVE_CHECKPOINTS: tl.constexpr, ONE_M_TILE: tl.constexpr,
+    SAVE_CHECKPOINTS: tl.constexpr, CHECKPOINT_EVERY_LAYER: tl.constexpr, ONE_M_TILE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
     """h_L of eq. (1) for one batch tile of one replica.
@@ -90,6 +90,10 @@ def stack_forward_kernel(
             written to slot i when SAVE_CHECKPOINTS (else unused).
         every: the segment length k (any k ≥ 1 without checkpoints).
         c, a: the multiplier and pre-activation scale (float32).
+        CHECKPOINT_EVERY_LAYER: SAVE_CHECKPOINTS with every = 1: one flat
+            loop over the layers that stores h before each. (The segment loop
+            with one-layer segments leaves the pipeliner nothing to overlap:
+            the cost model counts two exposed weight waits per layer there.)
         ONE_M_TILE: M ≤ BLOCK_M (see :func:`layer_forward`).
     """
     pid_b = tl.program_id(0)
@@ -102,11 +106,17 @@ def stack_forward_kernel(
     tile = offs_b[:, None] * D + offs_d[None, :]
 
     h = tl.load(h0_ptr + r * B * D + tile, mask=mask_bd, other=0.0).to(tl.float32)
-    for segment in range(0, tl.cdiv(L, every)):  # loop: forward-segment
-        start = segment * every
-        if SAVE_CHECKPOINTS:
-            tl.store(ckpt_ptr + (segment * R + r) * B * D + tile, h, mask=mask_bd)
-        for layer in range(start, tl.minimum(start + every, L)):  # loop: forward-layer
+    if CHECKPOINT_EVERY_LAYER:
+        for layer in range(0, L):  # loop: forward-every-layer
+            tl.store(ckpt_ptr + (layer * R + r) * B * D + tile, h, mask=mask_bd)
             h = layer_forward(h, u_ptr, v_ptr, (r * L + layer) * M * D, M, D, a, c, offs_m, offs_d, mask_d,
                               ACT, PRECISION, EXACT_WEIGHTS, ONE_M_TILE, BLOCK_B, BLOCK_D, BLOCK_M)
+    else:
+        for segment in range(0, tl.cdiv(L, every)):  # loop: forward-segment
+            start = segment * every
+            if SAVE_CHECKPOINTS:
+                tl.store(ckpt_ptr + (segment * R + r) * B * D + tile, h, mask=mask_bd)
+            for layer in range(start, tl.minimum(start + every, L)):  # loop: forward-layer
+                h = layer_forward(h, u_ptr, v_ptr, (r * L + layer) * M * D, M, D, a, c, offs_m, offs_d,
+                                  mask_d, ACT, PRECISION, EXACT_WEIGHTS, ONE_M_TILE, BLOCK_B, BLOCK_D, BLOCK_M)
     tl.store(out_ptr + r * B * D + tile, h, mask=mask_bd)
