@@ -179,14 +179,16 @@ def residual_stack(
             (default) keeps h before every layer (L·B·D numbers); an int k
             keeps it every k layers and recomputes segments (k need not
             divide L); ``"sqrt"`` uses k = ⌈√L⌉. Ignored by ``"reference"``.
-        allow_tf32: let the Triton kernels' float32 dot products use TF32
-            tensor cores (faster, about 1e-3 relative error). Default False
-            (IEEE float32). With ``backend="torch"`` or ``"reference"``,
+        allow_tf32: let the Triton kernels' float32 dot products use one
+            TF32 tensor-core product (faster, about 1e-3 relative error).
+            Default False: float32 accuracy (three TF32 products per product,
+            see docs/engines.md). With ``backend="torch"`` or ``"reference"``,
             True is an error; where ``"auto"`` picks the PyTorch engine it
             does not apply.
-        deterministic: Triton engine: reduce weight gradients in a fixed
-            order without atomics (bitwise reproducible). Default False. The
-            PyTorch engine and the reference are deterministic anyway.
+        deterministic: kept for compatibility; changes nothing. Default
+            False. Every engine is bitwise reproducible on a given device:
+            the Triton kernels reduce the weight gradients in a fixed order
+            without float atomics.
 
     Second-order gradients (``create_graph=True``) are exact with every
     engine: the gradient is then recomputed through the plain reference,
@@ -243,8 +245,7 @@ def residual_stack(
         if autocast and u.dtype == torch.float32:
             half = torch.get_autocast_dtype(device_type)
             u, v = u.to(half), v.to(half)
-        out = triton_residual_stack(h, u, v, c, a, activation, every,
-                                    allow_tf32=allow_tf32, deterministic=deterministic)
+        out = triton_residual_stack(h, u, v, c, a, activation, every, allow_tf32=allow_tf32)
     else:
         out = torch_residual_stack(h, u, v, c, a, activation, every)
     return out.squeeze(0) if unbatched else out

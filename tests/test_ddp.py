@@ -58,7 +58,7 @@ def _loss(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Ten
 
 def _cases() -> list[tuple[str, str]]:
     engines = ["torch", "reference"]
-    if unavailable_reason(torch.device("cpu")) is None:  # Triton interpreter enabled (tests/conftest.py)
+    if unavailable_reason(torch.device("cpu")) is None:  # Triton interpreter enabled (conftest.py)
         engines.append("triton")
     cases = [(kind, engine) for kind in ("stack", "network") for engine in engines]
     return [*cases, ("meanode", "adjoint"), ("meanode", "discrete")]

@@ -1,11 +1,15 @@
-"""The Triton engine against the PyTorch engine.
+"""The Triton engine and its kernels against the PyTorch engine.
 
-Without CUDA these run in Triton's interpreter (tests/conftest.py sets
-``TRITON_INTERPRET=1``), with tiny odd shapes; the ``gpu`` tests need a CUDA
-device. The references run in float64 on the same values, so the float32
-kernels are held to the exact answer (relative error ≤ 1e-5). Every call runs
-with PyTorch's uninitialized-memory filling on, so an output element that a
-kernel forgets to write is NaN and fails the comparison.
+Without CUDA these run in Triton's interpreter (conftest.py sets
+``TRITON_INTERPRET=1``), with tiny odd shapes that still reach every variant
+of the launchers' plans: one and several batch tiles (in-kernel and GEMM
+weight gradients, segments cut into chunks), one and several hidden tiles,
+replicas, every activation, every precision. The tests marked ``gpu``
+(``pytest -m gpu``) need a CUDA device and are skipped without one. The
+references run in float64 on the same values, so the float32 kernels are held
+to the exact answer (relative error ≤ 1e-5). Every call runs with PyTorch's
+uninitialized-memory filling on, so an output element that a kernel forgets
+to write is NaN and fails the comparison.
 """
 
 import pytest
@@ -21,13 +25,20 @@ from tests.helpers import random_stack_inputs, relative_error
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
 _REASON = unavailable_reason(DEVICE)
 pytestmark = pytest.mark.skipif(_REASON is not None, reason=f"Triton backend unavailable: {_REASON}")
-gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def gpu(test):
+    """A GPU test: ``pytest -m gpu`` selects it; it is skipped without CUDA."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")(test))
+
 
 if _REASON is None:
     import triton
     import triton.language as tl
     from deepres.kernels.activations import activation_and_derivative
-    from deepres.kernels.launch import MAX_FUSED_DIM, StackConfig
+    from deepres.kernels.dot import split_tf32
+    from deepres.kernels.launch import MAX_FUSED_DIM, StackConfig, stack_backward, stack_forward
+    from deepres.kernels.plan import backward_plan, backward_workspace
 
     from deepres.engines.triton_engine import triton_residual_stack, triton_stack
 
@@ -38,6 +49,14 @@ if _REASON is None:
         s, ds = activation_and_derivative(tl.load(z_ptr + offsets, mask=mask, other=0.0), ACT)
         tl.store(s_ptr + offsets, s, mask=mask)
         tl.store(ds_ptr + offsets, ds, mask=mask)
+
+    @triton.jit
+    def _split_kernel(x_ptr, hi_ptr, lo_ptr, N, BLOCK: tl.constexpr):
+        offsets = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < N
+        hi, lo = split_tf32(tl.load(x_ptr + offsets, mask=mask, other=0.0))
+        tl.store(hi_ptr + offsets, hi, mask=mask)
+        tl.store(lo_ptr + offsets, lo, mask=mask)
 
 
 @pytest.fixture(autouse=True)
@@ -68,7 +87,7 @@ def _outputs_and_grads(fn, h, u, v, seed):
 
 
 def _compare(replicas, batch, dim, hidden, depth, every, activation, *, seed=0, tolerance=1e-5,
-             weight_dtype=torch.float32, allow_tf32=False, deterministic=False, config=None):
+             weight_dtype=torch.float32, allow_tf32=False, precision=None, config=None):
     """Triton (float32 h) vs the PyTorch engine in float64 on the same values: h_L, ∂h_0, ∂u, ∂v."""
     h, u, v, c, a = _inputs(replicas, batch, dim, hidden, depth, seed)
     with torch.no_grad():  # the reference sees exactly the (rounded) weights the kernels see
@@ -77,7 +96,7 @@ def _compare(replicas, batch, dim, hidden, depth, every, activation, *, seed=0, 
     triton_args = [h.detach().float(), u.detach().to(weight_dtype), v.detach().to(weight_dtype)]
     triton_args = [t.to(DEVICE).requires_grad_() for t in triton_args]
     fused = lambda h, u, v: triton_residual_stack(h, u, v, c, a, activation, every, allow_tf32=allow_tf32,
-                                                  deterministic=deterministic, config=config)
+                                                  precision=precision, config=config)
     engine = lambda h, u, v: torch_residual_stack(h, u, v, c, a, activation, every)
     got = _outputs_and_grads(fused, *triton_args, seed + 1)
     want = _outputs_and_grads(engine, h, u, v, seed + 1)
@@ -102,19 +121,105 @@ def test_checkpoint_segment_lengths(every):
     _compare(3, 6, 5, 9, 5, every, "tanh", seed=2)
 
 
-@pytest.mark.parametrize("deterministic", [False, True])
-def test_several_batch_and_hidden_tiles(deterministic):
-    # 3 batch tiles (atomic or per-tile partial weight gradients) × 2 hidden tiles, D padded 20 → 32.
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+def test_gemm_weight_gradients_every_activation(activation):
+    # 3 batch tiles: the walk stores s, p, g and the weight gradients are GEMMs over the batch;
+    # 2 hidden tiles (M = 20, BLOCK_M = 16), D padded 20 → 32, L = 4 not a multiple of every = 3.
     config = StackConfig(block_b=16, block_d=32, block_m=16)
-    _compare(2, 37, 20, 20, 4, 3, "gelu", seed=3, deterministic=deterministic, config=config)
+    _compare(2, 37, 20, 20, 4, 3, activation, seed=3, config=config)
 
 
-def test_deterministic_mode_is_bitwise_reproducible():
+@pytest.mark.parametrize(("depth", "every", "walks"), [(20, 20, [(10, 20), (0, 10)]), (20, 1, [(10, 20), (0, 10)])])
+def test_gemm_segments_are_cut_into_chunks(depth, every, walks):
+    # The GEMM workspace is too small for a whole segment here: a segment of 20 layers is walked (and its
+    # weight gradients formed) in two chunks; with every = 1 nothing is recomputed and chunks span segments.
     config = StackConfig(block_b=16, block_d=16, block_m=16)
-    first = _compare(1, 40, 9, 11, 3, 2, "silu", seed=4, deterministic=True, config=config)
-    second = _compare(1, 40, 9, 11, 3, 2, "silu", seed=4, deterministic=True, config=config)
+    plan = backward_plan(1, 40, 9, 11, depth, every, need_weights=True, precision="tf32x3", weight_dtype="fp32",
+                         activation="silu", config=config)
+    assert [launch.kernel for launch in plan] == ["stack_backward", "weight_grad"] * len(walks)
+    assert [(dict(launch.scalars)["lo"], dict(launch.scalars)["hi"]) for launch in plan[::2]] == walks
+    _compare(1, 40, 9, 11, depth, every, "silu", seed=14, config=config)
+
+
+def test_weight_gradients_are_bitwise_reproducible():
+    config = StackConfig(block_b=16, block_d=16, block_m=16)
+    first = _compare(1, 40, 9, 11, 3, 2, "silu", seed=4, config=config)
+    second = _compare(1, 40, 9, 11, 3, 2, "silu", seed=4, config=config)
     for x, y in zip(first, second, strict=True):
         assert torch.equal(x, y)
+
+
+def _compare_launchers(replicas, batch, dim, hidden, depth, every, activation, *, precision, seed, tolerance=1e-5,
+                       config=None, workspace_dtype="float32", weight_dtype=torch.float32):
+    """The launchers (no autograd) at an explicit precision against the float64 PyTorch engine."""
+    h, u, v, c, a = _inputs(replicas, batch, dim, hidden, depth, seed)
+    with torch.no_grad():
+        u.copy_(u.to(weight_dtype).double())
+        v.copy_(v.to(weight_dtype).double())
+    probe = torch.randn(h.shape, generator=torch.Generator().manual_seed(seed + 1), dtype=torch.float64)
+    ref = torch_residual_stack(h, u, v, c, a, activation, every)
+    want = (ref.detach(), *torch.autograd.grad((ref * probe).sum(), (h, u, v)))
+    h32, u32, v32 = (t.detach().to(DEVICE, dtype) for t, dtype in ((h, torch.float32), (u, weight_dtype),
+                                                                   (v, weight_dtype)))
+    out, ckpt = stack_forward(h32, u32, v32, c, a, activation, every, save_checkpoints=True, precision=precision,
+                              config=config)
+    grads = stack_backward(probe.float().to(DEVICE), ckpt, u32, v32, c, a, activation, every, precision=precision,
+                           workspace_dtype=workspace_dtype, config=config)
+    for name, x, y in zip(("h_L", "dh", "du", "dv"), (out, *grads), want, strict=True):
+        assert x.dtype == torch.float32 and x.shape == y.shape, name
+        assert relative_error(x.cpu(), y) <= tolerance, (name, precision, relative_error(x.cpu(), y))
+
+
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_launchers_at_float32_precisions(precision):
+    # One batch tile (in-kernel weight gradients) and three (GEMM), 2 hidden tiles, replicas.
+    _compare_launchers(2, 7, 6, 20, 5, 2, "tanh", precision=precision, seed=30,
+                       config=StackConfig(block_b=16, block_d=16, block_m=16))
+    _compare_launchers(2, 35, 6, 20, 5, 2, "gelu", precision=precision, seed=31,
+                       config=StackConfig(block_b=16, block_d=16, block_m=16))
+
+
+def test_launchers_tf32_is_accepted():
+    # The interpreter computes TF32 dots in float32, so only the path is checked here (GPU: 1e-2 below).
+    _compare_launchers(1, 20, 6, 7, 3, 2, "relu", precision="tf32", seed=32, tolerance=1e-2)
+
+
+def test_split_tf32_is_exact_and_hi_fits_tf32():
+    x = torch.cat([torch.randn(1000, generator=torch.Generator().manual_seed(33)) * 10.0 ** k for k in (-30, 0, 30)])
+    x = x.to(DEVICE)
+    hi, lo = torch.empty_like(x), torch.empty_like(x)
+    _split_kernel[(triton.cdiv(x.numel(), 1024),)](x, hi, lo, x.numel(), BLOCK=1024)
+    assert torch.equal(hi + lo, x)  # exact in float32
+    assert torch.all(hi.view(torch.int32) & 8191 == 0)  # 10 explicit mantissa bits: a TF32 value
+    assert torch.all(lo.abs() <= hi.abs() * 2.0**-10)
+
+
+def test_backward_allocates_what_the_plan_says(monkeypatch):
+    # The launcher's buffers are exactly backward_workspace (the memory tests count that) plus its outputs.
+    import sys
+
+    import deepres.kernels.launch as launch_module
+
+    shapes = []
+    real_empty = torch.Tensor.new_empty
+
+    def counting_new_empty(self, size, *args, **kwargs):
+        # Only the launcher's own allocations (Triton's interpreter allocates too).
+        if sys._getframe(1).f_globals.get("__name__") == launch_module.__name__:
+            shapes.append((tuple(size), kwargs.get("dtype", self.dtype)))
+        return real_empty(self, size, *args, **kwargs)
+
+    h, u, v, c, a = _inputs(1, 40, 9, 11, 6, seed=34)
+    config = StackConfig(block_b=16, block_d=16, block_m=16)
+    h32, u32, v32 = (t.detach().float().to(DEVICE) for t in (h, u, v))
+    _, ckpt = stack_forward(h32, u32, v32, c, a, "tanh", 3, save_checkpoints=True, config=config)
+    monkeypatch.setattr(torch.Tensor, "new_empty", counting_new_empty)
+    launch_module.stack_backward(torch.ones_like(h32), ckpt, u32, v32, c, a, "tanh", 3, config=config)
+    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
+    planned = [(shape, dtypes[kind]) for shape, kind in backward_workspace(
+        1, 40, 9, 11, 6, 3, need_weights=True, block_b=16).values()]
+    assert sorted(map(str, shapes)) == sorted(map(str, planned))
+    assert {"scratch", "s", "p", "g"} == set(backward_workspace(1, 40, 9, 11, 6, 3, need_weights=True, block_b=16))
 
 
 def test_float16_weights_with_float32_stream():
@@ -217,9 +322,10 @@ def test_second_order_gradients_are_exact():
 def test_custom_ops_pass_opcheck():
     h, u, v, c, a = _inputs(2, 5, 3, 2, 3, seed=21)
     h, u, v = (t.detach().float().to(DEVICE).requires_grad_() for t in (h, u, v))
-    result = torch.library.opcheck(triton_stack, (h, u, v, c, a, "tanh", 2, True, False, False, []),
-                                   test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
-    assert set(result.values()) == {"SUCCESS"}
+    for precision in ("", "ieee"):  # "": the launchers' default
+        result = torch.library.opcheck(triton_stack, (h, u, v, c, a, "tanh", 2, True, precision, []),
+                                       test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
+        assert set(result.values()) == {"SUCCESS"}
 
 
 @gpu
@@ -239,23 +345,36 @@ def test_gpu_large_shapes(dim, hidden):
 
 
 @gpu
+def test_gpu_bfloat16_gemm_workspace():
+    # s and p wait for the weight-gradient GEMMs in bfloat16: ∂u, ∂v at bfloat16 accuracy.
+    _compare_launchers(1, 300, 64, 48, 16, 4, "tanh", precision="tf32x3", seed=24, tolerance=2e-2,
+                       workspace_dtype="bfloat16")
+
+
+@gpu
+@pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
+def test_gpu_float32_precisions_are_float32_accurate_at_depth_4096(precision):
+    _compare_launchers(1, 256, 64, 64, 4096, 64, "tanh", precision=precision, seed=25)
+
+
+@gpu
 def test_gpu_deterministic_many_tiles_reproducible():
-    first = _compare(1, 2048, 64, 64, 16, 4, "tanh", seed=23, deterministic=True)
-    second = _compare(1, 2048, 64, 64, 16, 4, "tanh", seed=23, deterministic=True)
+    first = _compare(1, 2048, 64, 64, 16, 4, "tanh", seed=23)
+    second = _compare(1, 2048, 64, 64, 16, 4, "tanh", seed=23)
     for x, y in zip(first, second, strict=True):
         assert torch.equal(x, y)
 
 
-def _compile_reports(*args):
-    """Run deepres.kernels.compile_check in a fresh process without the interpreter."""
+def _compile_report(*args):
+    """Run deepres.kernels.compile_check in a fresh process without the interpreter; its JSON report."""
     import json
     import os
     import subprocess
     import sys
 
     env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "deepres.kernels.compile_check", "--json", *args],
-                         capture_output=True, text=True, env=env, timeout=600)
+    run = subprocess.run([sys.executable, "-m", "deepres.kernels.compile_check", "--json", "-", *args],
+                         capture_output=True, text=True, env=env, timeout=900)
     assert run.returncode == 0, run.stderr[-3000:]
     return json.loads(run.stdout.strip().splitlines()[-1])
 
@@ -270,16 +389,25 @@ def _has_bundled_ptxas():
 
 @pytest.mark.slow
 @pytest.mark.skipif(_REASON is not None or not _has_bundled_ptxas(), reason="needs Triton's NVIDIA backend")
-def test_kernels_compile_for_hopper_without_spills():
+def test_compile_check_compiles_every_planned_variant_for_hopper():
     # The interpreter accepts what the GPU compiler may reject (dot shapes, layouts) or spill: build the
-    # real sm_90 binaries with the chosen tiles. ptxas sometimes trades a few registers for a few bytes of
-    # spill (8 B at D = 64, M = 200): allow that much, and the measured small spill at D = 256.
-    reports = _compile_reports("--shapes", "20x7,64x64,64x200,128x128,256x256")
-    reports += _compile_reports("--shapes", "64x64", "--tf32", "--weight-dtype", "bf16", "--activation", "gelu")
-    assert len(reports) == 12
-    for report in reports:
-        assert report["registers"] <= 255, report
-        assert report["spill_bytes"] <= (128 if report["dim"] > 128 else 16), report
+    # real sm_90a binaries of every launch the plans make at D = M = 64 (every mode, both weight-gradient
+    # paths, the no-grad forward, every = 1), and the cost model's estimate of the headline step.
+    report = _compile_report("--quick", "--cost")
+    variants = report["variants"]
+    kernels = {record["kernel"] for record in variants}
+    assert kernels == {"stack_forward", "stack_backward", "weight_grad"}
+    modes = {record["variant"].split("W_MODE=")[1].split(",")[0] for record in variants
+             if record["kernel"] == "stack_backward"}
+    assert modes == {"gemm", "store", "none"}
+    for record in variants:
+        assert record["regs"] <= 255 and record["spill_bytes"] == 0 and record["launchable"], record
+        assert record["sass_per_layer"] > 0, record
+        assert all(waits == 0 for waits in record["exposed_waits"].values()), record
+    (step,) = report["step_estimates"]
+    assert step["precision"] == step["default_precision"] == "tf32x3"
+    assert step["est_forward_ms"] > 0 and step["est_backward_ms"] > 0
+    assert "no GPU measured" in report["note"]
 
 
 def test_config_must_cover_the_embedding_dimension():
@@ -301,4 +429,4 @@ def test_random_shapes_and_tiles(data):
     config = StackConfig(block_b=data.draw(st.sampled_from([16, 32]), "block_b"), block_d=block_d,
                          block_m=data.draw(st.sampled_from([16, 32]), "block_m"))
     _compare(replicas, batch, dim, hidden, depth, every, activation, seed=data.draw(st.integers(0, 99), "seed"),
-             deterministic=data.draw(st.booleans(), "deterministic"), config=config)
+             precision=data.draw(st.sampled_from([None, "ieee", "tf32x3"]), "precision"), config=config)

@@ -6,8 +6,10 @@ checkpoints h_{i·k} (k = ``every``), ⌈L/k⌉·R·B·D float32 numbers, and th
 backward pass recomputes each segment of k layers from its checkpoint into a
 k·R·B·D scratch buffer ((⌈L/k⌉ + k)·R·B·D in all; with k = 1 the checkpoints
 are the layer inputs and nothing is recomputed). The whole forward is one
-kernel launch, the whole backward one more (plus a fixed-order sum in
-deterministic mode): no per-layer Python work. The kernels and the
+kernel launch; the whole backward is one walk over the layers plus, with
+several batch tiles, weight-gradient GEMMs over chunks of layers (a few
+launches per checkpoint segment, reduced in a fixed order: every call is
+bitwise reproducible): no per-layer Python work. The kernels and the
 vector–Jacobian derivation are in ``kernels/`` (``deepres.kernels``).
 
 Two ops, ``deepres::triton_stack`` (forward) and
@@ -40,7 +42,7 @@ def _config(tiles: list[int]):
 
 @torch.library.custom_op("deepres::triton_stack", mutates_args=())
 def triton_stack(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float, pre_scale: float,
-                 activation: str, every: int, save_checkpoints: bool, allow_tf32: bool, deterministic: bool,
+                 activation: str, every: int, save_checkpoints: bool, precision: str,
                  tiles: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of the Triton engine: (h_L, checkpoints h_0, h_k, … or an empty tensor).
 
@@ -48,7 +50,9 @@ def triton_stack(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier:
         h0: (R, B, D) float32. u, v: (R, L, M, D). multiplier: c.
         pre_scale: a. activation: an activation name. every: k ≥ 1.
         save_checkpoints: also return the (⌈L/k⌉, R, B, D) checkpoints.
-        allow_tf32: TF32 dot products. deterministic: used by the backward.
+        precision: the dot products' precision, ``"ieee"``, ``"tf32x3"`` or
+            ``"tf32"`` (:mod:`deepres.kernels.dot`); ``""`` for the launchers'
+            float32-accurate default.
         tiles: ``[]`` to let the launcher choose, or the five fields of a
             :class:`deepres.kernels.launch.StackConfig`.
 
@@ -60,14 +64,14 @@ def triton_stack(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier:
     with autocast_disabled(h0.device.type):
         out, checkpoints = stack_forward(h0.contiguous(), u.contiguous(), v.contiguous(), multiplier,
                                          pre_scale, activation, every, save_checkpoints=save_checkpoints,
-                                         allow_tf32=allow_tf32, config=_config(tiles))
+                                         precision=precision or None, config=_config(tiles))
     return out, (checkpoints if checkpoints is not None else h0.new_empty((0,)))
 
 
 @torch.library.custom_op("deepres::triton_stack_backward", mutates_args=())
 def triton_stack_backward(grad_out: torch.Tensor, h0: torch.Tensor, checkpoints: torch.Tensor,
                           u: torch.Tensor, v: torch.Tensor, multiplier: float, pre_scale: float,
-                          activation: str, every: int, allow_tf32: bool, deterministic: bool,
+                          activation: str, every: int, precision: str,
                           tiles: list[int], needs: list[bool],
                           ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of the Triton engine.
@@ -75,8 +79,8 @@ def triton_stack_backward(grad_out: torch.Tensor, h0: torch.Tensor, checkpoints:
     Args:
         grad_out: ∂loss/∂h_L, (R, B, D). h0: the forward's input (its value
             is also the first checkpoint). checkpoints: the forward's.
-        u, v, multiplier, pre_scale, activation, every, allow_tf32,
-        deterministic, tiles: as in the forward. needs: whether ∂/∂h0,
+        u, v, multiplier, pre_scale, activation, every, precision, tiles: as
+            in the forward. needs: whether ∂/∂h0,
             ∂/∂u, ∂/∂v are wanted.
 
     Returns:
@@ -89,8 +93,8 @@ def triton_stack_backward(grad_out: torch.Tensor, h0: torch.Tensor, checkpoints:
     with autocast_disabled(grad_out.device.type):
         grad_h, grad_u, grad_v = stack_backward(
             grad_out.to(torch.float32).contiguous(), checkpoints, u.contiguous(), v.contiguous(), multiplier,
-            pre_scale, activation, every, need_weights=need_u or need_v, allow_tf32=allow_tf32,
-            deterministic=deterministic, config=_config(tiles))
+            pre_scale, activation, every, need_weights=need_u or need_v, precision=precision or None,
+            config=_config(tiles))
     empty = u.new_empty((0,))
     return (grad_h if need_h else grad_h.new_empty((0,)),
             grad_u.to(u.dtype) if need_u else empty,
@@ -108,8 +112,8 @@ register_stack_autograd(triton_stack, _backward, reference_residual_stack)
 
 
 def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,
-                          pre_scale: float, activation: str, every: int, *, allow_tf32: bool = False,
-                          deterministic: bool = False, config: object | None = None) -> torch.Tensor:
+                          pre_scale: float, activation: str, every: int, *, precision: str | None = None,
+                          allow_tf32: bool = False, config: object | None = None) -> torch.Tensor:
     """Run the Triton engine on replica-form tensors (no argument checks: see
     :func:`deepres.residual_stack` for the public entry point).
 
@@ -119,10 +123,11 @@ def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mul
         multiplier: c. pre_scale: a. activation: a name of
             :data:`deepres.activations.ACTIVATIONS`.
         every: checkpoint segment length k ≥ 1.
-        allow_tf32: TF32 tensor-core dot products (about 1e-3 relative
-            error). Default False: IEEE float32.
-        deterministic: reduce the weight gradients without float atomics, in
-            a fixed order: bitwise reproducible. Default False.
+        precision: ``"ieee"`` (FFMA), ``"tf32x3"`` (three TF32 tensor-core
+            products, float32 accuracy) or ``"tf32"`` (one, about 1e-3
+            relative error). Default None:
+            :func:`deepres.kernels.plan.default_precision` (``"tf32x3"``).
+        allow_tf32: the older spelling of ``precision="tf32"``. Default False.
         config: the kernels' tiles, a :class:`deepres.kernels.launch.StackConfig`;
             default None picks them from the shapes and the device.
 
@@ -139,6 +144,10 @@ def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mul
     tiles = [] if config is None else [config.block_b, config.block_d, config.block_m, config.num_warps,
                                        config.num_stages]
     save = torch.is_grad_enabled() and (h.requires_grad or u.requires_grad or v.requires_grad)
-    out, _ = triton_stack(h, u, v, float(multiplier), float(pre_scale), activation, every, save, allow_tf32,
-                          deterministic, tiles)
+    from deepres.kernels.plan import resolve_precision
+
+    weight_dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(u.dtype, "fp32")
+    precision = resolve_precision(precision, allow_tf32, h.shape[-1], u.shape[-2], weight_dtype)
+    out, _ = triton_stack(h, u, v, float(multiplier), float(pre_scale), activation, every, save, precision,
+                          tiles)
     return out

@@ -1,4 +1,4 @@
-"""Shared test configuration.
+"""Shared test configuration (tests and the doctests of deepres/ and kernels/).
 
 Without a CUDA device the Triton kernels can still be tested on the CPU in
 Triton's interpreter, which must be switched on before the kernels are
