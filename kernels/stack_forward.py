@@ -118,5 +118,6 @@ def stack_forward_kernel(
                 tl.store(ckpt_ptr + (segment * R + r) * B * D + tile, h, mask=mask_bd)
             for layer in range(start, tl.minimum(start + every, L)):  # loop: forward-layer
                 h = layer_forward(h, u_ptr, v_ptr, (r * L + layer) * M * D, M, D, a, c, offs_m, offs_d,
-                                  mask_d, ACT, PRECISION, EXACT_WEIGHTS, ONE_M_TILE, BLOCK_B, BLOCK_D, BLOCK_M)
+                                  mask_d, ACT, PRECISION, EXACT_WEIGHTS, ONE_M_TILE,
+                                  BLOCK_B, BLOCK_D, BLOCK_M)
     tl.store(out_ptr + r * B * D + tile, h, mask=mask_bd)

@@ -77,8 +77,9 @@ def test_triton_backward_workspace_within_the_memory_rule():
     # L = 4096, D = M = 64, B = 1024, checkpoint_every="sqrt": the step's transient memory — checkpoints,
     # the segment's layer inputs and the weight-gradient GEMM workspace (s, p, g for a chunk of layers) —
     # stays within a quarter of (weights + gradients), so the peak is at most 1.25 × (weights + gradients).
-    from deepres._checks import resolve_checkpoint_every
     from deepres.kernels.plan import backward_plan, backward_workspace, choose_config
+
+    from deepres._checks import resolve_checkpoint_every
 
     depth, batch, dim, width = 4096, 1024, 64, 64
     every = resolve_checkpoint_every(depth, "sqrt")

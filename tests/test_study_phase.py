@@ -14,6 +14,7 @@ import torch
 
 import deepres
 from deepres.study import cli
+from deepres.study.files import OutputLock
 from deepres.study.phase import (
     block_linearized_features,
     block_linearized_stack,
@@ -269,6 +270,23 @@ def test_phase_preset_end_to_end_through_the_cli(tmp_path, capsys):
     assert "-> " in capsys.readouterr().out
     assert cli.main(_parse([*TINY, "--out", str(tmp_path), "--no-plots"])) == 0  # resumes
     assert json.loads((tmp_path / "study.json").read_text())["units"]["resumed"] == 8
+
+
+def test_phase_preset_refuses_a_folder_another_study_writes_into(tmp_path, capsys):
+    with OutputLock(tmp_path).held():
+        assert cli.main(_parse([*TINY, "--out", str(tmp_path), "--no-plots"])) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "--wait" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "units").exists()
+
+
+def test_phase_units_are_keyed_by_device_type_and_backend(tmp_path):
+    args = [*TINY, "--out", str(tmp_path), "--no-plots"]
+    assert cli.main(_parse(args)) == 0
+    report = json.loads((tmp_path / "study.json").read_text())
+    assert report["unit_identity"] == {"backend": "auto", "device": "cpu"} and report["corrupt_files"] == []
+    assert cli.main(_parse([*args, "--backend", "torch"])) == 0  # another backend: nothing read back
+    assert json.loads((tmp_path / "study.json").read_text())["units"]["resumed"] == 0
 
 
 @pytest.mark.parametrize(("argv", "flag"), [

@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from deepres.cli import main as deepres_main
-from deepres.study import cli
 from deepres.study.files import FolderLockedError, OutputLock, atomic_write
 from deepres.study.presets import StudyConfig
+from deepres.study.report import write_json
 from deepres.study.store import CorruptResultError, CorruptResultWarning, ResultStore, unit_identity
 from deepres.study.sweep import run_units
 from tests.helpers import TINY, TINY_FLAGS
@@ -123,11 +123,11 @@ def test_concurrent_writers_of_one_file_never_share_a_temporary_file(tmp_path, m
     def replace(src, dst):
         if not nested:
             nested.append(dst)
-            cli._write_json({"writer": 2}, target)
+            write_json({"writer": 2}, target)
         real_replace(src, dst)
 
     monkeypatch.setattr(os, "replace", replace)
-    cli._write_json({"writer": 1}, target)
+    write_json({"writer": 1}, target)
     assert json.loads(target.read_text()) == {"writer": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["study.json"]
 

@@ -18,7 +18,6 @@ work starts; a bad one is reported on one line naming it, with exit status 2.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import platform
@@ -47,11 +46,12 @@ from deepres.functional import BACKENDS
 from deepres.study import phase_cli
 from deepres.study.compare import SOLVERS
 from deepres.study.data import TASKS
-from deepres.study.files import FolderLockedError, OutputLock, atomic_write
+from deepres.study.files import OutputLock, run_locked
 from deepres.study.presets import PRESETS, StudyConfig, preset
+from deepres.study.report import summary, write_json, write_report
 from deepres.study.sweep import Executor, LocalExecutor
 
-__all__ = ["check_options", "configure_parser", "main", "run_study", "write_report"]
+__all__ = ["check_options", "configure_parser", "main", "run_study"]
 
 
 # Each option's type checks its values, so that argparse rejects a bad one before any work.
@@ -240,12 +240,12 @@ def _run_study_locked(config: StudyConfig, out: str | Path, *, device: str, back
             report["estimate"] = previous | {"from_an_earlier_run": True}
     if counts["failed"]:
         report["failed_units"] = store.failures()
-        _write_json(report, Path(out) / "study.json")
+        write_json(report, Path(out) / "study.json")
         return report
     report |= analyze(config, store)
     write_report(report, out, plots=plots)
     report["wall_seconds"]["total"] = time.perf_counter() - start
-    _write_json(report, Path(out) / "study.json")
+    write_json(report, Path(out) / "study.json")
     return report
 
 
@@ -285,113 +285,6 @@ def _unit_seconds(store: Any, units: list[dict[str, Any]]) -> dict[str, float]:
         if store.has(unit):
             out[unit["kind"]] = out.get(unit["kind"], 0.0) + float(store.load(unit)["seconds"])
     return out
-
-
-def _clean(value: Any) -> Any:
-    """JSON-safe: NaN/inf → None, numpy/tensor scalars → Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): _clean(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_clean(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _clean(value.tolist())
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def _write_json(report: dict[str, Any], path: Path) -> None:
-    """Write ``report`` to ``path`` through a uniquely named temporary file (two writers never clash)."""
-    text = json.dumps(_clean(report), indent=1)
-    atomic_write(path, lambda handle: handle.write(text.encode()))
-
-
-def write_report(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
-    """Write ``study.json``, ``measurements.csv``, ``fits.csv`` and (optionally) the PNG plots."""
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = [out / "study.json", out / "measurements.csv", out / "fits.csv"]
-    _write_json(report, written[0])
-    rows = report["measurements"]
-    if rows:
-        with open(written[1], "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(_clean(rows))
-    fits = report["fits"] + report["lazy"]["fits"]
-    with open(written[2], "w", newline="") as handle:
-        names = ["name", "space", "normalization", "fixed", "step", "slope", "ci_low", "ci_high", "theory",
-                 "bound", "within_bound", "points", "excluded"]
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        for f in fits:
-            writer.writerow({"name": f["name"], "space": f["space"],
-                             "normalization": f.get("normalization", "coordinate"),
-                             "fixed": json.dumps(_clean(f["fixed"])), "step": f["step"],
-                             "slope": f["slope"], "ci_low": f["ci_low"], "ci_high": f["ci_high"],
-                             "theory": f["theory"], "bound": f.get("bound"),
-                             "within_bound": f.get("within_bound"), "points": f["points"],
-                             "excluded": len(f["excluded"])})
-    if plots:
-        from deepres.study.plots import plot_report
-
-        written += plot_report(report, out)
-    return written
-
-
-def _ci(f: dict[str, Any]) -> str:
-    if f["ci_low"] is None:
-        return f"slope {f['slope']:+.3f}"
-    return f"slope {f['slope']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]"
-
-
-def _summary(report: dict[str, Any]) -> str:
-    limit, identity = report["limit"], report["unit_identity"]
-    lines = [f"deepres study: {report['units']['ran']} units run, {report['units']['resumed']} resumed "
-             f"(backend {identity['backend']}, {identity['device']}), "
-             f"{report['wall_seconds']['total']:.1f} s; limit: {limit['model']}, {limit['solver']}"]
-    if "estimate" in report:
-        lines[0] += f" (estimated {report['estimate']['seconds']:.0f} s for the units)"
-    for f in report["fits"]:
-        if f["space"] != "output" or f["slope"] is None or f["name"] in ("rms_vs_depth", "fluctuation_vs_dim",
-                                                                         "fluctuation_vs_alpha"):
-            continue
-        fixed = ", ".join(f"{k}={v}" for k, v in f["fixed"].items() if k in ("hidden", "depth"))
-        theory = "" if f["theory"] is None else f"  theory {f['theory']:+.1f}"
-        lines.append(f"  {f['name']:<22} {fixed:<10} {_ci(f)}{theory}"
-                     + (f"  ({len(f['excluded'])} points excluded)" if f["excluded"] else ""))
-    for f in report["fits"]:
-        if f["name"] == "fluctuation_vs_alpha" and f["slope"] is not None:
-            low, high = f["range"]
-            lines.append(f"  fluctuation_vs_alpha ({f['space']}) L={f['fixed']['depth']} "
-                         f"M={f['fixed']['hidden']} D={f['fixed']['dim']}, α in [{low:g}, {high:g}]: "
-                         f"{_ci(f)}  theory +1")
-    dim_fits: dict[tuple, list[dict[str, Any]]] = {}
-    for f in report["fits"]:
-        if f["name"] == "fluctuation_vs_dim" and f["slope"] is not None:
-            dim_fits.setdefault((f["space"], f["normalization"], f["step"]), []).append(f)
-    for (space, norm, step), group in dim_fits.items():
-        slopes = [f["slope"] for f in group]
-        within = sum(bool(f["within_bound"]) for f in group)
-        when = "at init" if step == 0 else f"at step {step}"
-        lines.append(f"  fluctuation_vs_dim {space} ({norm}) {when}: slopes {min(slopes):+.2f} to "
-                     f"{max(slopes):+.2f} over {len(group)} (L, M); bound {group[0]['bound']:+.1f}, "
-                     f"within it in {within} of {len(group)}")
-    for f in report["lazy"]["fits"]:
-        if f["slope"] is not None:
-            span = f" (α ≥ {f['range'][0]:g})" if f["range"] else ""
-            lines.append(f"  {f['name']:<34} {_ci(f)}  theory {f['theory']:+.1f}{span}")
-    for d in report["lazy"]["d_inf"]:
-        lines.append(f"  d_inf (lazy ODE vs its tangent model) = {d['d_inf']:.4f} ± {d['d_inf_se']:.4f}")
-    for lin in report["lazy"]["linearization"]:
-        if lin["spread"] is not None:
-            lines.append(f"  linearization distance over α ≥ {lin['from_alpha']:g}: spread "
-                         f"{lin['spread']:.2g}, largest gap to d_inf {lin['max_gap_to_d_inf']:.2g}")
-    for c in report["checks"]:
-        lines.append(f"  [{'ok' if c['holds'] else 'NO'}] {c['check']}: {c['value']:.4g}")
-    return "\n".join(lines)
 
 
 _PROG = "deepres study"
@@ -480,14 +373,9 @@ def main(args: argparse.Namespace) -> int:
         with warnings.catch_warnings():
             # Reported below, from the report, once each.
             warnings.simplefilter("ignore", CorruptResultWarning)
-            try:
-                result = study(wait=False)
-            except FolderLockedError as error:
-                if not args.wait:
-                    return print_error(_PROG, OptionError(
-                        "--out", args.out, f"{error}; wait for it with --wait, or choose another --out"))
-                print(f"{_PROG}: {error}; waiting for it to end", file=sys.stderr)
-                result = study(wait=True)
+            result = run_locked(study, args.out, wait=args.wait, prog=_PROG)
+    except OptionError as error:
+        return print_error(_PROG, error)
     except KeyboardInterrupt:
         print(f"\n{_PROG}: interrupted; the finished units are stored in {args.out}/units, "
               "rerun the same command to resume", file=sys.stderr)
@@ -507,6 +395,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"{_PROG}: {result['units']['failed']} unit(s) failed, listed in "
               f"{Path(args.out) / 'study.json'}; rerun the same command to retry them", file=sys.stderr)
         return 1
-    print(_summary(result))
+    print(summary(result))
     print(f"report: {Path(args.out) / 'study.json'}")
     return 0

@@ -7,7 +7,8 @@
 * :class:`OutputLock` is an exclusive lock on an output folder, so that two studies
   never write into one folder at the same time. It is an operating-system lock on
   the file ``.lock`` in the folder: it ends with the process that holds it, so a
-  killed study leaves no stale lock behind.
+  killed study leaves no stale lock behind. :func:`run_locked` is how the study
+  commands use it: fail at once, or with ``--wait`` say so and wait.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ from __future__ import annotations
 import contextlib
 import os
 import platform
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, TypeVar
 
-__all__ = ["FolderLockedError", "OutputLock", "atomic_write"]
+__all__ = ["FolderLockedError", "OutputLock", "atomic_write", "run_locked"]
+
+T = TypeVar("T")
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object], *, durable: bool = False) -> None:
@@ -135,6 +139,37 @@ class OutputLock:
             yield self
         finally:
             self.release()
+
+
+
+def run_locked(job: Callable[[bool], T], out: str | Path, *, wait: bool, prog: str) -> T:
+    """Run ``job(wait)``, a study that holds the lock on ``out`` while it writes there.
+
+    Args:
+        job: takes ``wait`` and raises :class:`FolderLockedError` when the
+            folder is locked and ``wait`` is False.
+        out: the output folder (for the message).
+        wait: when the folder is locked, say so on stderr and wait for it
+            instead of failing (the ``--wait`` option).
+        prog: the command's name, for the message.
+
+    Returns:
+        What ``job`` returns.
+
+    Raises:
+        deepres.cli_checks.OptionError: the folder is locked and not ``wait``
+            (on ``--out``, with what to do about it).
+    """
+    from deepres.cli_checks import OptionError
+
+    try:
+        return job(False)
+    except FolderLockedError as error:
+        if not wait:
+            reason = f"{error}; wait for it with --wait, or choose another --out"
+            raise OptionError("--out", out, reason) from None
+        print(f"{prog}: {error}; waiting for it to end", file=sys.stderr)
+    return job(True)
 
 
 try:

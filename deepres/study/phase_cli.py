@@ -23,8 +23,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import json
-import math
 import os
 import platform
 import subprocess
@@ -35,9 +33,12 @@ from typing import Any
 
 import torch
 
+from deepres.cli_checks import OptionError, print_error
+from deepres.study.files import OutputLock, run_locked
 from deepres.study.phase import AXES
 from deepres.study.phase_config import PhaseConfig, PhaseConfigError
 from deepres.study.phase_measure import phase_unit_cost, run_phase_unit
+from deepres.study.report import json_safe, write_json
 
 __all__ = ["add_phase_arguments", "config_from_args", "main", "phase_requested", "run_phase",
            "write_phase_report"]
@@ -179,39 +180,34 @@ def _environment(device: str) -> dict[str, Any]:
             "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
 
-def _json_safe(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return _json_safe(value.tolist())
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def run_phase(config: PhaseConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
-              progress: bool = True, plots: bool = True) -> dict[str, Any]:
+              progress: bool = True, plots: bool = True, wait: bool = False) -> dict[str, Any]:
     """Run (or resume) the phase study, analyze it and write its report to ``out``.
 
     Args:
         config: the study. out: output directory.
         device: Default ``"cpu"``. backend: stack backend. Default ``"auto"``.
         progress: tqdm bar weighted by each unit's cost. Default True. plots: write PNGs. Default True.
+        wait: when another study holds ``out``'s lock, wait for it. Default False: raise
+            :class:`~deepres.study.files.FolderLockedError`.
 
     Returns:
         The report written to ``out/study.json``: ``config``, ``environment``, ``units``,
         ``wall_seconds`` and ``phase`` (see :func:`deepres.study.phase_analysis.analyze_phase`).
     """
+    with OutputLock(out).held(wait=wait):
+        return _run_phase_locked(config, out, device=device, backend=backend, progress=progress, plots=plots)
+
+
+def _run_phase_locked(config: PhaseConfig, out: str | Path, *, device: str, backend: str, progress: bool,
+                      plots: bool) -> dict[str, Any]:
     from deepres.study.phase_analysis import analyze_phase
     from deepres.study.sweep import ResultStore, unit_key
 
     start = time.perf_counter()
     environment = _environment(device)
-    store = ResultStore(out)
+    # The device type and the backend are part of every unit's key (see ResultStore).
+    store = ResultStore(out, device=device, backend=backend)
     units = config.units()
     todo = sorted((u for u in units if not store.has(u)), key=phase_unit_cost)
     bar = None
@@ -236,20 +232,15 @@ def run_phase(config: PhaseConfig, out: str | Path, *, device: str = "cpu", back
     analysis = analyze_phase(((u, store.load(u)) for u in units), tolerance=config.tolerance,
                              bootstrap=config.bootstrap, level=config.level,
                              linearity_tolerance=config.linearity_tolerance)
-    report = {"config": config.as_dict(), "environment": environment,
+    report = {"config": config.as_dict(), "environment": environment, "unit_identity": store.identity,
+              "corrupt_files": store.corrupt,
               "units": {"total": len(units), "resumed": len(units) - len(todo), "ran": len(todo)},
               "wall_seconds": {"run": ran}, "phase": analysis}
     write_phase_report(report, out, plots=plots)
     report["wall_seconds"]["total"] = time.perf_counter() - start
     report["environment"]["load_average_end"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
-    _write_json(report, Path(out) / "study.json")
+    write_json(report, Path(out) / "study.json")
     return report
-
-
-def _write_json(report: dict[str, Any], path: Path) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(_json_safe(report), indent=1, allow_nan=False))
-    tmp.replace(path)
 
 
 def write_phase_report(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
@@ -257,7 +248,7 @@ def write_phase_report(report: dict[str, Any], out: str | Path, *, plots: bool =
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written = [out / "study.json", out / "phase_points.csv", out / "phase_measurements.csv"]
-    _write_json(report, written[0])
+    write_json(report, written[0])
     phase = report["phase"]
     points = [p for d in ("depth", "dim") for p in phase.get(d, {}).get("points", [])]
     rows = []
@@ -288,7 +279,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=names)
         writer.writeheader()
-        writer.writerows(_json_safe(rows))
+        writer.writerows(json_safe(rows))
 
 
 def _summary(report: dict[str, Any]) -> str:
@@ -345,9 +336,14 @@ def main(args: argparse.Namespace) -> int:
         threads = 1  # small tensors: intra-op threads cost more than they save (see deepres.study.cli)
     if threads is not None:
         torch.set_num_threads(threads)
+    def phase(wait: bool) -> dict[str, Any]:
+        return run_phase(config, args.out, device=device, backend=args.backend,
+                         progress=not args.no_progress, plots=not args.no_plots, wait=wait)
+
     try:
-        report = run_phase(config, args.out, device=device, backend=args.backend,
-                           progress=not args.no_progress, plots=not args.no_plots)
+        report = run_locked(phase, args.out, wait=args.wait, prog="deepres study")
+    except OptionError as error:
+        return print_error("deepres study", error)
     except KeyboardInterrupt:
         print(f"\ndeepres study: interrupted; the finished units are stored in {args.out}/units, "
               "rerun the same command to resume", file=sys.stderr)

@@ -1,0 +1,137 @@
+"""The files of a study's report (``study.json``, CSV tables, plots) and its text summary.
+
+``study.json`` is written through a uniquely named temporary file and renamed
+into place, so two writers never clash and a reader never sees half a file;
+NaN and infinities become ``null``.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from deepres.study.files import atomic_write
+
+__all__ = ["json_safe", "summary", "write_json", "write_report"]
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-safe: NaN/inf → None, numpy/tensor scalars → Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor):
+        return json_safe(value.tolist())
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    """Write ``report`` to ``path`` through a uniquely named temporary file (two writers never clash)."""
+    text = json.dumps(json_safe(report), indent=1)
+    atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def write_report(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
+    """Write ``study.json``, ``measurements.csv``, ``fits.csv`` and (optionally) the PNG plots.
+
+    Args:
+        report: the study's report (:func:`deepres.study.cli.run_study`).
+        out: the output folder (created if missing).
+        plots: also write the PNG plots. Default True.
+
+    Returns:
+        The paths written.
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [out / "study.json", out / "measurements.csv", out / "fits.csv"]
+    write_json(report, written[0])
+    rows = report["measurements"]
+    if rows:
+        with open(written[1], "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(json_safe(rows))
+    fits = report["fits"] + report["lazy"]["fits"]
+    with open(written[2], "w", newline="") as handle:
+        names = ["name", "space", "normalization", "fixed", "step", "slope", "ci_low", "ci_high", "theory",
+                 "bound", "within_bound", "points", "excluded"]
+        writer = csv.DictWriter(handle, fieldnames=names)
+        writer.writeheader()
+        for f in fits:
+            writer.writerow({"name": f["name"], "space": f["space"],
+                             "normalization": f.get("normalization", "coordinate"),
+                             "fixed": json.dumps(json_safe(f["fixed"])), "step": f["step"],
+                             "slope": f["slope"], "ci_low": f["ci_low"], "ci_high": f["ci_high"],
+                             "theory": f["theory"], "bound": f.get("bound"),
+                             "within_bound": f.get("within_bound"), "points": f["points"],
+                             "excluded": len(f["excluded"])})
+    if plots:
+        from deepres.study.plots import plot_report
+
+        written += plot_report(report, out)
+    return written
+
+
+def _ci(f: dict[str, Any]) -> str:
+    if f["ci_low"] is None:
+        return f"slope {f['slope']:+.3f}"
+    return f"slope {f['slope']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]"
+
+
+def summary(report: dict[str, Any]) -> str:
+    """The report's headline: units, fitted slopes with their CIs against theory, checks."""
+    limit, identity = report["limit"], report["unit_identity"]
+    lines = [f"deepres study: {report['units']['ran']} units run, {report['units']['resumed']} resumed "
+             f"(backend {identity['backend']}, {identity['device']}), "
+             f"{report['wall_seconds']['total']:.1f} s; limit: {limit['model']}, {limit['solver']}"]
+    if "estimate" in report:
+        lines[0] += f" (estimated {report['estimate']['seconds']:.0f} s for the units)"
+    for f in report["fits"]:
+        if f["space"] != "output" or f["slope"] is None or f["name"] in ("rms_vs_depth", "fluctuation_vs_dim",
+                                                                         "fluctuation_vs_alpha"):
+            continue
+        fixed = ", ".join(f"{k}={v}" for k, v in f["fixed"].items() if k in ("hidden", "depth"))
+        theory = "" if f["theory"] is None else f"  theory {f['theory']:+.1f}"
+        lines.append(f"  {f['name']:<22} {fixed:<10} {_ci(f)}{theory}"
+                     + (f"  ({len(f['excluded'])} points excluded)" if f["excluded"] else ""))
+    for f in report["fits"]:
+        if f["name"] == "fluctuation_vs_alpha" and f["slope"] is not None:
+            low, high = f["range"]
+            lines.append(f"  fluctuation_vs_alpha ({f['space']}) L={f['fixed']['depth']} "
+                         f"M={f['fixed']['hidden']} D={f['fixed']['dim']}, α in [{low:g}, {high:g}]: "
+                         f"{_ci(f)}  theory +1")
+    dim_fits: dict[tuple, list[dict[str, Any]]] = {}
+    for f in report["fits"]:
+        if f["name"] == "fluctuation_vs_dim" and f["slope"] is not None:
+            dim_fits.setdefault((f["space"], f["normalization"], f["step"]), []).append(f)
+    for (space, norm, step), group in dim_fits.items():
+        slopes = [f["slope"] for f in group]
+        within = sum(bool(f["within_bound"]) for f in group)
+        when = "at init" if step == 0 else f"at step {step}"
+        lines.append(f"  fluctuation_vs_dim {space} ({norm}) {when}: slopes {min(slopes):+.2f} to "
+                     f"{max(slopes):+.2f} over {len(group)} (L, M); bound {group[0]['bound']:+.1f}, "
+                     f"within it in {within} of {len(group)}")
+    for f in report["lazy"]["fits"]:
+        if f["slope"] is not None:
+            span = f" (α ≥ {f['range'][0]:g})" if f["range"] else ""
+            lines.append(f"  {f['name']:<34} {_ci(f)}  theory {f['theory']:+.1f}{span}")
+    for d in report["lazy"]["d_inf"]:
+        lines.append(f"  d_inf (lazy ODE vs its tangent model) = {d['d_inf']:.4f} ± {d['d_inf_se']:.4f}")
+    for lin in report["lazy"]["linearization"]:
+        if lin["spread"] is not None:
+            lines.append(f"  linearization distance over α ≥ {lin['from_alpha']:g}: spread "
+                         f"{lin['spread']:.2g}, largest gap to d_inf {lin['max_gap_to_d_inf']:.2g}")
+    for c in report["checks"]:
+        lines.append(f"  [{'ok' if c['holds'] else 'NO'}] {c['check']}: {c['value']:.4g}")
+    return "\n".join(lines)
