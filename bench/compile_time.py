@@ -10,6 +10,11 @@ Measures, for ``DeepResNet(5, 5, depth=L, dim=16, hidden=64)`` at each L:
   alternating rounds in the same process (so that load on the machine hits
   both alike), and their ratio.
 
+Each depth is measured in ``--repeats`` fresh processes (default 3): on a
+shared machine one cold compile can be a second or two off, so the summary
+gives the median first step and the ratio of the median step times over all
+processes; every process's own figures are kept under ``runs``.
+
 A training step is forward, loss ½·mean ‖f − y‖², backward. Writes one JSON with
 the environment (device, versions, commit, load)::
 
@@ -72,6 +77,22 @@ def _one_depth(depth: int, backend: str, rounds: int, seed: int) -> dict:
     }
 
 
+def _summarize(depth: int, backend: str, runs: list[dict]) -> dict:
+    """One depth's figures over its processes: medians, and every process's own row under ``runs``."""
+    first = [run["first_step_s"] for run in runs]
+    steps = {name: statistics.median(1e-3 * t for run in runs for t in run["step_ms_all"][name])
+             for name in ("compiled", "uncompiled")}
+    return {
+        "depth": depth, "backend": backend, "processes": len(runs),
+        "first_step_s": statistics.median(first), "first_step_s_all": first,
+        "compile_s": statistics.median(run["compile_s"] for run in runs),
+        "step_ms": {name: 1e3 * value for name, value in steps.items()},
+        "compiled_over_uncompiled": steps["compiled"] / steps["uncompiled"],
+        "loss_difference": max(run["loss_difference"] for run in runs),
+        "runs": runs,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                      epilog="Each depth runs in its own process with empty compile caches.")
@@ -80,6 +101,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch.compile backend (default %(default)s)")
     parser.add_argument("--rounds", type=int, default=7,
                         help="timed steps of each kind (default %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="fresh processes per depth, each with a cold compile (default %(default)s)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the weights and data (default 0)")
     parser.add_argument("--out", type=Path, default=RESULTS / "compile_time_cpu.json",
                         help="JSON report (default %(default)s)")
@@ -93,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--depths must be comma-separated positive ints; got {args.depths!r}")
     if args.rounds < 1:
         parser.error(f"--rounds must be a positive int; got {args.rounds}")
+    if args.repeats < 1:
+        parser.error(f"--repeats must be a positive int; got {args.repeats}")
     if args.worker is not None:
         print(json.dumps(_one_depth(args.worker, args.backend, args.rounds, args.seed)))
         return 0
@@ -103,18 +128,22 @@ def main(argv: list[str] | None = None) -> int:
               "model": "DeepResNet(5, 5, depth=L, dim=16, hidden=64), batch 10, float32, fullgraph=True",
               "results": []}
     for depth in depths:
-        with tempfile.TemporaryDirectory() as cache:
-            env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": cache}
-            command = [sys.executable, __file__, "--worker", str(depth), "--backend", args.backend,
-                       "--rounds", str(args.rounds), "--seed", str(args.seed)]
-            done = subprocess.run(command, capture_output=True, text=True, env=env)
-        if done.returncode != 0:
-            print(done.stderr[-3000:], file=sys.stderr)
-            return 1
-        row = json.loads(done.stdout.strip().splitlines()[-1])
+        runs = []
+        for _ in range(args.repeats):
+            with tempfile.TemporaryDirectory() as cache:
+                env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": cache, "TRITON_CACHE_DIR": cache}
+                command = [sys.executable, __file__, "--worker", str(depth), "--backend", args.backend,
+                           "--rounds", str(args.rounds), "--seed", str(args.seed)]
+                done = subprocess.run(command, capture_output=True, text=True, env=env)
+            if done.returncode != 0:
+                print(done.stderr[-3000:], file=sys.stderr)
+                return 1
+            runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        row = _summarize(depth, args.backend, runs)
         report["results"].append(row)
         steps = row["step_ms"]
-        print(f"L={depth:5d} {args.backend}: first step {row['first_step_s']:.2f} s, step "
+        print(f"L={depth:5d} {args.backend}: first step {row['first_step_s']:.2f} s (median of "
+              f"{len(runs)}: {', '.join(f'{r:.2f}' for r in row['first_step_s_all'])}), step "
               f"{steps['compiled']:.1f} ms compiled / {steps['uncompiled']:.1f} ms uncompiled "
               f"({row['compiled_over_uncompiled']:.3f}x)", flush=True)
     report["environment"]["load_average_after"] = os.getloadavg()

@@ -159,8 +159,9 @@ def default_precision(dim: int, width: int, weight_dtype: str = "fp32") -> str:
 
     Three-pass TF32 (float32 accuracy on tensor cores) wherever the cost
     model estimates it faster than IEEE FFMA: at every shape the fused
-    kernels take (``compile_check --cost``: e.g. 3.4× at D = M = 64 for a
-    training step, see ``docs/engines.md``).
+    kernels take. At L = 4096, D = M = 64, B = 1024 with ``"sqrt"``
+    checkpoints it estimates a training step at 19.4 ms against 38.1 ms for
+    IEEE (``compile_check.estimate_step``; estimates, not measurements).
 
     Example:
         >>> default_precision(64, 64)

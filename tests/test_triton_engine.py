@@ -410,6 +410,17 @@ def test_compile_check_compiles_every_planned_variant_for_hopper():
     assert "no GPU measured" in report["note"]
 
 
+def test_unknown_or_conflicting_precisions_are_refused():
+    h, u, v, c, a = _inputs(1, 3, 5, 2, 2, seed=14)
+    h, u, v = h.float(), u.float(), v.float()
+    with pytest.raises(ValueError, match="precision must be one of .*got 'fp64'"):
+        triton_residual_stack(h, u, v, c, a, "tanh", 1, precision="fp64")
+    with pytest.raises(ValueError, match="allow_tf32=True asks for precision='tf32'; got precision='ieee'"):
+        triton_residual_stack(h, u, v, c, a, "tanh", 1, precision="ieee", allow_tf32=True)
+    with pytest.raises(ValueError, match="precision='ieee' takes float32 weights"):
+        triton_residual_stack(h, u.half(), v.half(), c, a, "tanh", 1, precision="ieee")
+
+
 def test_config_must_cover_the_embedding_dimension():
     h, u, v, c, a = _inputs(1, 3, 20, 2, 2, seed=13)
     with pytest.raises(ValueError, match="config.block_d must cover D = 20"):
