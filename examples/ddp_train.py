@@ -16,6 +16,7 @@ gradient, so the run follows the same trajectory as one process.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 
 import torch
@@ -62,6 +63,10 @@ def main() -> None:
         dist.all_reduce(total)
         if rank == 0:
             print(f"step {step + 1}/{args.steps}: loss {total.item() / world:.6f}")
+    # Free the DDP wrapper before the process group: a wrapper that outlives the group drops the
+    # group's last reference with the GIL held, which can deadlock with gloo's threads at exit.
+    del model
+    gc.collect()
     dist.destroy_process_group()
 
 

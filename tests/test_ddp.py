@@ -3,8 +3,10 @@ of ResidualStack and DeepResNet (each engine) and MeanODENet (each gradient rout
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
+import time
 
 import pytest
 import torch
@@ -78,6 +80,12 @@ def _worker(rank: int, port: int, out_path: str) -> None:
             model = DistributedDataParallel(net)
             _loss(model, x, y).backward()
             grads[kind, variant] = {name: p.grad for name, p in net.named_parameters()}
+            # Free the DDP wrapper while the process group is still registered. A wrapper that
+            # outlives destroy_process_group() drops the group's last reference from its reducer's
+            # destructor with the GIL held, and the group's destructor then joins a gloo thread
+            # that waits for the GIL: the worker hangs at exit (seen on the 2-core CI machine).
+            del model
+            gc.collect()
         if rank == 0:
             torch.save(grads, out_path)
         dist.barrier()  # no rank tears down its communication threads while the other still uses them
@@ -89,7 +97,14 @@ def _worker(rank: int, port: int, out_path: str) -> None:
 def distributed_grads(tmp_path_factory):
     """Gradients from one 2-process gloo run (process start-up dominates: start it once)."""
     out_path = str(tmp_path_factory.mktemp("ddp") / "grads.pt")
-    mp.spawn(_worker, args=(_free_port(), out_path), nprocs=WORLD, join=True)
+    context = mp.spawn(_worker, args=(_free_port(), out_path), nprocs=WORLD, join=False)
+    # A hung worker fails the test instead of hanging the suite (the run takes ~15 s).
+    deadline = time.monotonic() + 300
+    while not context.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("the DDP workers did not finish within 300 s")
     return torch.load(out_path, weights_only=True)
 
 
