@@ -4,7 +4,7 @@ Triton's interpreter accepts programs that the GPU compiler rejects or that
 spill registers, so this builds the real sm_90a binaries (the Triton wheel
 bundles ptxas and nvdisasm). The variants are not a hand-kept list: for each
 case (shape and options) it asks the launchers' own plans
-(:func:`deepres.kernels.launch.forward_plan` and ``backward_plan``) which
+(:func:`deepres.kernels.plan.forward_plan` and ``backward_plan``) which
 launches they make, and compiles each distinct one with the JIT's own
 argument specialization (ints equal to 1 or divisible by 16). Per variant it
 reads registers, spill bytes and shared memory (``ptxas -v``), and from the
@@ -252,8 +252,6 @@ def launch_cost(launch, arch: int = 90, multiprocessors: int = MULTIPROCESSORS) 
     from .cost_model import HOPPER, launch_seconds, occupancy
 
     hw = HOPPER
-    if launch.kernel == "torch":  # a PyTorch reduction (earlier launchers): costed by its bytes
-        return hw.launch_microseconds * 1e-6 + launch.dram_bytes / hw.dram_bytes_per_second, {}
     compiled = compile_launch(launch, arch)
     fit = occupancy(compiled.registers, compiled.shared_bytes, launch.num_warps, hw)
     resident = max(1, min(fit, -(-launch.programs // multiprocessors)))
@@ -311,7 +309,8 @@ def estimate_step(depth: int, batch: int, dim: int, width: int, replicas: int = 
 
     Returns:
         A dict with ``L, B, D, M, R, precision, default_precision,
-        checkpoint_every, est_forward_ms, est_backward_ms`` and the launches.
+        weight_dtype, checkpoint_every, every, est_forward_ms,
+        est_backward_ms`` and ``launches`` (their number).
     """
     from deepres._checks import resolve_checkpoint_every
 
@@ -334,21 +333,16 @@ def estimate_step(depth: int, batch: int, dim: int, width: int, replicas: int = 
 
 def default_cases(quick: bool = False) -> list[dict]:
     """The (shape, options) cases whose launches are compiled: every mode of both launchers, every
-    precision and weight dtype at each shape of the spill table, every activation at D = M = 64.
+    launchable precision and weight dtype at each shape of the spill table (IEEE takes float32
+    weights only), every activation at D = M = 64.
 
     ``quick``: D = M = 64, float32 at the default precision, every mode (for tests).
     """
-    from .launch import PRECISIONS, default_precision
-
-    try:
-        from .launch import resolve_precision
-    except ImportError:  # earlier launchers took every combination
-        resolve_precision = None
+    from .plan import PRECISIONS, default_precision, resolve_precision
 
     def launchable(precision: str, dim: int, width: int, weight_dtype: str) -> bool:
         try:
-            if resolve_precision is not None:
-                resolve_precision(precision, False, dim, width, weight_dtype)
+            resolve_precision(precision, False, dim, width, weight_dtype)
         except ValueError:
             return False
         return True
@@ -434,8 +428,6 @@ def main(argv: list[str] | None = None) -> int:
     records, seen = [], set()
     for case in default_cases(args.quick):
         for launch in case_launches(case):
-            if launch.kernel == "torch":  # a PyTorch reduction of earlier launchers: nothing to compile
-                continue
             key = variant_key(launch)
             if key in seen:
                 continue

@@ -63,6 +63,16 @@ def default_config(batch: int, dim: int, width: int, replicas: int, device: torc
     other) the batch tile is as large as allowed, since fewer programs run
     faster there.
 
+    Args:
+        batch, dim, width, replicas: B, D, M, R.
+        device: where the kernels run (CUDA: its SM count is read).
+        backward, weight_dtype, precision: as in
+            :func:`deepres.kernels.plan.choose_config` (defaults False,
+            ``"fp32"``, ``"tf32x3"``).
+
+    Returns:
+        A :class:`StackConfig`.
+
     Example:
         >>> default_config(1024, 64, 64, 1, torch.device("cpu")).block_d
         64

@@ -31,18 +31,19 @@ PRECISIONS = ("ieee", "tf32x3", "tf32")
 _MIN_BLOCK = 16
 
 # NOTE: tile table, from compiling every variant for sm_90a without a GPU
-# (``python -m deepres.kernels.compile_check --cost``, Triton 3.9; full table in
-# bench/results/cost_model_sm90a.json). Each row: largest BLOCK_D, then
+# (``python -m deepres.kernels.compile_check --cost``, Triton 3.9; the chosen tiles'
+# report is bench/results/compile_check_sm90.json). Each row: largest BLOCK_D, then
 # (max BLOCK_B, max BLOCK_M, num_warps) for the forward and for the backward
 # kernel. Register pressure grows with BLOCK_D·BLOCK_M (three-pass TF32 holds
 # hi and lo copies of both operands); the rows are the largest tiles with no
-# spill at any precision and weight dtype for D, M ≤ 128, and among those
-# the fastest by the cost model. Measured there (registers / spill bytes,
-# estimated cycles per layer), e.g.: D = M = 64 backward, three-pass TF32:
-# 8 warps 175 / 0, 2285 + 3287 (recompute + walk) against 4 warps 196 / 0,
-# 2583 + 3549; D = M = 128 forward, three-pass TF32: float32 weights 4 warps
-# 220 / 0 (8 warps spill 16 B), bfloat16 weights 8 warps 154 / 0 (4 warps
-# spill 20 B) — the HALF_WEIGHTS column.
+# spill at the tensor-core precisions for D, M ≤ 128 (IEEE: see choose_config
+# and resolve_precision), and among those the fastest by the cost model.
+# Measured there (registers / spill bytes, estimated cycles per layer), e.g.:
+# D = M = 64 backward, three-pass TF32: 8 warps 177 / 0, 2283 + 3283
+# (recompute + walk) against 4 warps 196 / 0, 2583 + 3549; D = M = 128
+# forward, three-pass TF32: float32 weights 4 warps 220 / 0 (8 warps spill
+# 16 B), bfloat16 weights 8 warps 152 / 0 (4 warps spill 20 B) — the
+# HALF_WEIGHTS column.
 _TILE_TABLE: tuple[tuple[int, tuple[int, int, int], tuple[int, int, int]], ...] = (
     (32, (32, 64, 4), (16, 64, 8)),
     (64, (32, 64, 4), (16, 64, 8)),
@@ -136,7 +137,8 @@ def choose_config(batch: int, dim: int, width: int, replicas: int, multiprocesso
         num_warps = _HALF_WEIGHTS_FORWARD_WARPS.get(row[0], num_warps)
     if precision == "ieee" and backward and block_d >= 64:
         # FFMA dots hold whole operand tiles in registers: at D = M = 64 the backward with 64
-        # hidden units per tile spills 60–140 B (4 or 8 warps); with 32, none (158 registers).
+        # hidden units per tile spills 60–140 B (4 or 8 warps); with 32, none (at most 126
+        # registers, 8 warps: bench/results/compile_check_sm90.json).
         max_m = min(max_m, 32)
     block_m = max(_MIN_BLOCK, min(triton.next_power_of_2(width), max_m))
     cap_b = max(_MIN_BLOCK, min(max_b, triton.next_power_of_2(batch)))
@@ -316,6 +318,10 @@ def backward_workspace(replicas: int, batch: int, dim: int, width: int, depth: i
                        need_weights: bool, block_b: int, workspace_dtype: str = "fp32") -> dict:
     """Shapes and dtypes of the buffers the backward allocates besides its outputs.
 
+    Args: as :func:`backward_plan`; ``block_b`` is the backward's batch tile
+    (one tile: no GEMM workspace), ``workspace_dtype`` ``"fp32"`` (default) or
+    ``"bf16"``.
+
     Returns:
         name → (shape, dtype name): ``scratch`` (layer inputs of a segment)
         when every > 1, and ``s``, ``p``, ``g`` (the GEMM workspace) in
@@ -362,7 +368,7 @@ def backward_plan(replicas: int, batch: int, dim: int, width: int, depth: int, e
     turns them into the chunk's ∂u, ∂v.
 
     Args: as :func:`forward_plan`, plus ``need_weights`` and the GEMM
-    workspace's dtype (``"fp32"`` or ``"bf16"``).
+    workspace's dtype (``"fp32"``, the default, or ``"bf16"``).
 
     Returns:
         A list of :class:`KernelLaunch`; walk launches carry ``lo``, ``hi``
@@ -418,7 +424,20 @@ def plans(replicas: int, batch: int, dim: int, width: int, depth: int, every: in
           weight_dtype: str, activation: str, multiprocessors: int, save_checkpoints: bool = True,
           need_weights: bool = True, workspace_dtype: str = "fp32",
           ) -> tuple[list[KernelLaunch], list[KernelLaunch]]:
-    """(forward launches, backward launches) of one training step with the default tiles."""
+    """(forward launches, backward launches) of one training step with the default tiles.
+
+    Args:
+        replicas, batch, dim, width, depth, every: R, B, D, M, L and the
+            checkpoint segment length k.
+        precision, weight_dtype, activation: as in :func:`forward_plan`.
+        multiprocessors: the SM count the tiles are chosen for.
+        save_checkpoints: the forward keeps checkpoints. Default True.
+        need_weights: the backward forms ∂u, ∂v. Default True.
+        workspace_dtype: ``"fp32"`` (default) or ``"bf16"``: the GEMM workspace.
+
+    Returns:
+        The two lists of :class:`KernelLaunch`.
+    """
     forward = forward_plan(replicas, batch, dim, width, depth, every, save_checkpoints=save_checkpoints,
                            precision=precision, weight_dtype=weight_dtype, activation=activation,
                            config=choose_config(batch, dim, width, replicas, multiprocessors, False,

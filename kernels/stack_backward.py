@@ -98,8 +98,8 @@ def stack_backward_kernel(
         ws_s_ptr, ws_p_ptr: (hi − lo, R, B, M) float32/bfloat16 workspace, and
             ws_g_ptr: (hi − lo, R, B, D) float32 (``"gemm"``): layer l's s, p
             and g in slot l − lo.
-        lo, hi: the layers walked; [lo, hi) lies in one segment unless W_MODE
-            is ``"none"`` or ``"store"``.
+        lo, hi: the layers walked; [lo, hi) lies in one segment when W_MODE
+            is ``"gemm"`` and every > 1.
         c, a: the multiplier and pre-activation scale (float32).
     """
     pid_b = tl.program_id(0)

@@ -13,6 +13,9 @@ leave the chip either.
 Weights are pipelined: with ``num_stages = S`` the compiler's software
 pipeliner keeps S − 1 layers' weights in flight (``cp.async`` into shared
 memory), so the loads of layer l + 1 and l + 2 overlap layer l's products.
+That holds with one hidden tile (``ONE_M_TILE``, M ≤ BLOCK_M); with several,
+the pipeliner works on the loop over hidden tiles and the first tile's load
+of each layer stays exposed (``compile_check`` counts such waits).
 The products use :func:`deepres.kernels.dot.matmul` (IEEE, three-pass TF32
 or TF32).
 

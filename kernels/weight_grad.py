@@ -4,7 +4,7 @@ For each layer l of a chunk [lo, hi) the backward walk (:mod:`.stack_backward`,
 ``W_MODE="gemm"``) leaves in a workspace the activations s = σ(z), the
 pre-activation gradients p = σ'(z) ⊙ (g v_lᵀ) and the stream gradient g, all
 (B, ·) per replica; the layer inputs x = h_{l-1} are in the backward's
-scratch buffer. This kernel forms
+scratch buffer (the checkpoints when every = 1). This kernel forms
 
     ∂loss/∂v_l = c · sᵀ g        ∂loss/∂u_l = c·a · pᵀ x        (M, D) each
 

@@ -5,11 +5,12 @@ Same autograd semantics and the same memory policy as
 checkpoints h_{i·k} (k = ``every``), ⌈L/k⌉·R·B·D float32 numbers, and the
 backward pass recomputes each segment of k layers from its checkpoint into a
 k·R·B·D scratch buffer ((⌈L/k⌉ + k)·R·B·D in all; with k = 1 the checkpoints
-are the layer inputs and nothing is recomputed). The whole forward is one
-kernel launch; the whole backward is one walk over the layers plus, with
-several batch tiles, weight-gradient GEMMs over chunks of layers (a few
-launches per checkpoint segment, reduced in a fixed order: every call is
-bitwise reproducible): no per-layer Python work. The kernels and the
+are the layer inputs and nothing is recomputed), plus, with several batch
+tiles, the weight-gradient workspace of one chunk of layers (see
+docs/engines.md). The whole forward is one kernel launch; the whole backward
+is one walk over the layers or, with several batch tiles, per chunk of
+layers a walk and a weight-gradient GEMM (reduced in a fixed order: every
+call is bitwise reproducible): no per-layer Python work. The kernels and the
 vector–Jacobian derivation are in ``kernels/`` (``deepres.kernels``).
 
 Two ops, ``deepres::triton_stack`` (forward) and
@@ -136,8 +137,8 @@ def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mul
         second order through the plain reference).
 
     Example:
-        >>> h = torch.randn(1, 4, 16, device=DEVICE)                           # doctest: +SKIP
-        >>> u, v = (torch.randn(1, 8, 16, 16, device=DEVICE) for _ in range(2))  # doctest: +SKIP
+        >>> h = torch.randn(1, 4, 16, device="cuda")                           # doctest: +SKIP
+        >>> u, v = (torch.randn(1, 8, 16, 16, device="cuda") for _ in range(2))  # doctest: +SKIP
         >>> triton_residual_stack(h, u, v, 1 / 128, 1 / 16, "tanh", every=4).shape  # doctest: +SKIP
         torch.Size([1, 4, 16])
     """
