@@ -282,7 +282,7 @@ def _unit_seconds(store: Any, units: list[dict[str, Any]]) -> dict[str, float]:
     """Measured wall time per kind of the units just run (their stored ``seconds``)."""
     out: dict[str, float] = {}
     for unit in units:
-        if store.has(unit):
+        if store.path(unit).is_file():  # just run and checked: no second read to validate it
             out[unit["kind"]] = out.get(unit["kind"], 0.0) + float(store.load(unit)["seconds"])
     return out
 
@@ -332,6 +332,18 @@ def check_options(args: argparse.Namespace) -> StudyConfig:
     return config
 
 
+def set_threads(threads: int | None, device: str) -> None:
+    """torch's intra-op threads for a study: ``threads`` (``--threads``), or 1 on the CPU by default."""
+    if threads is None and str(device).startswith("cpu"):
+        # NOTE: the study's tensors are small (10 samples, D = 4): intra-op threading costs
+        # more than it saves, and on a loaded machine its spin-waits explode. Measured on the
+        # 2-core CPU under load 6.7: the quick limit unit took 9.3 s with 1 thread, 320 s with 2.
+        # (Ray runs each task with one thread already.)
+        threads = 1
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+
 def _report_corrupt(report: dict[str, Any]) -> None:
     for entry in report.get("corrupt_files", []):
         print(f"{_PROG}: unreadable result file {entry['file']}: {entry['reason']}; renamed to "
@@ -355,15 +367,7 @@ def main(args: argparse.Namespace) -> int:
         return print_error(_PROG, error)
     if args.device is None:
         args.device = "cuda" if getattr(executor, "has_gpus", False) else "cpu"
-    threads = args.threads
-    if threads is None and str(args.device).startswith("cpu"):
-        # NOTE: the study's tensors are small (10 samples, D = 4): intra-op threading costs
-        # more than it saves, and on a loaded machine its spin-waits explode. Measured on the
-        # 2-core CPU under load 6.7: the quick limit unit took 9.3 s with 1 thread, 320 s with 2.
-        # (Ray runs each task with one thread already.)
-        threads = 1
-    if threads is not None:
-        torch.set_num_threads(threads)
+    set_threads(args.threads, args.device)
 
     def study(wait: bool) -> dict[str, Any]:
         return run_study(config, args.out, device=args.device, backend=args.backend,

@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from deepres.cli_checks import OptionError, print_error
+from deepres.cli_checks import OptionError, check_backend, check_device, check_out_folder, print_error
 from deepres.study.files import OutputLock, run_locked
 from deepres.study.phase import AXES
 from deepres.study.phase_config import PhaseConfig, PhaseConfigError
@@ -83,8 +83,8 @@ _SHARED: dict[str, tuple[str, bool]] = {
     "bootstrap": ("bootstrap", False), "dtype": ("dtype", False),
 }
 #: Options of ``deepres study`` that the phase study reads outside its config.
-_RUNTIME = {"preset", "seed", "device", "backend", "out", "no_plots", "no_progress", "threads", "handler",
-            "command"}
+_RUNTIME = {"preset", "seed", "device", "backend", "out", "no_plots", "no_progress", "threads", "wait",
+            "handler", "command"}
 
 
 def _dest(flag: str) -> str:
@@ -315,27 +315,16 @@ def main(args: argparse.Namespace) -> int:
     except ValueError as error:
         print(f"deepres study: {error}", file=sys.stderr)
         return 2
-    if args.threads is not None and args.threads < 1:
-        print(f"deepres study: --threads must be ≥ 1; got {args.threads}", file=sys.stderr)
-        return 2
-    from deepres.functional import BACKENDS
+    from deepres.study.cli import set_threads
 
-    if args.backend not in BACKENDS:
-        print(f"deepres study: --backend must be one of {', '.join(BACKENDS)}; got {args.backend!r}",
-              file=sys.stderr)
-        return 2
     device = args.device or "cpu"
     try:
-        torch.empty(0, device=device)
-    except (RuntimeError, ValueError) as error:
-        print(f"deepres study: --device {device!r} cannot be used: {str(error).splitlines()[0]}",
-              file=sys.stderr)
-        return 2
-    threads = args.threads
-    if threads is None and str(device).startswith("cpu"):
-        threads = 1  # small tensors: intra-op threads cost more than they save (see deepres.study.cli)
-    if threads is not None:
-        torch.set_num_threads(threads)
+        check_backend(args.backend, check_device(device))
+        check_out_folder(args.out)
+    except ValueError as error:
+        return print_error("deepres study", error)
+    set_threads(args.threads, device)
+
     def phase(wait: bool) -> dict[str, Any]:
         return run_phase(config, args.out, device=device, backend=args.backend,
                          progress=not args.no_progress, plots=not args.no_plots, wait=wait)
