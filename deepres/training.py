@@ -43,8 +43,13 @@ def gradient_descent_step(model: nn.Module, eta: float) -> None:
         >>> net(torch.randn(5, 3)).pow(2).sum().backward()
         >>> deepres.gradient_descent_step(net, eta=0.1)
     """
-    eta = check_finite_real(eta, "eta")
-    for record in scaled_parameters(model):
+    _descend(scaled_parameters(model), check_finite_real(eta, "eta"))
+
+
+@torch.no_grad()
+def _descend(records: Iterable[ScaledParameter], eta: float) -> None:
+    """The step of :func:`gradient_descent_step` over given records (``train`` walks the model once)."""
+    for record in records:
         param, multiplier = record.parameter, record.lr_multiplier
         if param.grad is None:
             continue
@@ -270,7 +275,8 @@ def train(
                 raise ValueError(f"y must have shape (N, d_out) = ({y.shape[0]}, {outputs.shape[-1]}) to "
                                  f"match the model's outputs {tuple(outputs.shape)}; got {tuple(y.shape)}")
             per_replica = _replica_losses(for_loss, y)
-        bad = ~torch.isfinite(_replica_losses(outputs.detach(), y))
+        observed = _replica_losses(outputs.detach(), y)
+        bad = ~torch.isfinite(observed)
         # A replica whose output is non-finite in any entry is bad even if the loss
         # overflowed to a finite value somewhere else.
         bad |= ~torch.isfinite(outputs.detach()).flatten(start_dim=outputs.dim() - 2).all(-1)
@@ -281,7 +287,7 @@ def train(
         newly = bad & ~nonfinite
         first_bad = torch.where(newly, torch.full_like(first_bad, step), first_bad)
         nonfinite = nonfinite | bad
-        losses.append(_replica_losses(outputs.detach(), y).clone())
+        losses.append(observed)
         if step in wanted:
             recorded_f.append(outputs.detach().clone())
             if features is not None:
@@ -300,7 +306,7 @@ def train(
             total = torch.where(nonfinite, torch.zeros_like(per_replica), per_replica).sum()
             total.backward()
             _drop_frozen_gradients(trained, nonfinite)
-            gradient_descent_step(model, eta)
+            _descend(trained, eta)
         if callback is not None:
             callback(step + 1)
         if bar is not None:

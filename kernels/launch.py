@@ -34,14 +34,15 @@ from .stack_backward import stack_backward_kernel
 from .stack_forward import stack_forward_kernel
 from .weight_grad import weight_grad_kernel
 
-__all__ = ["KERNELS", "MAX_FUSED_DIM", "PRECISIONS", "KernelLaunch", "StackConfig", "default_config",
-           "default_precision", "plans", "stack_backward", "stack_forward"]
+__all__ = ["KERNELS", "MAX_FUSED_DIM", "PRECISIONS", "WEIGHT_DTYPE_NAMES", "KernelLaunch", "StackConfig",
+           "default_config", "default_precision", "plans", "stack_backward", "stack_forward"]
 
 #: Kernel name in a :class:`KernelLaunch` → the ``triton.jit`` function.
 KERNELS = {"stack_forward": stack_forward_kernel, "stack_backward": stack_backward_kernel,
            "weight_grad": weight_grad_kernel}
 
-_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
+#: Weight dtype → its name in the plans (``weight_dtype``).
+WEIGHT_DTYPE_NAMES = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _TORCH_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 _WORKSPACE_DTYPES = {"float32": "fp32", "bfloat16": "bf16"}
 
@@ -145,7 +146,7 @@ def stack_forward(
     """
     replicas, batch, dim = h0.shape
     depth, width = u.shape[1], u.shape[2]
-    weight_dtype = _DTYPE_NAMES[u.dtype]
+    weight_dtype = WEIGHT_DTYPE_NAMES[u.dtype]
     precision = resolve_precision(precision, allow_tf32, dim, width, weight_dtype)
     cfg = _check_config(config or default_config(batch, dim, width, replicas, h0.device,
                                                   weight_dtype=weight_dtype, precision=precision),
@@ -225,7 +226,7 @@ def stack_backward(
     ws_dtype = _WORKSPACE_DTYPES[workspace_dtype]
     replicas, batch, dim = grad_out.shape
     depth, width = u.shape[1], u.shape[2]
-    weight_dtype = _DTYPE_NAMES[u.dtype]
+    weight_dtype = WEIGHT_DTYPE_NAMES[u.dtype]
     precision = resolve_precision(precision, allow_tf32, dim, width, weight_dtype)
     cfg = _check_config(config or default_config(batch, dim, width, replicas, grad_out.device, backward=True,
                                                   weight_dtype=weight_dtype, precision=precision),

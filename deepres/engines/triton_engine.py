@@ -145,9 +145,9 @@ def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mul
     tiles = [] if config is None else [config.block_b, config.block_d, config.block_m, config.num_warps,
                                        config.num_stages]
     save = torch.is_grad_enabled() and (h.requires_grad or u.requires_grad or v.requires_grad)
-    from deepres.kernels.plan import resolve_precision
+    from deepres.kernels.launch import WEIGHT_DTYPE_NAMES, resolve_precision
 
-    weight_dtype = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}.get(u.dtype, "fp32")
+    weight_dtype = WEIGHT_DTYPE_NAMES[u.dtype]
     precision = resolve_precision(precision, allow_tf32, h.shape[-1], u.shape[-2], weight_dtype)
     out, _ = triton_stack(h, u, v, float(multiplier), float(pre_scale), activation, every, save, precision,
                           tiles)
