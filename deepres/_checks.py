@@ -16,6 +16,7 @@ import numbers
 import torch
 
 __all__ = [
+    "BACKSOLVE",
     "check_bool",
     "check_choice",
     "check_finite_real",
@@ -99,23 +100,30 @@ def check_tensor(value: object, name: str) -> torch.Tensor:
     return value
 
 
-def resolve_checkpoint_every(depth: int, checkpoint_every: object, *, backsolve: bool = False,
-                             ) -> int | None:
-    """Turn a ``checkpoint_every`` option into a segment length k ≥ 1.
+#: The resolved value of ``checkpoint_every="backsolve"`` (the mean ODE's adjoint route: keep no
+#: states, re-integrate h backward). Every layer below the modules compares against this one name.
+BACKSOLVE = -1
+
+
+def resolve_checkpoint_every(depth: int, checkpoint_every: object, *, backsolve: bool = False) -> int:
+    """Turn a ``checkpoint_every`` option into a segment length k ≥ 1 (or :data:`BACKSOLVE`).
+
+    One meaning per form, the same for every engine and the mean ODE:
+
+    * ``None`` — the default: keep h before every layer, k = 1;
+    * an int k ≥ 1 — keep h every k layers and recompute each segment in
+      the backward pass (k need not divide L; k ≥ L keeps h_0 only);
+    * ``"sqrt"`` — k = ⌈√L⌉, which minimizes the (L/k + k)·B·D numbers kept;
+    * ``"backsolve"`` — where allowed: keep nothing (:data:`BACKSOLVE`).
 
     Args:
         depth: number of layers L (or solver steps N).
-        checkpoint_every: ``None`` (keep h before every layer: k = 1), an int
-            k ≥ 1 (keep h every k layers and recompute each segment in the
-            backward pass; k need not divide L, k > L means one segment),
-            ``"sqrt"`` (k = ⌈√L⌉, which minimizes the (L/k + k)·B·D numbers
-            kept) or, where ``backsolve`` is allowed, ``"backsolve"`` (keep
-            nothing: returns None).
+        checkpoint_every: one of the forms above.
         backsolve: accept ``"backsolve"`` (the mean ODE's adjoint route).
             Default False.
 
     Returns:
-        The segment length k, or None for ``"backsolve"``.
+        The segment length k ≥ 1, or :data:`BACKSOLVE`.
 
     Raises:
         TypeError: not None, an int or a str.
@@ -132,7 +140,7 @@ def resolve_checkpoint_every(depth: int, checkpoint_every: object, *, backsolve:
     if isinstance(checkpoint_every, str):
         if checkpoint_every not in names:
             raise ValueError(f"checkpoint_every must be {expected}; got {checkpoint_every!r}")
-        return None if checkpoint_every == "backsolve" else max(1, math.ceil(math.sqrt(depth)))
+        return BACKSOLVE if checkpoint_every == "backsolve" else max(1, math.ceil(math.sqrt(depth)))
     if isinstance(checkpoint_every, bool) or not isinstance(checkpoint_every, numbers.Integral):
         raise TypeError(f"checkpoint_every must be {expected}; "
                         f"got {type(checkpoint_every).__name__} {checkpoint_every!r}")

@@ -1,4 +1,13 @@
-"""Functional API: argument checks, the one place where the engine is chosen, and dispatch.
+"""Functional API: argument checks, the one place where options are resolved and the engine is chosen.
+
+Every option of the stack is resolved once: :func:`stack_options` turns the
+public arguments into a :class:`StackOptions` (checked scalars, the backend
+name, the checkpoint segment length k, the precision request), once per call
+of :func:`residual_stack` and once at construction for the modules, which
+then call :func:`run_stack` with their stored options. :func:`run_stack`
+checks the tensors, chooses the engine from the table
+:data:`deepres.engines.registry.ENGINES` (:func:`select_engine`) and calls it
+with a resolved precision.
 
 Autocast. Inside a ``torch.autocast`` region the stack keeps its float32 residual
 stream and float32 accumulation: an autocast region never lowers the precision of
@@ -12,34 +21,34 @@ the PyTorch engine and the reference compute in float32 throughout.
 from __future__ import annotations
 
 import warnings
+from dataclasses import dataclass
 
 import torch
 
 from deepres._checks import (
-    check_bool,
     check_choice,
     check_finite_real,
     check_tensor,
     resolve_checkpoint_every,
 )
-from deepres.activations import ACTIVATIONS
-from deepres.engines.reference import reference_residual_stack
-from deepres.engines.torch_engine import torch_residual_stack
-from deepres.engines.triton_support import fallback_reason, triton_importable, unavailable_reason
+from deepres.activations import check_activation
+from deepres.engines.common import HALF_DTYPES, autocast_enabled
+from deepres.engines.registry import ENGINES, PRECISIONS, unavailable_reason
+from deepres.engines.triton.support import triton_importable
 
-__all__ = ["BACKENDS", "check_backend", "residual_stack", "select_engine"]
+__all__ = ["BACKENDS", "PRECISIONS", "StackOptions", "check_backend", "residual_stack", "run_stack",
+           "select_engine", "stack_options", "unavailable_reason"]
 
 #: Names accepted by the ``backend`` argument.
-BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "reference")
-
-_HALF = (torch.float16, torch.bfloat16)
+BACKENDS: tuple[str, ...] = ("auto", *ENGINES)
 
 
 def check_backend(backend: object, device: torch.device) -> str:
     """``backend`` if it names an engine that can run on ``device``, else raise.
 
     The part of :func:`select_engine` that does not depend on the tensors' shapes
-    and dtypes (command lines check it before any work).
+    and dtypes (command lines check it before any work;
+    :func:`deepres.engines.registry.unavailable_reason` gives the reason alone).
 
     Raises:
         TypeError: a non-str backend.
@@ -51,11 +60,14 @@ def check_backend(backend: object, device: torch.device) -> str:
         'auto'
     """
     backend = check_choice(backend, "backend", BACKENDS)
-    if backend == "triton":
-        reason = unavailable_reason(device)
-        if reason is not None:
-            raise ValueError(f"backend='triton' cannot run here: {reason}")
+    _check_runs_on(backend, device)
     return backend
+
+
+def _check_runs_on(backend: str, device: torch.device) -> None:
+    reason = unavailable_reason(backend, device)
+    if reason is not None:
+        raise ValueError(f"backend={backend!r} cannot run here: {reason}")
 
 
 def select_engine(backend: object, h: torch.Tensor, u: torch.Tensor) -> str:
@@ -81,19 +93,84 @@ def select_engine(backend: object, h: torch.Tensor, u: torch.Tensor) -> str:
         >>> select_engine("auto", torch.zeros(2, 3), torch.zeros(4, 5, 3))
         'torch'
     """
-    backend = check_backend(backend, h.device)
-    if backend in ("torch", "reference"):
-        return backend
+    return _select(check_choice(backend, "backend", BACKENDS), h, u)
+
+
+def _select(backend: str, h: torch.Tensor, u: torch.Tensor) -> str:
+    """:func:`select_engine` for a ``backend`` already checked to be a name of :data:`BACKENDS`."""
     if backend == "auto":
         if h.device.type != "cuda" or not triton_importable():
             return "torch"
-        return "torch" if fallback_reason(h, u) is not None else "triton"
-    reason = fallback_reason(h, u)
+        return "torch" if ENGINES["triton"].fallback_reason(h, u) is not None else "triton"
+    _check_runs_on(backend, h.device)
+    fallback = ENGINES[backend].fallback_reason
+    reason = None if fallback is None else fallback(h, u)
     if reason is not None:
-        warnings.warn(f"backend='triton' runs the PyTorch engine instead of the fused kernels: {reason}",
-                      UserWarning, stacklevel=3)
+        warnings.warn(f"backend={backend!r} runs the PyTorch engine instead of the fused kernels: {reason}",
+                      UserWarning, stacklevel=4)
         return "torch"
-    return "triton"
+    return backend
+
+
+@dataclass(frozen=True)
+class StackOptions:
+    """The resolved options of a stack (see :func:`residual_stack` for their meaning).
+
+    Attributes:
+        multiplier: c, a float. pre_scale: a, a float.
+        activation: a name of :data:`deepres.activations.ACTIVATIONS`.
+        backend: a name of :data:`BACKENDS`.
+        every: the checkpoint segment length k ≥ 1 (``checkpoint_every``
+            resolved for the stack's depth).
+        precision: None (the chosen engine's default) or a name of
+            :data:`PRECISIONS` that the backend computes (with ``"auto"``:
+            any; it applies where the Triton engine runs).
+    """
+
+    multiplier: float
+    pre_scale: float
+    activation: str
+    backend: str
+    every: int
+    precision: str | None
+
+
+def stack_options(depth: int, *, multiplier: object, pre_scale: object = 1.0, activation: object = "tanh",
+                  backend: object = "auto", checkpoint_every: object = None,
+                  precision: object = None) -> StackOptions:
+    """Check and resolve the options of :func:`residual_stack` for a stack of ``depth`` layers, once.
+
+    Args:
+        depth: L. The other arguments: as for :func:`residual_stack`.
+
+    Returns:
+        A :class:`StackOptions`.
+
+    Raises:
+        TypeError, ValueError: as :func:`residual_stack` for these arguments.
+
+    Example:
+        >>> stack_options(100, multiplier=0.1, checkpoint_every="sqrt").every
+        10
+    """
+    backend = check_choice(backend, "backend", BACKENDS)
+    if precision is not None:
+        precision = check_choice(precision, "precision", PRECISIONS)
+        if backend != "auto" and precision not in ENGINES[backend].precisions:
+            computes = ENGINES[backend].precisions
+            raise ValueError(
+                f"precision={precision!r} is not what backend={backend!r} computes: it computes "
+                f"{' or '.join(map(repr, computes))} (IEEE arithmetic in h's dtype; for cuBLAS, "
+                f"torch.backends.cuda.matmul.allow_tf32 decides); the TF32 precisions apply to the "
+                f"Triton engine only")
+    return StackOptions(
+        multiplier=check_finite_real(multiplier, "multiplier"),
+        pre_scale=check_finite_real(pre_scale, "pre_scale"),
+        activation=check_activation(activation),
+        backend=backend,
+        every=resolve_checkpoint_every(depth, checkpoint_every),
+        precision=precision,
+    )
 
 
 def _check_shapes(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
@@ -118,12 +195,12 @@ def _check_shapes(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
 def _check_dtypes_devices(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> None:
     if u.dtype != v.dtype:
         raise TypeError(f"u and v must share a dtype; got u {u.dtype} and v {v.dtype}")
-    if h.dtype in _HALF:
+    if h.dtype in HALF_DTYPES:
         raise TypeError(
             f"h must be float32 or float64 (the residual stream accumulates in full "
             f"precision); got {h.dtype}"
         )
-    if u.dtype != h.dtype and not (h.dtype == torch.float32 and u.dtype in _HALF):
+    if u.dtype != h.dtype and not (h.dtype == torch.float32 and u.dtype in HALF_DTYPES):
         raise TypeError(
             f"u and v must have h's dtype {h.dtype} (or float16/bfloat16 weights with a "
             f"float32 h); got {u.dtype}"
@@ -133,6 +210,18 @@ def _check_dtypes_devices(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> 
             f"h, u and v must be on one device; got h on {h.device}, u on {u.device}, "
             f"v on {v.device}"
         )
+
+
+def _checked(h: object, u: object, v: object) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """h, u, v checked (tensors, ranks, shapes, dtypes, one device); a half h under autocast as float32."""
+    h = check_tensor(h, "h")
+    u = check_tensor(u, "u")
+    v = check_tensor(v, "v")
+    if autocast_enabled(h.device.type) and h.dtype in HALF_DTYPES:
+        h = h.float()  # the residual stream is float32 under autocast (module docstring)
+    _check_shapes(h, u, v)
+    _check_dtypes_devices(h, u, v)
+    return h, u, v
 
 
 def residual_stack(
@@ -145,8 +234,7 @@ def residual_stack(
     activation: str = "tanh",
     backend: str = "auto",
     checkpoint_every: int | str | None = None,
-    allow_tf32: bool = False,
-    deterministic: bool = False,
+    precision: str | None = None,
 ) -> torch.Tensor:
     """Apply L two-layer-perceptron residual blocks (eq. (1) of docs/design.md).
 
@@ -176,19 +264,19 @@ def residual_stack(
             ``TRITON_INTERPRET=1``) or ``"reference"`` (plain per-layer
             autograd, memory-hungry; for tests).
         checkpoint_every: memory policy of the backward pass. ``None``
-            (default) keeps h before every layer (L·B·D numbers); an int k
-            keeps it every k layers and recomputes segments (k need not
-            divide L); ``"sqrt"`` uses k = ⌈√L⌉. Ignored by ``"reference"``.
-        allow_tf32: let the Triton kernels' float32 dot products use one
-            TF32 tensor-core product (faster, about 1e-3 relative error).
-            Default False: float32 accuracy (three TF32 products per product,
-            see docs/engines.md). With ``backend="torch"`` or ``"reference"``,
-            True is an error; where ``"auto"`` picks the PyTorch engine it
-            does not apply.
-        deterministic: kept for compatibility; changes nothing. Default
-            False. Every engine is bitwise reproducible on a given device:
-            the Triton kernels reduce the weight gradients in a fixed order
-            without float atomics.
+            (default) keeps h before every layer (L·B·D numbers; the same as
+            k = 1); an int k keeps it every k layers and recomputes segments
+            (k need not divide L; k ≥ L keeps h_0 only); ``"sqrt"`` uses
+            k = ⌈√L⌉. Ignored by ``"reference"``.
+        precision: how the Triton kernels compute their float32 dot products:
+            ``"tf32x3"`` (three TF32 tensor-core products, float32 accuracy),
+            ``"ieee"`` (FFMA; float32 weights only) or ``"tf32"`` (one TF32
+            product, faster, about 1e-3 relative error); see docs/engines.md.
+            Default None: the engine's default (``"tf32x3"`` for Triton). The
+            PyTorch engine and the reference compute ``"ieee"`` only: with
+            ``backend="torch"`` or ``"reference"`` any other precision is an
+            error; where ``"auto"`` picks the PyTorch engine (or
+            ``"triton"`` falls back to it) the request does not apply.
 
     Second-order gradients (``create_graph=True``) are exact with every
     engine: the gradient is then recomputed through the plain reference,
@@ -199,11 +287,12 @@ def residual_stack(
 
     Raises:
         TypeError: a non-tensor, a non-floating or mismatched dtype, a
-            non-real multiplier or pre_scale.
+            non-real multiplier or pre_scale, a non-str option.
         ValueError: wrong ranks or shapes, empty axes, different devices,
             non-finite scalars, an unknown activation/backend/checkpoint
-            policy, ``backend="triton"`` where it cannot run, or
-            ``allow_tf32=True`` with an engine that has no TF32 option.
+            policy/precision, ``backend="triton"`` where it cannot run, a
+            precision the chosen backend does not compute, or
+            ``precision="ieee"`` with float16/bfloat16 weights on Triton.
 
     Example:
         >>> import torch, deepres
@@ -214,38 +303,42 @@ def residual_stack(
         >>> hL.shape
         torch.Size([32, 16])
     """
-    h = check_tensor(h, "h")
-    u = check_tensor(u, "u")
-    v = check_tensor(v, "v")
-    device_type = h.device.type
-    autocast = device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
-    if autocast and h.dtype in _HALF:
-        h = h.float()  # the residual stream is float32 under autocast (module docstring)
-    _check_shapes(h, u, v)
-    _check_dtypes_devices(h, u, v)
-    c = check_finite_real(multiplier, "multiplier")
-    a = check_finite_real(pre_scale, "pre_scale")
-    activation = check_choice(activation, "activation", ACTIVATIONS)
-    every = resolve_checkpoint_every(u.shape[-3], checkpoint_every)
-    check_bool(allow_tf32, "allow_tf32")
-    check_bool(deterministic, "deterministic")
-    engine = select_engine(backend, h, u)
-    if allow_tf32 and backend in ("torch", "reference"):
-        raise ValueError(f"allow_tf32=True applies to the Triton engine only; backend={backend!r} computes "
-                         f"in IEEE {h.dtype} (for cuBLAS, torch.backends.cuda.matmul.allow_tf32 decides)")
+    h, u, v = _checked(h, u, v)
+    options = stack_options(u.shape[-3], multiplier=multiplier, pre_scale=pre_scale, activation=activation,
+                            backend=backend, checkpoint_every=checkpoint_every, precision=precision)
+    return _dispatch(h, u, v, options)
 
-    if engine == "reference":
-        return reference_residual_stack(h, u, v, c, a, activation)
+
+def run_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, options: StackOptions) -> torch.Tensor:
+    """:func:`residual_stack` with options resolved beforehand by :func:`stack_options` (the modules' path).
+
+    Args:
+        h, u, v: as for :func:`residual_stack` (checked here).
+        options: from :func:`stack_options` for u's depth.
+
+    Returns:
+        h_L, with the shape and dtype of ``h``.
+
+    Example:
+        >>> u = v = torch.zeros(4, 2, 3)
+        >>> run_stack(torch.ones(5, 3), u, v, stack_options(4, multiplier=0.5)).sum().item()
+        15.0
+    """
+    h, u, v = _checked(h, u, v)
+    return _dispatch(h, u, v, options)
+
+
+def _dispatch(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, options: StackOptions) -> torch.Tensor:
+    engine = ENGINES[_select(options.backend, h, u)]
+    # A precision the chosen engine does not compute was asked of "auto" (or of a "triton" that fell
+    # back): it applies to the Triton engine only (stack_options refused it for explicit backends).
+    precision = options.precision if options.precision in engine.precisions else engine.default_precision
     unbatched = u.dim() == 3
     if unbatched:
         h, u, v = h.unsqueeze(0), u.unsqueeze(0), v.unsqueeze(0)
-    if engine == "triton":
-        from deepres.engines.triton_engine import triton_residual_stack
-
-        if autocast and u.dtype == torch.float32:
-            half = torch.get_autocast_dtype(device_type)
-            u, v = u.to(half), v.to(half)
-        out = triton_residual_stack(h, u, v, c, a, activation, every, allow_tf32=allow_tf32)
-    else:
-        out = torch_residual_stack(h, u, v, c, a, activation, every)
+    if engine.half_weights and u.dtype == torch.float32 and autocast_enabled(h.device.type):
+        half = torch.get_autocast_dtype(h.device.type)
+        u, v = u.to(half), v.to(half)
+    out = engine.run(h, u, v, options.multiplier, options.pre_scale, options.activation, options.every,
+                     precision)
     return out.squeeze(0) if unbatched else out

@@ -8,23 +8,13 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
-from deepres._checks import (
-    check_bool,
-    check_choice,
-    check_positive_int,
-    check_tensor,
-    resolve_checkpoint_every,
-)
-from deepres.activations import ACTIVATIONS
-from deepres.engines.common import autocast_disabled
-from deepres.functional import BACKENDS, residual_stack
+from deepres._checks import check_bool, check_positive_int, check_tensor
+from deepres.engines.common import HALF_DTYPES, autocast_disabled, autocast_enabled
+from deepres.functional import StackOptions, run_stack, stack_options
 from deepres.parameterization import Parameterization
 from deepres.scaling import ScaledParameter
 
 __all__ = ["DeepResNet", "EmbeddedNetwork", "ResidualStack", "draw_embedding_and_readout"]
-
-_HALF = (torch.float16, torch.bfloat16)
-
 
 def _check_replicas(replicas: object) -> int | None:
     if replicas is None:
@@ -48,8 +38,12 @@ class ResidualStack(nn.Module):
         activation: ``"tanh"`` (default), ``"relu"``, ``"gelu"``, ``"silu"``, ``"identity"``.
         backend: ``"auto"`` (default), ``"torch"``, ``"triton"``, ``"reference"``
             (see :func:`deepres.residual_stack`).
-        checkpoint_every: ``None`` (default), an int k or ``"sqrt"``: memory
-            policy of the backward pass (see :func:`deepres.residual_stack`).
+        checkpoint_every: ``None`` (default: h before every layer, k = 1), an
+            int k or ``"sqrt"`` (k = ⌈√L⌉): memory policy of the backward pass
+            (see :func:`deepres.residual_stack`); resolved to k here, once.
+        precision: ``"tf32x3"``, ``"ieee"``, ``"tf32"`` or None (default: the
+            engine's default): the Triton kernels' dot precision (see
+            :func:`deepres.residual_stack`).
         replicas: None (default) for one network; an int R for R independent
             networks trained in one launch (weights (R, L, M, D), inputs (R, B, D)).
         device, dtype: of the parameters. Defaults: PyTorch's defaults.
@@ -58,7 +52,10 @@ class ResidualStack(nn.Module):
 
     Attributes:
         u, v: ``nn.Parameter`` of shape (L, M, D), or (R, L, M, D).
-        multiplier (float): c. pre_scale (float): a.
+        multiplier (float): c. pre_scale (float): a. activation, backend,
+        precision: as given. checkpoint_every (int): the resolved segment
+        length k ≥ 1. options (StackOptions): all of them, as resolved once
+        here and passed to every forward call.
         lr_multiplier (float): factor on the base learning rate η.
         parameterization (Parameterization): the full scheme.
 
@@ -70,18 +67,17 @@ class ResidualStack(nn.Module):
 
     def __init__(self, depth: int, dim: int, hidden: int, *, alpha: float = 1.0,
                  parameterization: str = "mlu", activation: str = "tanh", backend: str = "auto",
-                 checkpoint_every: int | str | None = None,
+                 checkpoint_every: int | str | None = None, precision: str | None = None,
                  replicas: int | None = None, device: torch.device | str | None = None,
                  dtype: torch.dtype | None = None, generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.parameterization = Parameterization(parameterization, depth, hidden, dim, alpha)
-        self.activation = check_choice(activation, "activation", ACTIVATIONS)
-        self.backend = check_choice(backend, "backend", BACKENDS)
-        resolve_checkpoint_every(depth, checkpoint_every)  # validate now, not at first forward
-        self.checkpoint_every = checkpoint_every
+        p = self.parameterization
+        self.options: StackOptions = stack_options(
+            p.depth, multiplier=float(p.multiplier), pre_scale=float(p.pre_scale), activation=activation,
+            backend=backend, checkpoint_every=checkpoint_every, precision=precision)
         self.replicas = _check_replicas(replicas)
         shape = (depth, hidden, dim) if self.replicas is None else (self.replicas, depth, hidden, dim)
-        p = self.parameterization
         u = torch.empty(shape, device=device, dtype=dtype)
         v = torch.empty(shape, device=device, dtype=dtype)
         with torch.no_grad():
@@ -89,9 +85,31 @@ class ResidualStack(nn.Module):
             v.normal_(0.0, p.init_std_v, generator=generator)
         self.u = nn.Parameter(u)
         self.v = nn.Parameter(v)
-        self.multiplier = float(p.multiplier)
-        self.pre_scale = float(p.pre_scale)
         self.lr_multiplier = float(p.lr_multiplier)
+
+    @property
+    def multiplier(self) -> float:
+        return self.options.multiplier
+
+    @property
+    def pre_scale(self) -> float:
+        return self.options.pre_scale
+
+    @property
+    def activation(self) -> str:
+        return self.options.activation
+
+    @property
+    def backend(self) -> str:
+        return self.options.backend
+
+    @property
+    def checkpoint_every(self) -> int:
+        return self.options.every
+
+    @property
+    def precision(self) -> str | None:
+        return self.options.precision
 
     @property
     def depth(self) -> int:
@@ -113,18 +131,15 @@ class ResidualStack(nn.Module):
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         """Args: h (B, D), or (R, B, D) with replicas. Returns: h_L, same shape."""
-        return residual_stack(
-            h, self.u, self.v,
-            multiplier=self.multiplier, pre_scale=self.pre_scale, activation=self.activation,
-            backend=self.backend, checkpoint_every=self.checkpoint_every,
-        )
+        return run_stack(h, self.u, self.v, self.options)
 
     def extra_repr(self) -> str:
         p = self.parameterization
         replicas = "" if self.replicas is None else f", replicas={self.replicas}"
         return (f"depth={p.depth}, dim={p.dim}, hidden={p.hidden}, alpha={p.alpha}, "
                 f"parameterization={p.name!r}, activation={self.activation!r}, "
-                f"backend={self.backend!r}, checkpoint_every={self.checkpoint_every!r}{replicas}")
+                f"backend={self.backend!r}, checkpoint_every={self.checkpoint_every!r}, "
+                f"precision={self.precision!r}{replicas}")
 
 
 class _FullPrecisionMatmul(torch.autograd.Function):
@@ -167,7 +182,7 @@ def _full_precision_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """a @ b in the inputs' precision: plainly, or through :class:`_FullPrecisionMatmul` inside an
     autocast region (plain outside, so that ``torch.func`` transforms, which need a forward-mode
     rule that dynamo cannot trace, work on the modules)."""
-    if a.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(a.device.type):
+    if autocast_enabled(a.device.type):
         return _FullPrecisionMatmul.apply(a, b)
     return a @ b
 
@@ -212,8 +227,7 @@ class EmbeddedNetwork(nn.Module):
             raise ValueError(f"x must have shape (N, {self.in_features}); got {tuple(x.shape)}")
         dtype = self.embed_weight.dtype
         if x.dtype != dtype:
-            autocast = x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type)
-            if not (autocast and x.dtype in _HALF):
+            if not (autocast_enabled(x.device.type) and x.dtype in HALF_DTYPES):
                 raise TypeError(f"x must have dtype {dtype}; got {x.dtype}")
             x = x.to(dtype)  # an autocast-ed layer's output: the stream stays in full precision
         return _full_precision_matmul(x, self.embed_weight.T)
@@ -259,7 +273,7 @@ class DeepResNet(EmbeddedNetwork):
         train_embedding: hold W_E as a trainable ``nn.Parameter``. Default False.
         train_readout: hold W_U as a trainable ``nn.Parameter``. Default False.
         **stack options: ``alpha``, ``parameterization``, ``activation``,
-            ``backend``, ``checkpoint_every``, ``replicas``, ``device``,
+            ``backend``, ``checkpoint_every``, ``precision``, ``replicas``, ``device``,
             ``dtype``, ``generator`` as for :class:`ResidualStack`. The
             generator draws W_E, then W_U, then the stack's u and v. With
             ``dtype=torch.float16`` or ``torch.bfloat16`` only u and v are
@@ -285,20 +299,20 @@ class DeepResNet(EmbeddedNetwork):
     def __init__(self, in_features: int, out_features: int, depth: int, dim: int, hidden: int, *,
                  alpha: float = 1.0, parameterization: str = "mlu", activation: str = "tanh",
                  backend: str = "auto", checkpoint_every: int | str | None = None,
-                 replicas: int | None = None, train_embedding: bool = False, train_readout: bool = False,
+                 precision: str | None = None, replicas: int | None = None, train_embedding: bool = False, train_readout: bool = False,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()
         self.in_features = check_positive_int(in_features, "in_features")
         self.out_features = check_positive_int(out_features, "out_features")
         check_positive_int(dim, "dim")
-        stream_dtype = torch.float32 if dtype in _HALF else dtype
+        stream_dtype = torch.float32 if dtype in HALF_DTYPES else dtype
         embed, readout = draw_embedding_and_readout(in_features, out_features, dim, device=device,
                                                     dtype=stream_dtype, generator=generator)
         self.stack = ResidualStack(
             depth, dim, hidden, alpha=alpha, parameterization=parameterization,
             activation=activation, backend=backend, checkpoint_every=checkpoint_every,
-            replicas=replicas, device=device, dtype=dtype, generator=generator,
+            precision=precision, replicas=replicas, device=device, dtype=dtype, generator=generator,
         )
         self._register_weight("embed_weight", embed, train_embedding)
         self._register_weight("readout_weight", readout, train_readout)

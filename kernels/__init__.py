@@ -8,12 +8,14 @@
 * :mod:`.stack_backward` — the reverse walk: recompute each checkpoint
   segment, carry ∂loss/∂h, leave what the weight gradients need.
 * :mod:`.weight_grad` — ∂u, ∂v of a chunk of layers as GEMMs over the batch.
-* :mod:`.plan` — tiles, precision and the launches of each pass (shared by
-  the launchers and the cost model).
-* :mod:`.launch` — buffers and launches (no autograd here; see
-  :mod:`deepres.engines.triton_engine`).
-* :mod:`.sass`, :mod:`.cost_model`, :mod:`.compile_check` — compile every
-  variant for sm_90a without a GPU, read its SASS, estimate its time.
+* :mod:`.plan` — tiles, precision, the dtype vocabulary and the launches of
+  each pass (shared by the launcher and the offline cost model); imports
+  neither triton nor the kernels.
 
-Importing this package does not import triton; its submodules do.
+The launcher, the availability checks and the autograd ops live with the
+engine, :mod:`deepres.engines.triton`; the offline GPU cost-modelling tools
+(compile every variant for sm_90a, read its SASS, estimate its time) live
+outside the package, in the repository's ``tools/kernel_cost/``.
+
+Importing this package does not import triton; the kernel modules do.
 """

@@ -18,7 +18,7 @@ is computed; the accumulator is always float32:
 * ``"tf32"``: one TF32 product (about 1e-3 relative error).
 
 A weight tile that was float16 or bfloat16 is exact in TF32 (fewer mantissa
-bits, an exponent range TF32 covers), so with ``B_EXACT`` its ``lo`` part is
+bits, an exponent range TF32 covers), so with ``HALF_WEIGHTS`` its ``lo`` part is
 zero and ``"tf32x3"`` needs only two products.
 """
 
@@ -38,10 +38,10 @@ def split_tf32(x):
 
 
 @triton.jit
-def matmul(a, b, scale, PRECISION: tl.constexpr, B_EXACT: tl.constexpr = False):
+def matmul(a, b, scale, PRECISION: tl.constexpr, HALF_WEIGHTS: tl.constexpr = False):
     """scale · (a @ b) for float32 tiles a (P, K), b (K, N); float32 result (P, N).
 
-    ``scale`` is a float32 scalar. ``B_EXACT``: b is already exact in TF32
+    ``scale`` is a float32 scalar. ``HALF_WEIGHTS``: b is already exact in TF32
     (upcast float16/bfloat16 weights).
     """
     if PRECISION == "tf32x3":
@@ -49,7 +49,7 @@ def matmul(a, b, scale, PRECISION: tl.constexpr, B_EXACT: tl.constexpr = False):
         # chain waits for the previous mma's result). The terms are scaled before they are added:
         # Triton folds ``dot(x, y) + z`` into ``dot(x, y, acc=z)``, which would chain them again.
         a_hi, a_lo = split_tf32(a)
-        if B_EXACT:
+        if HALF_WEIGHTS:
             big = tl.dot(a_hi, b, input_precision="tf32")
             small = tl.dot(a_lo, b, input_precision="tf32")
             result = scale * small + scale * big

@@ -29,7 +29,7 @@ the forward kernel.
 The weight gradients are sums over the batch, i.e. over programs. ``W_MODE``:
 
 * ``"gemm"`` (several batch tiles): the walk stores, per layer of [lo, hi),
-  s, p (fp32 or bf16) and g into a workspace; :mod:`.weight_grad` then forms
+  s, p and g (float32) into a workspace; :mod:`.weight_grad` then forms
   ∂v_l = c · sᵀ g and ∂u_l = c·a · pᵀ x as tensor-core GEMMs over the whole
   batch, in a fixed order: deterministic, no float atomics.
 * ``"store"`` (one batch tile): the program is the only writer of every
@@ -52,7 +52,7 @@ __all__ = ["stack_backward_kernel"]
 @triton.jit
 def _backward_m_tile(x, g, g_acc, u_ptr, v_ptr, offsets, mask_w, offsets_t, mask_wt, a, c,
                      grad_u_ptr, grad_v_ptr, ws_s_ptr, ws_p_ptr, ws_mask,
-                     ACT: tl.constexpr, PRECISION: tl.constexpr, EXACT_WEIGHTS: tl.constexpr,
+                     ACT: tl.constexpr, PRECISION: tl.constexpr, HALF_WEIGHTS: tl.constexpr,
                      W_MODE: tl.constexpr):
     """One BLOCK_M tile of hidden units of one layer: returns g_acc + c·a · p u_t, and
     stores this tile's s, p (``"gemm"``) or its ∂u_t, ∂v_t (``"store"``)."""
@@ -63,16 +63,16 @@ def _backward_m_tile(x, g, g_acc, u_ptr, v_ptr, offsets, mask_w, offsets_t, mask
     u_tt = tl.load(u_ptr + offsets_t, mask=mask_wt, other=0.0).to(tl.float32)
     u_t = tl.load(u_ptr + offsets, mask=mask_w, other=0.0).to(tl.float32)
     v_t = tl.load(v_ptr + offsets, mask=mask_w, other=0.0).to(tl.float32)
-    z = matmul(x, u_tt, a, PRECISION, EXACT_WEIGHTS)
+    z = matmul(x, u_tt, a, PRECISION, HALF_WEIGHTS)
     s, ds = activation_and_derivative(z, ACT)
-    p = ds * matmul(g, tl.trans(v_t), 1.0, PRECISION, EXACT_WEIGHTS)
+    p = ds * matmul(g, tl.trans(v_t), 1.0, PRECISION, HALF_WEIGHTS)
     if W_MODE == "gemm":
         tl.store(ws_s_ptr, s.to(ws_s_ptr.dtype.element_ty), mask=ws_mask)
         tl.store(ws_p_ptr, p.to(ws_p_ptr.dtype.element_ty), mask=ws_mask)
     elif W_MODE == "store":
         tl.store(grad_v_ptr + offsets, matmul(tl.trans(s), g, c, PRECISION), mask=mask_w)
         tl.store(grad_u_ptr + offsets, matmul(tl.trans(p), x, c * a, PRECISION), mask=mask_w)
-    return g_acc + matmul(p, u_t, c * a, PRECISION, EXACT_WEIGHTS)
+    return g_acc + matmul(p, u_t, c * a, PRECISION, HALF_WEIGHTS)
 
 
 @triton.jit(do_not_specialize=["lo", "hi"])
@@ -81,7 +81,7 @@ def stack_backward_kernel(
     grad_h_ptr, grad_u_ptr, grad_v_ptr, ws_s_ptr, ws_p_ptr, ws_g_ptr,
     R, B, D, M, L, every, lo, hi,
     c, a,
-    ACT: tl.constexpr, PRECISION: tl.constexpr, EXACT_WEIGHTS: tl.constexpr, RECOMPUTE: tl.constexpr,
+    ACT: tl.constexpr, PRECISION: tl.constexpr, HALF_WEIGHTS: tl.constexpr, RECOMPUTE: tl.constexpr,
     W_MODE: tl.constexpr, ONE_M_TILE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
@@ -95,7 +95,7 @@ def stack_backward_kernel(
         u_ptr, v_ptr: weights, (R, L, M, D), float32/float16/bfloat16.
         grad_h_ptr: output ∂loss/∂h_lo, (R, B, D), float32 (may be g_ptr).
         grad_u_ptr, grad_v_ptr: (R, L, M, D) float32 outputs (``"store"``).
-        ws_s_ptr, ws_p_ptr: (hi − lo, R, B, M) float32/bfloat16 workspace, and
+        ws_s_ptr, ws_p_ptr: (hi − lo, R, B, M) float32 workspace, and
             ws_g_ptr: (hi − lo, R, B, D) float32 (``"gemm"``): layer l's s, p
             and g in slot l − lo.
         lo, hi: the layers walked; [lo, hi) lies in one segment when W_MODE
@@ -131,7 +131,7 @@ def stack_backward_kernel(
                 tl.store(scratch_ptr + r * B * D + tile, h, mask=mask_bd)
                 for layer in range(start, top - 1):  # loop: recompute-layer
                     h = layer_forward(h, u_ptr, v_ptr, (r * L + layer) * M * D, M, D, a, c,
-                                      offs_m, offs_d, mask_d, ACT, PRECISION, EXACT_WEIGHTS, ONE_M_TILE,
+                                      offs_m, offs_d, mask_d, ACT, PRECISION, HALF_WEIGHTS, ONE_M_TILE,
                                       BLOCK_B, BLOCK_D, BLOCK_M)
                     tl.store(scratch_ptr + ((layer - start + 1) * R + r) * B * D + tile, h, mask=mask_bd)
                 # The inputs are read back below in a different thread layout: make
@@ -156,7 +156,7 @@ def stack_backward_kernel(
                                          w_base + w_tile_t, tl.trans(mask_w), a, c,
                                          grad_u_ptr, grad_v_ptr,
                                          ws_s_ptr + slot * B * M + ws_tile, ws_p_ptr + slot * B * M + ws_tile,
-                                         ws_mask, ACT, PRECISION, EXACT_WEIGHTS, W_MODE)
+                                         ws_mask, ACT, PRECISION, HALF_WEIGHTS, W_MODE)
             else:
                 for m0 in range(0, M, BLOCK_M):  # loop: m-tile
                     mask_w = ((m0 + offs_m) < M)[:, None] & mask_d[None, :]
@@ -166,7 +166,7 @@ def stack_backward_kernel(
                                              w_base + m0 * D + w_tile_t, tl.trans(mask_w), a, c,
                                              grad_u_ptr, grad_v_ptr,
                                              ws_s_ptr + ws_offsets, ws_p_ptr + ws_offsets, ws_mask,
-                                             ACT, PRECISION, EXACT_WEIGHTS, W_MODE)
+                                             ACT, PRECISION, HALF_WEIGHTS, W_MODE)
             g = g + g_acc
         if RECOMPUTE:
             # Other threads may still read this segment's inputs: wait before

@@ -15,7 +15,7 @@ pipeliner keeps S − 1 layers' weights in flight (``cp.async`` into shared
 memory), so the loads of layer l + 1 and l + 2 overlap layer l's products.
 That holds with one hidden tile (``ONE_M_TILE``, M ≤ BLOCK_M); with several,
 the pipeliner works on the loop over hidden tiles and the first tile's load
-of each layer stays exposed (``compile_check`` counts such waits).
+of each layer stays exposed (``tools/kernel_cost`` counts such waits).
 The products use :func:`deepres.kernels.dot.matmul` (IEEE, three-pass TF32
 or TF32).
 
@@ -38,24 +38,24 @@ __all__ = ["layer_forward", "stack_forward_kernel"]
 
 @triton.jit
 def _forward_m_tile(h, acc, u_ptr, v_ptr, offsets, mask_w, a, c,
-                    ACT: tl.constexpr, PRECISION: tl.constexpr, EXACT_WEIGHTS: tl.constexpr):
+                    ACT: tl.constexpr, PRECISION: tl.constexpr, HALF_WEIGHTS: tl.constexpr):
     """acc + c · σ(a · h u_tᵀ) v_t for one BLOCK_M tile of hidden units."""
     u_t = tl.load(u_ptr + offsets, mask=mask_w, other=0.0).to(tl.float32)
     v_t = tl.load(v_ptr + offsets, mask=mask_w, other=0.0).to(tl.float32)
-    z = matmul(h, tl.trans(u_t), a, PRECISION, EXACT_WEIGHTS)
-    return acc + matmul(activation(z, ACT), v_t, c, PRECISION, EXACT_WEIGHTS)
+    z = matmul(h, tl.trans(u_t), a, PRECISION, HALF_WEIGHTS)
+    return acc + matmul(activation(z, ACT), v_t, c, PRECISION, HALF_WEIGHTS)
 
 
 @triton.jit
 def layer_forward(h, u_ptr, v_ptr, w_base, M, D, a, c, offs_m, offs_d, mask_d,
-                  ACT: tl.constexpr, PRECISION: tl.constexpr, EXACT_WEIGHTS: tl.constexpr,
+                  ACT: tl.constexpr, PRECISION: tl.constexpr, HALF_WEIGHTS: tl.constexpr,
                   ONE_M_TILE: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr,
                   BLOCK_M: tl.constexpr):
     """One layer of eq. (1) on a (BLOCK_B, BLOCK_D) float32 tile h.
 
     ``w_base`` is the element offset of u_l (and v_l) in the (R, L, M, D)
     weight tensors. Weights of any float dtype are upcast to float32 on load
-    (exact; ``EXACT_WEIGHTS`` says they were float16/bfloat16, so three-pass
+    (exact; ``HALF_WEIGHTS`` says they were float16/bfloat16, so three-pass
     TF32 needs only two products). ``ONE_M_TILE`` (M ≤ BLOCK_M) drops the loop
     over hidden tiles, so that the caller's loop over layers is the innermost
     loop and the compiler pipelines the next layers' weights across it.
@@ -65,12 +65,12 @@ def layer_forward(h, u_ptr, v_ptr, w_base, M, D, a, c, offs_m, offs_d, mask_d,
     if ONE_M_TILE:
         mask_w = (offs_m < M)[:, None] & mask_d[None, :]
         acc = _forward_m_tile(h, acc, u_ptr, v_ptr, w_base + w_tile, mask_w, a, c, ACT, PRECISION,
-                              EXACT_WEIGHTS)
+                              HALF_WEIGHTS)
     else:
         for m0 in range(0, M, BLOCK_M):  # loop: m-tile
             mask_w = ((m0 + offs_m) < M)[:, None] & mask_d[None, :]
             acc = _forward_m_tile(h, acc, u_ptr, v_ptr, w_base + m0 * D + w_tile, mask_w, a, c,
-                                  ACT, PRECISION, EXACT_WEIGHTS)
+                                  ACT, PRECISION, HALF_WEIGHTS)
     return h + acc
 
 
@@ -79,7 +79,7 @@ def stack_forward_kernel(
     h0_ptr, u_ptr, v_ptr, out_ptr, ckpt_ptr,
     R, B, D, M, L, every,
     c, a,
-    ACT: tl.constexpr, PRECISION: tl.constexpr, EXACT_WEIGHTS: tl.constexpr,
+    ACT: tl.constexpr, PRECISION: tl.constexpr, HALF_WEIGHTS: tl.constexpr,
     SAVE_CHECKPOINTS: tl.constexpr, CHECKPOINT_EVERY_LAYER: tl.constexpr, ONE_M_TILE: tl.constexpr,
     BLOCK_B: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr,
 ):
@@ -113,7 +113,7 @@ def stack_forward_kernel(
         for layer in range(0, L):  # loop: forward-every-layer
             tl.store(ckpt_ptr + (layer * R + r) * B * D + tile, h, mask=mask_bd)
             h = layer_forward(h, u_ptr, v_ptr, (r * L + layer) * M * D, M, D, a, c, offs_m, offs_d, mask_d,
-                              ACT, PRECISION, EXACT_WEIGHTS, ONE_M_TILE, BLOCK_B, BLOCK_D, BLOCK_M)
+                              ACT, PRECISION, HALF_WEIGHTS, ONE_M_TILE, BLOCK_B, BLOCK_D, BLOCK_M)
     else:
         for segment in range(0, tl.cdiv(L, every)):  # loop: forward-segment
             start = segment * every
@@ -121,6 +121,6 @@ def stack_forward_kernel(
                 tl.store(ckpt_ptr + (segment * R + r) * B * D + tile, h, mask=mask_bd)
             for layer in range(start, tl.minimum(start + every, L)):  # loop: forward-layer
                 h = layer_forward(h, u_ptr, v_ptr, (r * L + layer) * M * D, M, D, a, c, offs_m, offs_d,
-                                  mask_d, ACT, PRECISION, EXACT_WEIGHTS, ONE_M_TILE,
+                                  mask_d, ACT, PRECISION, HALF_WEIGHTS, ONE_M_TILE,
                                   BLOCK_B, BLOCK_D, BLOCK_M)
     tl.store(out_ptr + r * B * D + tile, h, mask=mask_bd)

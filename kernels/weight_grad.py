@@ -54,7 +54,7 @@ def weight_grad_kernel(
     """One (BLOCK_M, BLOCK_D) tile of ∂v_l (axis 2 = 0) or ∂u_l (axis 2 = 1).
 
     Args (pointers to contiguous tensors):
-        s_ptr, p_ptr: (chunk, R, B, M) float32/bfloat16; g_ptr, x_ptr:
+        s_ptr, p_ptr: (chunk, R, B, M) float32; g_ptr, x_ptr:
             (chunk, R, B, D) float32 — slot i holds layer lo + i.
         grad_u_ptr, grad_v_ptr: (R, L, M, D) float32; layer lo + i is written.
         lo: first layer of the chunk. c, a: the multiplier and pre-activation scale.

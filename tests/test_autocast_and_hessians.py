@@ -14,7 +14,7 @@ import pytest
 import torch
 
 import deepres
-from deepres.engines.triton_support import unavailable_reason
+from deepres.engines.triton.support import unavailable_reason
 from tests.helpers import random_stack_inputs, relative_error
 
 AUTOCAST = {"device_type": "cpu", "dtype": torch.bfloat16}

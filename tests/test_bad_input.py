@@ -66,7 +66,8 @@ def test_devices_must_match():
         ({"checkpoint_every": 0}, ValueError, "checkpoint_every must be None, a positive int or 'sqrt'; got 0"),
         ({"checkpoint_every": "log"}, ValueError, "checkpoint_every must be .* got 'log'"),
         ({"checkpoint_every": 2.0}, TypeError, "checkpoint_every must be .* got float 2.0"),
-        ({"allow_tf32": 1}, TypeError, "allow_tf32 must be a bool; got int 1"),
+        ({"precision": 1}, TypeError, "precision must be a str, one of .*; got int 1"),
+        ({"precision": "fp64"}, ValueError, r"precision must be one of \('ieee', 'tf32x3', 'tf32'\); got 'fp64'"),
     ],
 )
 def test_options(kwargs, error, match):

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch.nn.parallel import DistributedDataParallel
 
 from deepres import DeepResNet, ResidualStack
-from deepres.engines.triton_support import unavailable_reason
+from deepres.engines.triton.support import unavailable_reason
 from deepres.meanode import MeanODENet
 
 WORLD = 2

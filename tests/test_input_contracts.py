@@ -24,13 +24,23 @@ def test_a_multiplier_that_requires_grad_is_refused():
 
 
 @pytest.mark.parametrize("backend", ["torch", "reference"])
-def test_tf32_with_an_engine_that_has_no_tf32_is_an_error(backend):
+@pytest.mark.parametrize("precision", ["tf32", "tf32x3"])
+def test_tf32_with_an_engine_that_has_no_tf32_is_an_error(backend, precision):
     h, u, v = _stack()
-    with pytest.raises(ValueError, match="allow_tf32=True applies to the Triton engine only"):
-        deepres.residual_stack(h, u, v, multiplier=0.1, backend=backend, allow_tf32=True)
-    # deterministic=True is what these engines always are: accepted, same result.
-    out = deepres.residual_stack(h, u, v, multiplier=0.1, backend=backend, deterministic=True)
+    with pytest.raises(ValueError, match=f"precision='{precision}' is not what backend='{backend}' computes"):
+        deepres.residual_stack(h, u, v, multiplier=0.1, backend=backend, precision=precision)
+    with pytest.raises(ValueError, match="the TF32 precisions apply to the Triton engine only"):
+        deepres.ResidualStack(4, 3, 2, backend=backend, precision=precision)
+    # "ieee" is what these engines compute: accepted, same result as the default.
+    out = deepres.residual_stack(h, u, v, multiplier=0.1, backend=backend, precision="ieee")
     assert torch.equal(out, deepres.residual_stack(h, u, v, multiplier=0.1, backend=backend))
+
+
+def test_a_precision_asked_of_auto_applies_where_triton_runs():
+    # On CPU tensors "auto" picks the PyTorch engine: a TF32 request does not apply there.
+    h, u, v = _stack()
+    out = deepres.residual_stack(h, u, v, multiplier=0.1, precision="tf32")
+    assert torch.equal(out, deepres.residual_stack(h, u, v, multiplier=0.1, backend="torch"))
 
 
 @pytest.mark.parametrize(("call", "error"), [
@@ -44,7 +54,8 @@ def test_tf32_with_an_engine_that_has_no_tf32_is_an_error(backend):
     (lambda: deepres.Parameterization("mup", 2, 2, 2), ValueError),
     (lambda: deepres.ResidualStack(4, 3, 2, checkpoint_every="backsolve"), ValueError),
     (lambda: deepres.MeanODE(3, 4, 2, checkpoint_every=1.5), TypeError),
-    (lambda: deepres.residual_stack(*_stack(), multiplier=0.1, deterministic=1), TypeError),
+    (lambda: deepres.residual_stack(*_stack(), multiplier=0.1, precision=1), TypeError),
+    (lambda: deepres.ResidualStack(4, 3, 2, precision="fp64"), ValueError),
 ])
 def test_one_checker_per_decision_gives_one_error_type(call, error):
     with pytest.raises(error):

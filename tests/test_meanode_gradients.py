@@ -45,7 +45,7 @@ def test_discrete_route_gradcheck(solver, checkpoint_every):
     v = ode.v.detach().clone().requires_grad_(True)
 
     def solve(h, a, b):
-        return meanode_solve(h, a, b, solver, 3, ode.field_multiplier, ode.pre_scale, "tanh", ode._every, False,
+        return meanode_solve(h, a, b, solver, 3, ode.field_multiplier, ode.pre_scale, "tanh", ode.checkpoint_every, False,
                              "discrete", 0)[0]
 
     assert torch.autograd.gradcheck(solve, (h0, u, v))

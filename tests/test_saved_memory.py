@@ -60,7 +60,7 @@ def test_reference_grows_with_width_and_engine_saves_less():
 # --- The Triton engine (Triton's interpreter without CUDA) -------------------------------------------------
 
 def _triton_runs_here():
-    from deepres.engines.triton_support import unavailable_reason
+    from deepres.engines.triton.support import unavailable_reason
 
     return unavailable_reason(torch.device("cuda" if torch.cuda.is_available() else "cpu")) is None
 

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 from deepres import ACTIVATIONS, residual_stack
 from deepres.engines.torch_engine import torch_residual_stack
-from deepres.engines.triton_support import unavailable_reason
+from deepres.engines.triton.support import unavailable_reason
 from tests.helpers import random_stack_inputs, relative_error
 
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -37,10 +37,10 @@ if _REASON is None:
     import triton.language as tl
     from deepres.kernels.activations import activation_and_derivative
     from deepres.kernels.dot import split_tf32
-    from deepres.kernels.launch import MAX_FUSED_DIM, StackConfig, stack_backward, stack_forward
+    from deepres.engines.triton.launch import MAX_FUSED_DIM, StackConfig, stack_backward, stack_forward
     from deepres.kernels.plan import backward_plan, backward_workspace
 
-    from deepres.engines.triton_engine import triton_residual_stack, triton_stack
+    from deepres.engines.triton.op import triton_residual_stack, triton_stack
 
     @triton.jit
     def _activation_kernel(z_ptr, s_ptr, ds_ptr, N, ACT: tl.constexpr, BLOCK: tl.constexpr):
@@ -198,7 +198,7 @@ def test_backward_allocates_what_the_plan_says(monkeypatch):
     # The launcher's buffers are exactly backward_workspace (the memory tests count that) plus its outputs.
     import sys
 
-    import deepres.kernels.launch as launch_module
+    import deepres.engines.triton.launch as launch_module
 
     shapes = []
     real_empty = torch.Tensor.new_empty

@@ -34,7 +34,7 @@ from deepres.benchmark.case import Case, Inputs
 from deepres.benchmark.compiled_providers import compile_providers
 from deepres.benchmark.runner import Provider, Runner, leaf, per_network, stack_replicas, user_activation
 from deepres.engines.reference import reference_residual_stack
-from deepres.engines.triton_support import unavailable_reason as triton_unavailable_reason
+from deepres.engines.triton.support import unavailable_reason as triton_unavailable_reason
 from deepres.functional import residual_stack
 
 __all__ = ["EagerBlock", "EagerStack", "policy_suffix", "stack_providers"]

@@ -1,7 +1,7 @@
 """Engines: autograd Functions that evaluate a stack of residual blocks.
 
 * :mod:`deepres.engines.torch_engine` — pure PyTorch, any device and dtype.
-* :mod:`deepres.engines.triton_engine` — fused Triton kernels (CUDA, or CPU
+* :mod:`deepres.engines.triton.op` — fused Triton kernels (CUDA, or CPU
   under ``TRITON_INTERPRET=1``).
 * :mod:`deepres.engines.reference` — the plain per-layer autograd oracle.
 

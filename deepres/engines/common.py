@@ -1,12 +1,13 @@
 """What every engine shares: the segment layout, autocast isolation, and the autograd
-registration of a stack operator (custom op) pair.
+wiring of its custom ops (:func:`register_vjp`, also used by the mean ODE's solve).
 
 The engines are registered as ``torch.library`` custom operators, one forward
 and one backward op per engine, so that ``torch.compile`` and ``torch.export``
 see the whole stack as one node whatever L is (a Python loop over layers
-would be traced layer by layer). :func:`register_stack_autograd` connects a
+would be traced layer by layer). :func:`register_vjp` connects a forward op
+to its backward (:func:`stack_vjp` builds the stack engines' pair from a
 forward op ``(h0, u, v, c, a, activation, every, save, *extra) → (h_L,
-checkpoints)`` to its backward op; both ops get their fake (meta) kernels
+checkpoints)`` and its backward op); both ops get their fake (meta) kernels
 from :func:`stack_fakes`.
 
 Higher-order gradients. The backward ops compute the first derivative only.
@@ -25,12 +26,15 @@ from collections.abc import Callable, Sequence
 import torch
 
 __all__ = [
+    "HALF_DTYPES",
     "autocast_disabled",
+    "autocast_enabled",
     "checkpoint_count",
     "differentiable_vjp",
-    "register_stack_autograd",
+    "register_vjp",
     "segments",
     "stack_fakes",
+    "stack_vjp",
 ]
 
 
@@ -52,6 +56,20 @@ def checkpoint_count(depth: int, every: int) -> int:
     return -(-depth // every)
 
 
+#: The half-precision dtypes: what autocast lowers to, and the half weights of the Triton engine.
+HALF_DTYPES: tuple[torch.dtype, ...] = (torch.float16, torch.bfloat16)
+
+
+def autocast_enabled(device_type: str) -> bool:
+    """Whether a ``torch.autocast`` region is active for ``device_type`` (only CPU and CUDA have one here).
+
+    Example:
+        >>> autocast_enabled("cpu")
+        False
+    """
+    return device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type)
+
+
 def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
     """A context in which ``torch.autocast`` does not lower the precision of ops on ``device_type``.
 
@@ -60,7 +78,7 @@ def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
     bfloat16/float16 ones (the op's implementation runs under the caller's
     autocast state, forward and backward).
     """
-    if device_type in ("cpu", "cuda") and torch.is_autocast_enabled(device_type):
+    if autocast_enabled(device_type):
         return torch.autocast(device_type, enabled=False)
     return contextlib.nullcontext()
 
@@ -97,46 +115,80 @@ def stack_fakes(forward_op: torch.library.CustomOpDef, backward_op: torch.librar
         return grad_h, grad_u, grad_v
 
 
-def register_stack_autograd(forward_op: torch.library.CustomOpDef,
-                            backward_call: Callable[..., Sequence[torch.Tensor]],
-                            reference: Callable[..., torch.Tensor]) -> None:
-    """Give an engine's forward op its backward.
+def register_vjp(forward_op: torch.library.CustomOpDef, first_order: Callable[..., Sequence[torch.Tensor]],
+                 higher_order: Callable[..., Sequence[torch.Tensor | None]], *,
+                 saved_outputs: tuple[int, ...], differentiable: int = 3) -> None:
+    """Give a custom op its backward: the one autograd wiring of every engine op (stacks and mean ODE).
+
+    The op's first ``differentiable`` arguments are the differentiable tensors (h0, u,
+    v); the rest are options, handed back unchanged. Output 0 is the result;
+    every other output is marked non-differentiable. A future forward-mode
+    (jvp) or vmap rule belongs here too, so that every op gets it at once.
 
     Args:
-        forward_op: ``(h0, u, v, c, a, activation, every, save, *extra) → (h_L, checkpoints)``.
-        backward_call: ``(grad_out, h0, checkpoints, u, v, c, a, activation, every, extra,
-            needs) → (grad_h0, grad_u, grad_v)`` calling the engine's backward op
-            (``needs``: which of h0, u, v need a gradient; unneeded ones come back empty).
-        reference: ``(h0, u, v, c, a, activation) → h_L``, differentiable by autograd,
-            for gradients that must themselves be differentiable (see the module docstring).
+        forward_op: the custom op.
+        first_order: ``(saved, options, grad_out, needs) → gradients`` of the
+            differentiable inputs, by the engine's backward op (``needs``: which
+            inputs need one; the others may come back as anything, they are
+            dropped). ``saved`` is (the differentiable inputs, then the outputs
+            named by ``saved_outputs``).
+        higher_order: the same, called when the gradient must itself be
+            differentiable (``create_graph=True``): an autograd-traceable
+            computation (None for inputs not needed), or a raise.
+        saved_outputs: indices of the outputs the backward reads, in order.
+        differentiable: how many leading arguments are differentiable. Default 3.
     """
 
     def setup_context(ctx, inputs, output):
-        h0, u, v, multiplier, pre_scale, activation, every, _save, *extra = inputs
-        _, checkpoints = output
-        ctx.mark_non_differentiable(checkpoints)
-        # h0 itself (not a copy): it is the first checkpoint, and a differentiable
-        # gradient must reach its graph.
-        ctx.save_for_backward(h0, checkpoints, u, v)
-        ctx.stack_options = (multiplier, pre_scale, activation, every, tuple(extra))
+        ctx.mark_non_differentiable(*output[1:])
+        # The inputs themselves (not copies): h0 may be the first checkpoint, and a differentiable
+        # gradient must reach their graphs.
+        ctx.save_for_backward(*inputs[:differentiable], *(output[i] for i in saved_outputs))
+        ctx.options = tuple(inputs[differentiable:])
 
-    def backward(ctx, grad_out, _grad_checkpoints):
-        h0, checkpoints, u, v = ctx.saved_tensors
-        multiplier, pre_scale, activation, every, extra = ctx.stack_options
-        needs = list(ctx.needs_input_grad[:3])
+    def backward(ctx, grad_out, *_grad_aux):
+        needs = list(ctx.needs_input_grad[:differentiable])
         if torch.is_grad_enabled():
-            grads = differentiable_vjp(lambda *a: reference(*a, multiplier, pre_scale, activation),
-                                       (h0, u, v), needs, grad_out)
-            return grads + (None,) * (5 + len(extra))
+            grads = tuple(higher_order(ctx.saved_tensors, ctx.options, grad_out, needs))
+        else:
+            grads = first_order(ctx.saved_tensors, ctx.options, grad_out, needs)
+            grads = tuple(g if need else None for g, need in zip(grads, needs, strict=True))
+        return grads + (None,) * len(ctx.options)
+
+    forward_op.register_autograd(backward, setup_context=setup_context)
+
+
+def stack_vjp(forward_op: torch.library.CustomOpDef, backward_op: torch.library.CustomOpDef,
+              reference: Callable[..., torch.Tensor]) -> tuple[Callable, Callable]:
+    """The (first_order, higher_order) pair of :func:`register_vjp` for a stack engine.
+
+    Args:
+        forward_op: ``(h0, u, v, c, a, activation, every, save, *extra) → (h_L, checkpoints)``.
+        backward_op: ``(grad_out, h0, checkpoints, u, v, c, a, activation, every, *extra, needs)
+            → (grad_h0, grad_u, grad_v)``.
+        reference: ``(h0, u, v, c, a, activation) → h_L``, differentiable by autograd,
+            for gradients that must themselves be differentiable (see the module docstring).
+
+    Returns:
+        The two callables; register with ``saved_outputs=(1,)`` (the checkpoints).
+    """
+
+    def first_order(saved, options, grad_out, needs):
+        h0, u, v, checkpoints = saved
+        multiplier, pre_scale, activation, every, _save, *extra = options
         if checkpoints.dim() == 1:  # the forward kept none (called without grad): redo it, keeping them
             _, checkpoints = forward_op(h0.detach(), u.detach(), v.detach(), multiplier, pre_scale,
                                         activation, every, True, *extra)
-        grads = backward_call(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every,
-                              extra, needs)
-        return tuple(g if need else None for g, need in zip(grads, needs, strict=True)) + (None,) * (
-            5 + len(extra))
+        return backward_op(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every, *extra,
+                           needs)
 
-    forward_op.register_autograd(backward, setup_context=setup_context)
+    def higher_order(saved, options, grad_out, needs):
+        h0, u, v, _ = saved
+        multiplier, pre_scale, activation = options[:3]
+        return differentiable_vjp(lambda *a: reference(*a, multiplier, pre_scale, activation),
+                                  (h0, u, v), needs, grad_out)
+
+    return first_order, higher_order
 
 
 def differentiable_vjp(function: Callable[..., torch.Tensor], inputs: tuple[torch.Tensor, ...],

@@ -25,7 +25,7 @@ Weights stored in a lower precision than h are upcast one layer at a time.
 
 The engine is two ``torch.library`` custom operators, ``deepres::torch_stack``
 (forward) and ``deepres::torch_stack_backward``, tied together for autograd by
-:func:`deepres.engines.common.register_stack_autograd`. The forward keeps the
+:func:`deepres.engines.common.register_vjp`. The forward keeps the
 input h_0 itself as the first checkpoint (a reference, not a copy) and returns
 the others, h_k, h_{2k}, …, as an (⌈L/k⌉ − 1, R, B, D) tensor.
 """
@@ -41,9 +41,10 @@ from deepres.activations import activation as apply_activation
 from deepres.activations import activation_vjp
 from deepres.engines.common import (
     autocast_disabled,
-    register_stack_autograd,
+    register_vjp,
     segments,
     stack_fakes,
+    stack_vjp,
 )
 from deepres.engines.reference import reference_residual_stack
 
@@ -183,14 +184,10 @@ def torch_stack_backward(grad_out: torch.Tensor, h0: torch.Tensor, checkpoints: 
         return grad_h, grad_u, grad_v
 
 
-def _backward(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every, extra, needs):
-    return torch_stack_backward(grad_out, h0, checkpoints, u, v, multiplier, pre_scale, activation, every,
-                                needs)
-
-
 stack_fakes(torch_stack, torch_stack_backward, checkpoints_hold_input=False,
             gradient_dtype=lambda weights: weights.dtype)
-register_stack_autograd(torch_stack, _backward, reference_residual_stack)
+register_vjp(torch_stack, *stack_vjp(torch_stack, torch_stack_backward, reference_residual_stack),
+             saved_outputs=(1,))
 
 
 def torch_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,

@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import torch
 
+from deepres._checks import BACKSOLVE
 from deepres.meanode.field import Field
 from deepres.meanode.pool import gradient_buffer
 from deepres.meanode.stepping import StateProvider, backward_step, midpoint_state, top_node
@@ -61,12 +62,12 @@ __all__ = ["adjoint_gradients"]
 class _Sweep:
     """State shared by the backward sweeps: field, buffers, gradient outputs, h_i source."""
 
-    def __init__(self, field: Field, tab: Tableau, steps: int, every: int | None, h0: torch.Tensor,
+    def __init__(self, field: Field, tab: Tableau, steps: int, every: int, h0: torch.Tensor,
                  checkpoints: torch.Tensor, h1: torch.Tensor, pool_id: int) -> None:
         self.field, self.tab, self.steps = field, tab, steps
         self.delta = 1.0 / steps
         self.weights = tab.node_weights(steps)
-        self.backsolve = every is None
+        self.backsolve = every == BACKSOLVE
         self.provider = (None if self.backsolve
                          else StateProvider(field, tab, steps, every, h0, checkpoints, h1))
         nodes, d, k = tab.num_nodes(steps), field.ut.shape[1], field.ut.shape[2]
@@ -175,14 +176,14 @@ def _sweep_rk4(sw: _Sweep, b: torch.Tensor, h1: torch.Tensor) -> torch.Tensor:
 _SWEEPS = {"euler": _sweep_euler, "midpoint": _sweep_midpoint, "rk4": _sweep_rk4}
 
 
-def adjoint_gradients(field: Field, tab: Tableau, steps: int, every: int | None, grad_h1: torch.Tensor,
+def adjoint_gradients(field: Field, tab: Tableau, steps: int, every: int, grad_h1: torch.Tensor,
                       h0: torch.Tensor, checkpoints: torch.Tensor, h1: torch.Tensor, pool_id: int,
                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The adjoint sweep (see the module docstring); no autograd.
 
     Args:
         field: the field of the solve's weights. tab, steps: the solver and N.
-        every: checkpoint segment length k, or None for backsolve.
+        every: checkpoint segment length k, or :data:`deepres._checks.BACKSOLVE`.
         grad_h1: ∂loss/∂h(1), (B, D). h0: h(0). checkpoints: h at steps k, 2k, …
             (empty for backsolve). h1: h(1). pool_id: gradient-buffer pool (0: none).
 

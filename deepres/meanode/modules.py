@@ -8,14 +8,16 @@ import torch
 from torch import nn
 
 from deepres._checks import (
+    BACKSOLVE,
     check_bool,
     check_choice,
     check_positive_int,
     check_tensor,
     resolve_checkpoint_every,
 )
-from deepres.activations import ACTIVATIONS
-from deepres.meanode.ops import BACKSOLVE, meanode_solve
+from deepres.activations import check_activation
+from deepres.engines.common import HALF_DTYPES, autocast_enabled
+from deepres.meanode.ops import meanode_solve
 from deepres.meanode.particles import PARTICLE_INITS, init_particles
 from deepres.meanode.pool import GradientPool
 from deepres.meanode.tableaus import SOLVERS, TABLEAUS
@@ -29,7 +31,6 @@ __all__ = ["GRADIENTS", "MeanODE", "MeanODENet"]
 GRADIENTS: tuple[str, ...] = ("adjoint", "discrete")
 
 _DTYPES = (torch.float32, torch.float64)
-_HALF = (torch.float16, torch.bfloat16)
 
 
 def _check_dtype(dtype: object) -> torch.dtype:
@@ -40,15 +41,13 @@ def _check_dtype(dtype: object) -> torch.dtype:
 
 
 def _resolve_every(steps: int, checkpoint_every: object, gradient: str) -> int:
-    """Segment length k, or BACKSOLVE."""
+    """Segment length k, or BACKSOLVE (which only the adjoint route takes)."""
     every = resolve_checkpoint_every(steps, checkpoint_every, backsolve=True)
-    if every is None:
-        if gradient != "adjoint":
-            raise ValueError(
-                "checkpoint_every='backsolve' needs gradient='adjoint' (the exact gradient of the "
-                f"discrete solve needs the forward states); got gradient={gradient!r}"
-            )
-        return BACKSOLVE
+    if every == BACKSOLVE and gradient != "adjoint":
+        raise ValueError(
+            "checkpoint_every='backsolve' needs gradient='adjoint' (the exact gradient of the "
+            f"discrete solve needs the forward states); got gradient={gradient!r}"
+        )
     return every
 
 
@@ -91,6 +90,8 @@ class MeanODE(nn.Module):
         generator: a ``torch.Generator`` for the particles. Default: the global one.
 
     Attributes:
+        checkpoint_every (int): the resolved policy: the segment length k ≥ 1,
+            or :data:`deepres._checks.BACKSOLVE` for ``"backsolve"``.
         u, v: ``nn.Parameter`` of shape (nodes, K, D), stored feature-major
             (``u.transpose(1, 2)`` is contiguous), which makes the solver's
             GEMMs several times faster on CPU; any layout works.
@@ -127,12 +128,11 @@ class MeanODE(nn.Module):
         particles = check_positive_int(particles, "particles")
         steps = check_positive_int(steps, "steps")
         self.parameterization = Parameterization(parameterization, steps, particles, dim, alpha)
-        self.activation = check_choice(activation, "activation", ACTIVATIONS)
+        self.activation = check_activation(activation)
         self.solver = check_choice(solver, "solver", SOLVERS)
         self.gradient = check_choice(gradient, "gradient", GRADIENTS)
         self.particle_init = check_choice(particle_init, "particle_init", PARTICLE_INITS)
-        self.checkpoint_every = checkpoint_every
-        self._every = _resolve_every(steps, checkpoint_every, gradient)
+        self.checkpoint_every = _resolve_every(steps, checkpoint_every, gradient)
         dtype = _check_dtype(dtype)
         tab = TABLEAUS[solver]
         self._tableau = tab
@@ -189,8 +189,7 @@ class MeanODE(nn.Module):
             raise TypeError(f"the parameters must be float32 or float64 (the solver accumulates in their "
                             f"dtype); got {dtype} (was the module converted with .half() or .to()?)")
         if h0.dtype != dtype:
-            autocast = h0.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(h0.device.type)
-            if not (autocast and h0.dtype in _HALF):
+            if not (autocast_enabled(h0.device.type) and h0.dtype in HALF_DTYPES):
                 raise TypeError(f"h0 must have the parameters' dtype {dtype}; got {h0.dtype}")
             h0 = h0.to(dtype)  # an autocast-ed layer's output: the solve stays in full precision
         if h0.device != self.u.device:
@@ -222,7 +221,7 @@ class MeanODE(nn.Module):
         h0 = self._check_input(h0)
         check_bool(return_nodes, "return_nodes")
         h1, _, nodes = meanode_solve(h0, self.u, self.v, self.solver, self.steps, self.field_multiplier,
-                                     self.pre_scale, self.activation, self._every, return_nodes,
+                                     self.pre_scale, self.activation, self.checkpoint_every, return_nodes,
                                      self.gradient, self._gradient_pool.id)
         return (h1, nodes) if return_nodes else h1
 

@@ -13,7 +13,9 @@ As ops, ``torch.compile`` and ``torch.export`` see one node whatever the
 number of steps. All tensors: h (B, D), u and v (nodes, K, D) (stored
 feature-major by :class:`deepres.MeanODE`; any layout works), gradients of
 u and v returned feature-major like the parameters. ``every`` is the
-checkpoint segment length k ≥ 1, or −1 for backsolve (adjoint route only).
+checkpoint segment length k ≥ 1, or :data:`deepres._checks.BACKSOLVE` for
+backsolve (adjoint route only), as :class:`deepres.MeanODE` resolved it; it
+travels unchanged to the solver and the gradient sweeps.
 The first checkpoint is h(0) itself, kept by reference; the op returns those
 at steps k, 2k, ….
 
@@ -30,7 +32,8 @@ from __future__ import annotations
 
 import torch
 
-from deepres.engines.common import autocast_disabled, differentiable_vjp
+from deepres._checks import BACKSOLVE
+from deepres.engines.common import autocast_disabled, differentiable_vjp, register_vjp
 from deepres.meanode.adjoint import adjoint_gradients
 from deepres.meanode.discrete import discrete_gradients
 from deepres.meanode.field import field_for
@@ -39,9 +42,6 @@ from deepres.meanode.stepping import forward_solve
 from deepres.meanode.tableaus import TABLEAUS
 
 __all__ = ["BACKSOLVE", "meanode_adjoint_backward", "meanode_discrete_backward", "meanode_solve"]
-
-#: The ``every`` value of the backsolve option (keep no states).
-BACKSOLVE = -1
 
 
 @torch.library.custom_op("deepres::meanode_solve", mutates_args=())
@@ -65,8 +65,8 @@ def meanode_solve(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, solver: st
     """
     with autocast_disabled(h0.device.type):
         field = field_for(u, v, multiplier, pre_scale, activation, h0.shape[0])
-        h1, checkpoints, nodes = forward_solve(field, TABLEAUS[solver], h0.detach(), steps,
-                                               None if every == BACKSOLVE else every, return_nodes)
+        h1, checkpoints, nodes = forward_solve(field, TABLEAUS[solver], h0.detach(), steps, every,
+                                               return_nodes)
     return h1, checkpoints, (nodes if nodes is not None else h0.new_empty((0,)))
 
 
@@ -98,8 +98,7 @@ def _backward_op(route_name: str, route, summary: str) -> torch.library.CustomOp
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         with autocast_disabled(grad_h1.device.type):
             field = field_for(u, v, multiplier, pre_scale, activation, h1.shape[0])
-            segment = None if every == BACKSOLVE else every
-            b0, grad_ut, grad_vt = route(field, TABLEAUS[solver], steps, segment, grad_h1, h0.detach(),
+            b0, grad_ut, grad_vt = route(field, TABLEAUS[solver], steps, every, grad_h1, h0.detach(),
                                          checkpoints, h1, pool)
         if b0 is grad_h1:  # an op's output must not alias its input
             b0 = b0.clone()
@@ -123,33 +122,26 @@ meanode_discrete_backward = _backward_op("discrete", discrete_gradients,
                                          "Exact gradients of the discrete solve: (∂/∂h0, ∂/∂u, ∂/∂v).")
 
 
-def _setup_context(ctx, inputs, output):
-    h0, u, v, solver, steps, multiplier, pre_scale, activation, every, _nodes, gradient, pool = inputs
-    h1, checkpoints, nodes = output
-    ctx.mark_non_differentiable(checkpoints, nodes)
-    ctx.save_for_backward(h0, checkpoints, h1, u, v)
-    ctx.options = (solver, steps, multiplier, pre_scale, activation, every, gradient, pool)
-
-
-def _backward(ctx, grad_h1, _grad_checkpoints, _grad_nodes):
-    h0, checkpoints, h1, u, v = ctx.saved_tensors
-    solver, steps, multiplier, pre_scale, activation, every, gradient, pool = ctx.options
-    needs = list(ctx.needs_input_grad[:3])
-    unused = (None,) * 9
-    if torch.is_grad_enabled():
-        if gradient == "adjoint":
-            raise RuntimeError(
-                "MeanODE(gradient='adjoint') is not twice differentiable: the ODE-adjoint gradient "
-                "approximates the gradient of the discrete solve to the solver's order and has no "
-                "derivative of its own; use gradient='discrete' (exact, differentiable again) for "
-                "Hessians and other higher-order gradients")
-        result = differentiable_vjp(lambda *a: reference_solve(*a, multiplier, pre_scale, activation, solver),
-                                    (h0, u, v), needs, grad_h1)
-        return (*result, *unused)
+def _first_order(saved, options, grad_h1, needs):
+    h0, u, v, checkpoints, h1 = saved
+    solver, steps, multiplier, pre_scale, activation, every, _nodes, gradient, pool = options
     op = meanode_adjoint_backward if gradient == "adjoint" else meanode_discrete_backward
-    grads = op(grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier, pre_scale, activation, every,
-               pool, needs)
-    return (*(g if need else None for g, need in zip(grads, needs, strict=True)), *unused)
+    return op(grad_h1, h0, checkpoints, h1, u, v, solver, steps, multiplier, pre_scale, activation, every,
+              pool, needs)
 
 
-meanode_solve.register_autograd(_backward, setup_context=_setup_context)
+def _higher_order(saved, options, grad_h1, needs):
+    h0, u, v = saved[:3]
+    solver, _steps, multiplier, pre_scale, activation, _every, _nodes, gradient, _pool = options
+    if gradient == "adjoint":
+        raise RuntimeError(
+            "MeanODE(gradient='adjoint') is not twice differentiable: the ODE-adjoint gradient "
+            "approximates the gradient of the discrete solve to the solver's order and has no "
+            "derivative of its own; use gradient='discrete' (exact, differentiable again) for "
+            "Hessians and other higher-order gradients")
+    return differentiable_vjp(lambda *a: reference_solve(*a, multiplier, pre_scale, activation, solver),
+                              (h0, u, v), needs, grad_h1)
+
+
+# Saved: h0, u, v, then the outputs checkpoints (1) and h1 (0); the node values (2) carry no gradient.
+register_vjp(meanode_solve, _first_order, _higher_order, saved_outputs=(1, 0))

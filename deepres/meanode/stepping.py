@@ -14,6 +14,7 @@ from collections.abc import Callable
 
 import torch
 
+from deepres._checks import BACKSOLVE
 from deepres.meanode.field import Field
 from deepres.meanode.tableaus import Tableau
 
@@ -114,13 +115,14 @@ def midpoint_state(tab: Tableau, h_lo: torch.Tensor, h_hi: torch.Tensor, f_lo: t
     return mid
 
 
-def forward_solve(field: Field, tab: Tableau, h0: torch.Tensor, steps: int, every: int | None,
+def forward_solve(field: Field, tab: Tableau, h0: torch.Tensor, steps: int, every: int,
                   return_nodes: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Integrate from h(0) = h0 (B, D) to h(1).
 
     Args:
         every: keep h before every ``every``-th step after the first (the first
-            checkpoint is h0 itself, which the caller keeps); None keeps nothing.
+            checkpoint is h0 itself, which the caller keeps); :data:`deepres._checks.BACKSOLVE`
+            keeps nothing.
         return_nodes: also return h at every node, (nodes, B, D).
 
     Returns:
@@ -128,12 +130,12 @@ def forward_solve(field: Field, tab: Tableau, h0: torch.Tensor, steps: int, ever
     """
     delta = 1.0 / steps
     work = field.buffer()
-    count = 0 if every is None else -(-steps // every) - 1
+    count = 0 if every == BACKSOLVE else -(-steps // every) - 1
     checkpoints = h0.new_empty((count, *h0.shape))
     path: list[tuple[torch.Tensor, torch.Tensor]] = []
     h = h0
     for step in range(steps):
-        if every is not None and step % every == 0 and step > 0:
+        if every != BACKSOLVE and step % every == 0 and step > 0:
             checkpoints[step // every - 1].copy_(h)
         h_next, k1 = rk_step(field, tab, h, step, delta, work)
         if return_nodes:

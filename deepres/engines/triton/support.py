@@ -1,7 +1,8 @@
-"""Whether the Triton backend can run on given tensors, and why not.
+"""Whether the Triton engine can run on a device or take given tensors, and why not.
 
-Importing this module does not import triton; :func:`unavailable_reason`
-imports it on first use only.
+Importing this module does not import triton (:func:`unavailable_reason`
+imports it on first use only) nor the kernels: :data:`MAX_FUSED_DIM` comes
+from the triton-free :mod:`deepres.kernels.plan`.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import importlib.util
 import os
 
 import torch
+
+from deepres.kernels.plan import MAX_FUSED_DIM
 
 __all__ = ["fallback_reason", "interpreter_enabled", "triton_importable", "unavailable_reason"]
 
@@ -54,14 +57,6 @@ def unavailable_reason(device: torch.device) -> str | None:
     return f"the Triton kernels run on CUDA devices only; the tensors are on {device.type}"
 
 
-@torch.compiler.assume_constant_result
-def max_fused_dim() -> int:
-    """The largest D the fused kernels take (``deepres.kernels.launch.MAX_FUSED_DIM``)."""
-    from deepres.kernels.launch import MAX_FUSED_DIM
-
-    return MAX_FUSED_DIM
-
-
 def fallback_reason(h: torch.Tensor, u: torch.Tensor) -> str | None:
     """Why the fused kernels cannot take these tensors (so the PyTorch engine runs), or None.
 
@@ -78,7 +73,7 @@ def fallback_reason(h: torch.Tensor, u: torch.Tensor) -> str | None:
         'D = 300 exceeds the largest fused embedding dimension, 256'
     """
     dim = h.shape[-1]
-    limit = max_fused_dim()
+    limit = MAX_FUSED_DIM
     if dim > limit:
         return f"D = {dim} exceeds the largest fused embedding dimension, {limit}"
     if h.dtype != torch.float32:

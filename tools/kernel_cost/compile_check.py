@@ -37,7 +37,7 @@ MULTIPROCESSORS = 132
 
 @dataclass(frozen=True)
 class CompiledVariant:
-    """What compiling one :class:`~deepres.kernels.launch.KernelLaunch` gives.
+    """What compiling one :class:`~deepres.engines.triton.launch.KernelLaunch` gives.
 
     Attributes:
         registers: per thread. spill_bytes: spill stores per thread (``ptxas -v``).
