@@ -259,6 +259,7 @@ def _bench_parser() -> argparse.ArgumentParser:
     ("--min-time", "-1"), ("--max-time", "0"), ("--threads", "0"), ("--provider-timeout", "0"),
     ("--device", "tpu"), ("--dtype", "float16"), ("--workload", "cnn"), ("--mode", "both"),
     ("--isolation", "thread"), ("--compile-backend", "tvm"), ("--preset", "nonsense"),
+    ("--checkpoint-every", "none"),  # the old spelling of every-layer, which read as "no checkpointing"
 ])
 def test_cli_rejects_each_bad_option_in_one_line(option, value, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
@@ -267,6 +268,11 @@ def test_cli_rejects_each_bad_option_in_one_line(option, value, capsys) -> None:
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("deepres bench: error: argument "), err
     assert option in err and repr(value) in err, err
+
+
+def test_cli_checkpoint_policies_spell_every_layer() -> None:
+    args = _bench_parser().parse_args(["--checkpoint-every", "every-layer,sqrt,1,4"])
+    assert args.checkpoint_every == [None, "sqrt", 1, 4]  # every-layer is checkpoint_every=None, k = 1
 
 
 def test_cli_refuses_unknown_options_in_one_line(capsys) -> None:

@@ -37,8 +37,16 @@ if _REASON is None:
     import triton.language as tl
     from deepres.kernels.activations import activation_and_derivative
     from deepres.kernels.dot import split_tf32
-    from deepres.engines.triton.launch import MAX_FUSED_DIM, StackConfig, stack_backward, stack_forward
-    from deepres.kernels.plan import backward_plan, backward_workspace
+    from deepres.engines.triton.launch import default_config, stack_backward, stack_forward
+    from deepres.kernels.plan import (
+        DEFAULT_PRECISION,
+        DTYPES,
+        MAX_FUSED_DIM,
+        StackConfig,
+        backward_plan,
+        backward_workspace,
+        dtype_name,
+    )
 
     from deepres.engines.triton.op import triton_residual_stack, triton_stack
 
@@ -87,7 +95,7 @@ def _outputs_and_grads(fn, h, u, v, seed):
 
 
 def _compare(replicas, batch, dim, hidden, depth, every, activation, *, seed=0, tolerance=1e-5,
-             weight_dtype=torch.float32, allow_tf32=False, precision=None, config=None):
+             weight_dtype=torch.float32, precision="tf32x3", config=None):
     """Triton (float32 h) vs the PyTorch engine in float64 on the same values: h_L, ∂h_0, ∂u, ∂v."""
     h, u, v, c, a = _inputs(replicas, batch, dim, hidden, depth, seed)
     with torch.no_grad():  # the reference sees exactly the (rounded) weights the kernels see
@@ -95,8 +103,7 @@ def _compare(replicas, batch, dim, hidden, depth, every, activation, *, seed=0, 
         v.copy_(v.to(weight_dtype).double())
     triton_args = [h.detach().float(), u.detach().to(weight_dtype), v.detach().to(weight_dtype)]
     triton_args = [t.to(DEVICE).requires_grad_() for t in triton_args]
-    fused = lambda h, u, v: triton_residual_stack(h, u, v, c, a, activation, every, allow_tf32=allow_tf32,
-                                                  precision=precision, config=config)
+    fused = lambda h, u, v: triton_residual_stack(h, u, v, c, a, activation, every, precision, config=config)
     engine = lambda h, u, v: torch_residual_stack(h, u, v, c, a, activation, every)
     got = _outputs_and_grads(fused, *triton_args, seed + 1)
     want = _outputs_and_grads(engine, h, u, v, seed + 1)
@@ -150,7 +157,7 @@ def test_weight_gradients_are_bitwise_reproducible():
 
 
 def _compare_launchers(replicas, batch, dim, hidden, depth, every, activation, *, precision, seed, tolerance=1e-5,
-                       config=None, workspace_dtype="float32", weight_dtype=torch.float32):
+                       config=None, weight_dtype=torch.float32):
     """The launchers (no autograd) at an explicit precision against the float64 PyTorch engine."""
     h, u, v, c, a = _inputs(replicas, batch, dim, hidden, depth, seed)
     with torch.no_grad():
@@ -161,13 +168,19 @@ def _compare_launchers(replicas, batch, dim, hidden, depth, every, activation, *
     want = (ref.detach(), *torch.autograd.grad((ref * probe).sum(), (h, u, v)))
     h32, u32, v32 = (t.detach().to(DEVICE, dtype) for t, dtype in ((h, torch.float32), (u, weight_dtype),
                                                                    (v, weight_dtype)))
-    out, ckpt = stack_forward(h32, u32, v32, c, a, activation, every, save_checkpoints=True, precision=precision,
-                              config=config)
-    grads = stack_backward(probe.float().to(DEVICE), ckpt, u32, v32, c, a, activation, every, precision=precision,
-                           workspace_dtype=workspace_dtype, config=config)
+    options = {"precision": precision, "weight_dtype": dtype_name(weight_dtype)}
+    forward, backward = ((config or default_config(batch, dim, hidden, replicas or 1, DEVICE, backward=pass_,
+                                                   **options)) for pass_ in (False, True))
+    out, ckpt = stack_forward(h32, u32, v32, c, a, activation, every, save_checkpoints=True, config=forward,
+                              **options)
+    grads = stack_backward(probe.float().to(DEVICE), ckpt, u32, v32, c, a, activation, every, need_weights=True,
+                           config=backward, **options)
     for name, x, y in zip(("h_L", "dh", "du", "dv"), (out, *grads), want, strict=True):
         assert x.dtype == torch.float32 and x.shape == y.shape, name
         assert relative_error(x.cpu(), y) <= tolerance, (name, precision, relative_error(x.cpu(), y))
+
+
+_TILES = StackConfig(block_b=32, block_d=16, block_m=16)
 
 
 @pytest.mark.parametrize("precision", ["ieee", "tf32x3"])
@@ -181,7 +194,7 @@ def test_launchers_at_float32_precisions(precision):
 
 def test_launchers_tf32_is_accepted():
     # The interpreter computes TF32 dots in float32, so only the path is checked here (GPU: 1e-2 below).
-    _compare_launchers(1, 20, 6, 7, 3, 2, "relu", precision="tf32", seed=32, tolerance=1e-2)
+    _compare_launchers(1, 20, 6, 7, 3, 2, "relu", precision="tf32", seed=32, tolerance=1e-2, config=_TILES)
 
 
 def test_split_tf32_is_exact_and_hi_fits_tf32():
@@ -212,11 +225,11 @@ def test_backward_allocates_what_the_plan_says(monkeypatch):
     h, u, v, c, a = _inputs(1, 40, 9, 11, 6, seed=34)
     config = StackConfig(block_b=16, block_d=16, block_m=16)
     h32, u32, v32 = (t.detach().float().to(DEVICE) for t in (h, u, v))
-    _, ckpt = stack_forward(h32, u32, v32, c, a, "tanh", 3, save_checkpoints=True, config=config)
+    options = {"precision": DEFAULT_PRECISION, "weight_dtype": "fp32", "config": config}
+    _, ckpt = stack_forward(h32, u32, v32, c, a, "tanh", 3, save_checkpoints=True, **options)
     monkeypatch.setattr(torch.Tensor, "new_empty", counting_new_empty)
-    launch_module.stack_backward(torch.ones_like(h32), ckpt, u32, v32, c, a, "tanh", 3, config=config)
-    dtypes = {"fp32": torch.float32, "bf16": torch.bfloat16}
-    planned = [(shape, dtypes[kind]) for shape, kind in backward_workspace(
+    launch_module.stack_backward(torch.ones_like(h32), ckpt, u32, v32, c, a, "tanh", 3, need_weights=True, **options)
+    planned = [(shape, DTYPES[kind]) for shape, kind in backward_workspace(
         1, 40, 9, 11, 6, 3, need_weights=True, block_b=16).values()]
     assert sorted(map(str, shapes)) == sorted(map(str, planned))
     assert {"scratch", "s", "p", "g"} == set(backward_workspace(1, 40, 9, 11, 6, 3, need_weights=True, block_b=16))
@@ -322,8 +335,8 @@ def test_second_order_gradients_are_exact():
 def test_custom_ops_pass_opcheck():
     h, u, v, c, a = _inputs(2, 5, 3, 2, 3, seed=21)
     h, u, v = (t.detach().float().to(DEVICE).requires_grad_() for t in (h, u, v))
-    for precision in ("", "ieee"):  # "": the launchers' default
-        result = torch.library.opcheck(triton_stack, (h, u, v, c, a, "tanh", 2, True, precision, []),
+    for precision, tiles in (("tf32x3", None), ("ieee", [32, 16, 16, 4, 3])):
+        result = torch.library.opcheck(triton_stack, (h, u, v, c, a, "tanh", 2, True, precision, "fp32", tiles),
                                        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"))
         assert set(result.values()) == {"SUCCESS"}
 
@@ -335,20 +348,13 @@ def test_gpu_bfloat16_weights():
 
 @gpu
 def test_gpu_tf32_is_close_but_not_exact():
-    _compare(1, 200, 64, 64, 32, 8, "gelu", seed=21, allow_tf32=True, tolerance=1e-2)
+    _compare(1, 200, 64, 64, 32, 8, "gelu", seed=21, precision="tf32", tolerance=1e-2)
 
 
 @gpu
 @pytest.mark.parametrize(("dim", "hidden"), [(256, 256), (128, 200), (33, 500)])
 def test_gpu_large_shapes(dim, hidden):
     _compare(2, 300, dim, hidden, 64, 8, "silu", seed=22)
-
-
-@gpu
-def test_gpu_bfloat16_gemm_workspace():
-    # s and p wait for the weight-gradient GEMMs in bfloat16: ∂u, ∂v at bfloat16 accuracy.
-    _compare_launchers(1, 300, 64, 48, 16, 4, "tanh", precision="tf32x3", seed=24, tolerance=2e-2,
-                       workspace_dtype="bfloat16")
 
 
 @gpu
@@ -365,60 +371,15 @@ def test_gpu_deterministic_many_tiles_reproducible():
         assert torch.equal(x, y)
 
 
-def _compile_report(*args):
-    """Run deepres.kernels.compile_check in a fresh process without the interpreter; its JSON report."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    env = {key: value for key, value in os.environ.items() if key != "TRITON_INTERPRET"}
-    run = subprocess.run([sys.executable, "-m", "deepres.kernels.compile_check", "--json", "-", *args],
-                         capture_output=True, text=True, env=env, timeout=900)
-    assert run.returncode == 0, run.stderr[-3000:]
-    return json.loads(run.stdout.strip().splitlines()[-1])
-
-
-def _has_bundled_ptxas():
-    import os
-
-    import triton
-
-    return os.path.exists(os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin"))
-
-
-@pytest.mark.slow
-@pytest.mark.skipif(_REASON is not None or not _has_bundled_ptxas(), reason="needs Triton's NVIDIA backend")
-def test_compile_check_compiles_every_planned_variant_for_hopper():
-    # The interpreter accepts what the GPU compiler may reject (dot shapes, layouts) or spill: build the
-    # real sm_90a binaries of every launch the plans make at D = M = 64 (every mode, both weight-gradient
-    # paths, the no-grad forward, every = 1), and the cost model's estimate of the headline step.
-    report = _compile_report("--quick", "--cost")
-    variants = report["variants"]
-    kernels = {record["kernel"] for record in variants}
-    assert kernels == {"stack_forward", "stack_backward", "weight_grad"}
-    modes = {record["variant"].split("W_MODE=")[1].split(",")[0] for record in variants
-             if record["kernel"] == "stack_backward"}
-    assert modes == {"gemm", "store", "none"}
-    for record in variants:
-        assert record["regs"] <= 255 and record["spill_bytes"] == 0 and record["launchable"], record
-        assert record["sass_per_layer"] > 0, record
-        assert all(waits == 0 for waits in record["exposed_waits"].values()), record
-    (step,) = report["step_estimates"]
-    assert step["precision"] == step["default_precision"] == "tf32x3"
-    assert step["est_forward_ms"] > 0 and step["est_backward_ms"] > 0
-    assert "no GPU measured" in report["note"]
-
-
-def test_unknown_or_conflicting_precisions_are_refused():
-    h, u, v, c, a = _inputs(1, 3, 5, 2, 2, seed=14)
-    h, u, v = h.float(), u.float(), v.float()
+def test_unknown_or_unfit_precisions_are_refused():
+    h, u, v, c, a = _inputs(None, 3, 5, 2, 2, seed=14)
+    h, u, v = (t.float().to(DEVICE) for t in (h, u, v))
     with pytest.raises(ValueError, match="precision must be one of .*got 'fp64'"):
-        triton_residual_stack(h, u, v, c, a, "tanh", 1, precision="fp64")
-    with pytest.raises(ValueError, match="allow_tf32=True asks for precision='tf32'; got precision='ieee'"):
-        triton_residual_stack(h, u, v, c, a, "tanh", 1, precision="ieee", allow_tf32=True)
+        residual_stack(h, u, v, multiplier=c, backend="triton", precision="fp64")
     with pytest.raises(ValueError, match="precision='ieee' takes float32 weights"):
-        triton_residual_stack(h, u.half(), v.half(), c, a, "tanh", 1, precision="ieee")
+        residual_stack(h, u.half(), v.half(), multiplier=c, backend="triton", precision="ieee")
+    with pytest.raises(ValueError, match="precision='ieee' takes float32 weights"):
+        triton_residual_stack(h[None], u.half()[None], v.half()[None], c, a, "tanh", 1, "ieee")
 
 
 def test_config_must_cover_the_embedding_dimension():
@@ -440,4 +401,4 @@ def test_random_shapes_and_tiles(data):
     config = StackConfig(block_b=data.draw(st.sampled_from([16, 32]), "block_b"), block_d=block_d,
                          block_m=data.draw(st.sampled_from([16, 32]), "block_m"))
     _compare(replicas, batch, dim, hidden, depth, every, activation, seed=data.draw(st.integers(0, 99), "seed"),
-             precision=data.draw(st.sampled_from([None, "ieee", "tf32x3"]), "precision"), config=config)
+             precision=data.draw(st.sampled_from(["ieee", "tf32x3"]), "precision"), config=config)

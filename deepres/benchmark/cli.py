@@ -93,10 +93,16 @@ def _list(item: Callable[[str], object]) -> Callable[[str], list[object] | None]
     return parse
 
 
+#: Command-line spelling of a checkpoint policy → its ``checkpoint_every`` value. ``every-layer`` is
+#: the default policy, h kept before every layer (k = 1, ``None``); it was once spelled ``none``,
+#: which read as "no checkpointing" and is refused now.
+CHECKPOINT_SPELLINGS: dict[str, str | None] = {"every-layer": None, "sqrt": "sqrt"}
+
+
 def _policy(text: str) -> int | str | bool | None:
     text = text.lower()
-    if text in ("none", "sqrt"):
-        return None if text == "none" else "sqrt"
+    if text in CHECKPOINT_SPELLINGS:
+        return CHECKPOINT_SPELLINGS[text]
     return int(text) if text.isdigit() and int(text) >= 1 else False
 
 
@@ -112,7 +118,8 @@ _POSITIVE = _typed(_float_where(lambda x: x > 0), "a finite number > 0")
 _NON_NEGATIVE = _typed(_float_where(lambda x: x >= 0), "a finite number >= 0")
 _ACTIVATION_LIST = _typed(_list(lambda name: name if name in ACTIVATIONS else None),
                           f"comma-separated activations among {', '.join(ACTIVATIONS)}")
-_POLICY_LIST = _typed(_policies, "comma-separated checkpoint policies: none, sqrt or positive integers")
+_POLICY_LIST = _typed(_policies, "comma-separated checkpoint policies: every-layer, sqrt or positive integers "
+                                 "(every-layer keeps h before every layer, k = 1; it was spelled none)")
 _NAMES = _typed(_list(lambda name: name), "comma-separated provider names")
 
 
@@ -208,8 +215,9 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
     grid.add_argument("--activation", type=_ACTIVATION_LIST, default=None,
                       help=f"activations among {', '.join(ACTIVATIONS)} (default tanh)")
     grid.add_argument("--checkpoint-every", dest="checkpoint_every", type=_POLICY_LIST, default=None,
-                      help="checkpoint policies of the deepres engines: none, sqrt, or an integer k; each "
-                           "is a provider (default none,sqrt)")
+                      help="checkpoint policies of the deepres engines: every-layer (h kept before every "
+                           "layer, k = 1), sqrt (k = ceil(sqrt(L))), or an integer k; each is a provider "
+                           "(default every-layer,sqrt)")
     grid.add_argument("--alpha", type=_POSITIVE, default=None,
                       help="alpha of the mlu parameterization, > 0 (default 1)")
     grid.add_argument("--seed", type=_COUNT, default=None, help="seed of the inputs, >= 0 (default 0)")

@@ -3,18 +3,22 @@
 Triton's interpreter accepts programs that the GPU compiler rejects or that
 spill registers, so this builds the real sm_90a binaries (the Triton wheel
 bundles ptxas and nvdisasm). The variants are not a hand-kept list: for each
-case (shape and options) it asks the launchers' own plans
+case (shape and options) it asks the launcher's own plans
 (:func:`deepres.kernels.plan.forward_plan` and ``backward_plan``) which
-launches they make, and compiles each distinct one with the JIT's own
-argument specialization (ints equal to 1 or divisible by 16). Per variant it
-reads registers, spill bytes and shared memory (``ptxas -v``), and from the
-SASS the instructions of the hot loop per layer and its exposed global-load
-waits; with ``--cost`` it also estimates step times with
-:mod:`deepres.kernels.cost_model`. **Every time it prints is an estimate**:
-no GPU runs here.
+launches they make, and compiles each distinct one, taking the kernel from the
+launcher's dispatch table (:data:`deepres.engines.triton.launch.KERNELS`),
+with the JIT's own argument specialization (ints equal to 1 or divisible by
+16). Per variant it reads registers, spill bytes and shared memory
+(``ptxas -v``), and from the SASS the instructions of the hot loop per layer
+and its exposed global-load waits; with ``--cost`` it also estimates step
+times with :mod:`.cost_model`. **Every time it prints is an estimate**: no
+GPU runs here.
 
-Run as ``python -m deepres.kernels.compile_check [--cost] [--json PATH]``
+Run from the repository root as
+``python -m tools.kernel_cost.compile_check [--cost] [--quick] [--json PATH]``
 with ``TRITON_INTERPRET`` unset (under the interpreter nothing is compiled).
+This folder is not part of the installed package: it imports deepres, never
+the other way round.
 """
 
 from __future__ import annotations
@@ -90,7 +94,8 @@ def _signature(fn, launch) -> tuple[dict, dict, dict]:
     from triton.backends.nvidia.compiler import CUDABackend
     from triton.runtime.jit import native_specialize_impl
 
-    dtypes = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    from deepres.kernels.plan import DTYPES
+
     pointers = dict(launch.pointer_dtypes)
     scalars = dict(launch.scalars)
     constexprs = dict(launch.constexprs)
@@ -101,7 +106,7 @@ def _signature(fn, launch) -> tuple[dict, dict, dict]:
             signature[name] = "constexpr"
             continue
         if name.endswith("_ptr"):
-            value = torch.empty(4, dtype=dtypes[pointers.get(name, "fp32")])
+            value = torch.empty(4, dtype=DTYPES[pointers.get(name, "fp32")])
         else:
             value = scalars[name]
         kind, spec = native_specialize_impl(CUDABackend, value, False, name not in keep, True)
@@ -119,7 +124,7 @@ def variant_key(launch) -> tuple:
     from triton.backends.nvidia.compiler import CUDABackend
     from triton.runtime.jit import native_specialize_impl
 
-    from .launch import KERNELS
+    from deepres.engines.triton.launch import KERNELS
 
     keep = {param.name for param in KERNELS[launch.kernel].params if param.do_not_specialize}
     scalars = tuple((name, native_specialize_impl(CUDABackend, value, False, name not in keep, True))
@@ -139,7 +144,8 @@ def _compile_cached(key: tuple, arch: int) -> CompiledVariant:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from .launch import KERNELS
+    from deepres.engines.triton.launch import KERNELS
+
     from .sass import disassemble
 
     launch = _REPRESENTATIVE[key]
@@ -169,7 +175,9 @@ def compile_launch(launch, arch: int = 90) -> CompiledVariant:
 @functools.lru_cache(maxsize=1)
 def loop_markers() -> dict[tuple[str, int], str]:
     """(source file name, line) of every ``# loop: NAME`` marker in the kernels → NAME."""
-    folder = os.path.dirname(os.path.abspath(__file__))
+    import deepres.kernels
+
+    folder = os.path.dirname(os.path.abspath(deepres.kernels.__file__))
     markers = {}
     for name in sorted(os.listdir(folder)):
         if name.endswith(".py"):
@@ -313,11 +321,10 @@ def estimate_step(depth: int, batch: int, dim: int, width: int, replicas: int = 
         est_backward_ms`` and ``launches`` (their number).
     """
     from deepres._checks import resolve_checkpoint_every
-
-    from .launch import default_precision, plans
+    from deepres.kernels.plan import DEFAULT_PRECISION, plans
 
     every = resolve_checkpoint_every(depth, checkpoint_every)
-    default = default_precision(dim, width, weight_dtype)
+    default = DEFAULT_PRECISION
     chosen = precision or default
     forward, backward = plans(replicas, batch, dim, width, depth, every, precision=chosen,
                               weight_dtype=weight_dtype, activation=activation,
@@ -338,11 +345,12 @@ def default_cases(quick: bool = False) -> list[dict]:
 
     ``quick``: D = M = 64, float32 at the default precision, every mode (for tests).
     """
-    from .plan import PRECISIONS, default_precision, resolve_precision
+    from deepres.engines.triton import check_precision
+    from deepres.kernels.plan import DEFAULT_PRECISION, PRECISIONS
 
-    def launchable(precision: str, dim: int, width: int, weight_dtype: str) -> bool:
+    def launchable(precision: str, weight_dtype: str) -> bool:
         try:
-            resolve_precision(precision, False, dim, width, weight_dtype)
+            check_precision(precision, weight_dtype)
         except ValueError:
             return False
         return True
@@ -358,8 +366,8 @@ def default_cases(quick: bool = False) -> list[dict]:
     cases = []
     for dim, width in shapes:
         for weight_dtype in ("fp32",) if quick else ("fp32", "bf16", "fp16"):
-            for precision in (default_precision(dim, width, weight_dtype),) if quick else PRECISIONS:
-                if not launchable(precision, dim, width, weight_dtype):
+            for precision in (DEFAULT_PRECISION,) if quick else PRECISIONS:
+                if not launchable(precision, weight_dtype):
                     continue
                 for mode in modes:
                     cases.append({**base, **mode, "dim": dim, "width": width, "precision": precision,
@@ -367,19 +375,19 @@ def default_cases(quick: bool = False) -> list[dict]:
     # A single batch tile (in-kernel weight gradients), and small batches with replicas.
     for extra in ({"replicas": 1, "batch": 16}, {"replicas": 4, "batch": 64})[:1 if quick else 2]:
         cases.append({**base, **modes[0], **extra, "dim": 64, "width": 64,
-                      "precision": default_precision(64, 64), "weight_dtype": "fp32"})
+                      "precision": DEFAULT_PRECISION, "weight_dtype": "fp32"})
     if not quick:
         from deepres.activations import ACTIVATIONS
 
         for activation in ACTIVATIONS:
-            cases.append({**base, **modes[0], "dim": 64, "width": 64, "precision": default_precision(64, 64),
+            cases.append({**base, **modes[0], "dim": 64, "width": 64, "precision": DEFAULT_PRECISION,
                           "weight_dtype": "fp32", "activation": activation})
     return cases
 
 
 def case_launches(case: dict) -> list:
     """Every launch the launchers make for one case (forward then backward)."""
-    from .launch import plans
+    from deepres.kernels.plan import plans
 
     forward, backward = plans(case["replicas"], case["batch"], case["dim"], case["width"], case["depth"],
                               case["every"], precision=case["precision"], weight_dtype=case["weight_dtype"],
@@ -394,7 +402,7 @@ def default_step_cases(quick: bool = False) -> list[dict]:
 
     ``quick``: the headline shape at the default precision with ``"sqrt"`` checkpoints only.
     """
-    from .launch import PRECISIONS
+    from deepres.kernels.plan import PRECISIONS
 
     headline = {"depth": 4096, "batch": 1024, "dim": 64, "width": 64}
     if quick:
@@ -442,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"cycles/layer={record['est_cycles_per_layer']} exposed={record['exposed_waits']}",
                       flush=True)
     report = {"arch": f"sm_{args.arch}a", "note": "compile-level estimates from the cost model "
-              "(deepres.kernels.cost_model); no GPU measured any of these numbers", "variants": records}
+              "(tools/kernel_cost/cost_model.py); no GPU measured any of these numbers", "variants": records}
     if args.cost:
         from .cost_model import HOPPER
 
