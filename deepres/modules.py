@@ -299,7 +299,8 @@ class DeepResNet(EmbeddedNetwork):
     def __init__(self, in_features: int, out_features: int, depth: int, dim: int, hidden: int, *,
                  alpha: float = 1.0, parameterization: str = "mlu", activation: str = "tanh",
                  backend: str = "auto", checkpoint_every: int | str | None = None,
-                 precision: str | None = None, replicas: int | None = None, train_embedding: bool = False, train_readout: bool = False,
+                 precision: str | None = None, replicas: int | None = None, train_embedding: bool = False,
+                 train_readout: bool = False,
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None,
                  generator: torch.Generator | None = None) -> None:
         super().__init__()

@@ -424,7 +424,8 @@ def backward_plan(replicas: int, batch: int, dim: int, width: int, depth: int, e
         for hi in range(stop, start, -chunk):
             lo = max(start, hi - chunk)
             plan.append(walk(lo, hi, stop - start - 1 if hi == stop and every > 1 else 0))
-            plan.append(_gemm_launch(replicas, batch, dim, width, depth, lo, hi, precision, multiplier, pre_scale))
+            plan.append(_gemm_launch(replicas, batch, dim, width, depth, lo, hi, precision, multiplier,
+                                     pre_scale))
     return plan
 
 

@@ -37,7 +37,6 @@ if _REASON is None:
     import triton.language as tl
     from deepres.kernels.activations import activation_and_derivative
     from deepres.kernels.dot import split_tf32
-    from deepres.engines.triton.launch import default_config, stack_backward, stack_forward
     from deepres.kernels.plan import (
         DEFAULT_PRECISION,
         DTYPES,
@@ -48,6 +47,7 @@ if _REASON is None:
         dtype_name,
     )
 
+    from deepres.engines.triton.launch import default_config, stack_backward, stack_forward
     from deepres.engines.triton.op import triton_residual_stack, triton_stack
 
     @triton.jit

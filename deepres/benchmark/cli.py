@@ -118,8 +118,9 @@ _POSITIVE = _typed(_float_where(lambda x: x > 0), "a finite number > 0")
 _NON_NEGATIVE = _typed(_float_where(lambda x: x >= 0), "a finite number >= 0")
 _ACTIVATION_LIST = _typed(_list(lambda name: name if name in ACTIVATIONS else None),
                           f"comma-separated activations among {', '.join(ACTIVATIONS)}")
-_POLICY_LIST = _typed(_policies, "comma-separated checkpoint policies: every-layer, sqrt or positive integers "
-                                 "(every-layer keeps h before every layer, k = 1; it was spelled none)")
+_POLICY_LIST = _typed(_policies, "comma-separated checkpoint policies: every-layer, sqrt or positive "
+                                 "integers (every-layer keeps h before every layer, k = 1; once spelled "
+                                 "none)")
 _NAMES = _typed(_list(lambda name: name), "comma-separated provider names")
 
 

@@ -91,10 +91,9 @@ def _ptxas_resources(ptx: str, arch: int) -> tuple[int, int]:
 def _signature(fn, launch) -> tuple[dict, dict, dict]:
     """(signature, constexprs, attrs) as the JIT would build them for this launch's arguments."""
     import torch
+    from deepres.kernels.plan import DTYPES
     from triton.backends.nvidia.compiler import CUDABackend
     from triton.runtime.jit import native_specialize_impl
-
-    from deepres.kernels.plan import DTYPES
 
     pointers = dict(launch.pointer_dtypes)
     scalars = dict(launch.scalars)
@@ -320,8 +319,9 @@ def estimate_step(depth: int, batch: int, dim: int, width: int, replicas: int = 
         weight_dtype, checkpoint_every, every, est_forward_ms,
         est_backward_ms`` and ``launches`` (their number).
     """
-    from deepres._checks import resolve_checkpoint_every
     from deepres.kernels.plan import DEFAULT_PRECISION, plans
+
+    from deepres._checks import resolve_checkpoint_every
 
     every = resolve_checkpoint_every(depth, checkpoint_every)
     default = DEFAULT_PRECISION
@@ -345,8 +345,9 @@ def default_cases(quick: bool = False) -> list[dict]:
 
     ``quick``: D = M = 64, float32 at the default precision, every mode (for tests).
     """
-    from deepres.engines.triton import check_precision
     from deepres.kernels.plan import DEFAULT_PRECISION, PRECISIONS
+
+    from deepres.engines.triton import check_precision
 
     def launchable(precision: str, weight_dtype: str) -> bool:
         try:

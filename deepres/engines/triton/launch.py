@@ -179,7 +179,8 @@ def stack_backward(grad_out: torch.Tensor, checkpoints: torch.Tensor, u: torch.T
         >>> u, v = torch.randn(2, R, L, M, D, generator=generator)
         >>> tiles = StackConfig(block_b=32, block_d=16, block_m=16)
         >>> options = {"precision": "tf32x3", "weight_dtype": "fp32", "config": tiles}
-        >>> out, ckpt = stack_forward(h0, u, v, 1 / (L * M), 1 / D, "tanh", 4, save_checkpoints=True, **options)
+        >>> out, ckpt = stack_forward(h0, u, v, 1 / (L * M), 1 / D, "tanh", 4, save_checkpoints=True,
+        ...                           **options)
         >>> gh, gu, gv = stack_backward(torch.ones_like(out), ckpt, u, v, 1 / (L * M), 1 / D, "tanh", 4,
         ...                             need_weights=True, **options)
         >>> tuple(gh.shape), tuple(gu.shape)

@@ -42,7 +42,7 @@ __all__ = ["check_precision", "triton_residual_stack", "triton_stack", "triton_s
 
 def _config(h: torch.Tensor, u: torch.Tensor, tiles: list[int] | None, *, backward: bool, precision: str,
             weight_dtype: str) -> StackConfig:
-    """The pass's tiles: ``tiles`` as a StackConfig, else the launcher's default for these shapes (checked)."""
+    """The pass's tiles: ``tiles`` as a StackConfig, else the launcher's default for the shapes (checked)."""
     from deepres.engines.triton.launch import check_config, default_config
 
     replicas, batch, dim = h.shape
@@ -140,7 +140,8 @@ def check_precision(precision: str, weight_dtype: str) -> str:
 
 
 def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,
-                          pre_scale: float, activation: str, every: int, precision: str = DEFAULT_PRECISION, *,
+                          pre_scale: float, activation: str, every: int,
+                          precision: str = DEFAULT_PRECISION, *,
                           config: StackConfig | None = None) -> torch.Tensor:
     """Run the Triton engine on replica-form tensors (no argument checks beyond the precision's
     fit with the weights: see :func:`deepres.residual_stack` for the public entry point).
