@@ -29,6 +29,17 @@ def test_kernels_are_a_subpackage_of_deepres():
     assert pathlib.Path(deepres.kernels.__file__).parent == ROOT / "kernels"
 
 
+def test_offline_tools_are_not_installed_and_not_imported_by_the_package():
+    # tools/ (the GPU cost model) imports deepres; deepres never imports it and does not install it.
+    assert not any(name.split(".")[0] == "tools" for name in _listed_packages())
+    for name in ("compile_check", "cost_model", "sass"):
+        assert not (ROOT / "kernels" / f"{name}.py").exists()
+        assert (ROOT / "tools" / "kernel_cost" / f"{name}.py").exists()
+    for path in [*(ROOT / "deepres").rglob("*.py"), *(ROOT / "kernels").rglob("*.py")]:
+        text = path.read_text(encoding="utf-8")
+        assert "import tools" not in text and "from tools" not in text, path
+
+
 def _floors() -> dict[str, str]:
     """Every direct dependency (runtime and extras) → its floor, from pyproject.toml."""
     import tomllib
