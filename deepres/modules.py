@@ -22,6 +22,11 @@ def _check_replicas(replicas: object) -> int | None:
     return check_positive_int(replicas, "replicas")
 
 
+def _option(field: str, doc: str) -> property:
+    """A read-only attribute of the module's resolved :class:`~deepres.functional.StackOptions`."""
+    return property(lambda self: getattr(self.options, field), doc=doc)
+
+
 class ResidualStack(nn.Module):
     """A stack of L two-layer-perceptron residual blocks (docs/design.md §1, eq. (1)).
 
@@ -65,6 +70,13 @@ class ResidualStack(nn.Module):
         torch.Size([8, 16])
     """
 
+    multiplier = _option("multiplier", "c (float).")
+    pre_scale = _option("pre_scale", "a (float).")
+    activation = _option("activation", "The activation's name.")
+    backend = _option("backend", "The backend's name.")
+    checkpoint_every = _option("every", "The resolved checkpoint segment length k ≥ 1 (int).")
+    precision = _option("precision", "The precision asked for, or None (the engine's default).")
+
     def __init__(self, depth: int, dim: int, hidden: int, *, alpha: float = 1.0,
                  parameterization: str = "mlu", activation: str = "tanh", backend: str = "auto",
                  checkpoint_every: int | str | None = None, precision: str | None = None,
@@ -86,30 +98,6 @@ class ResidualStack(nn.Module):
         self.u = nn.Parameter(u)
         self.v = nn.Parameter(v)
         self.lr_multiplier = float(p.lr_multiplier)
-
-    @property
-    def multiplier(self) -> float:
-        return self.options.multiplier
-
-    @property
-    def pre_scale(self) -> float:
-        return self.options.pre_scale
-
-    @property
-    def activation(self) -> str:
-        return self.options.activation
-
-    @property
-    def backend(self) -> str:
-        return self.options.backend
-
-    @property
-    def checkpoint_every(self) -> int:
-        return self.options.every
-
-    @property
-    def precision(self) -> str | None:
-        return self.options.precision
 
     @property
     def depth(self) -> int:

@@ -173,16 +173,13 @@ def stack_backward(grad_out: torch.Tensor, checkpoints: torch.Tensor, u: torch.T
         call is bitwise reproducible.
 
     Example:
-        >>> R, B, D, M, L = 1, 20, 16, 16, 8
-        >>> generator = torch.Generator().manual_seed(0)
-        >>> h0 = torch.randn(R, B, D, generator=generator)
-        >>> u, v = torch.randn(2, R, L, M, D, generator=generator)
-        >>> tiles = StackConfig(block_b=32, block_d=16, block_m=16)
-        >>> options = {"precision": "tf32x3", "weight_dtype": "fp32", "config": tiles}
-        >>> out, ckpt = stack_forward(h0, u, v, 1 / (L * M), 1 / D, "tanh", 4, save_checkpoints=True,
-        ...                           **options)
-        >>> gh, gu, gv = stack_backward(torch.ones_like(out), ckpt, u, v, 1 / (L * M), 1 / D, "tanh", 4,
-        ...                             need_weights=True, **options)
+        >>> generator = torch.Generator().manual_seed(1)
+        >>> h0, (u, v) = torch.randn(1, 20, 16, generator=generator), torch.randn(2, 1, 8, 16, 16)
+        >>> options = {"precision": "tf32x3", "weight_dtype": "fp32", "config": StackConfig(32, 16, 16)}
+        >>> c, a = 1 / 128, 1 / 16
+        >>> out, ckpt = stack_forward(h0, u, v, c, a, "tanh", 4, save_checkpoints=True, **options)
+        >>> gh, gu, gv = stack_backward(torch.ones_like(out), ckpt, u, v, c, a, "tanh", 4, need_weights=True,
+        ...                             **options)
         >>> tuple(gh.shape), tuple(gu.shape)
         ((1, 20, 16), (1, 8, 16, 16))
     """
