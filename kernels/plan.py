@@ -148,7 +148,7 @@ class StackConfig:
 @functools.lru_cache(maxsize=256)
 def choose_config(batch: int, dim: int, width: int, replicas: int, multiprocessors: int,
                   backward: bool = False, weight_dtype: str = "fp32",
-                  precision: str = "tf32x3") -> StackConfig:
+                  precision: str = DEFAULT_PRECISION) -> StackConfig:
     """The default tiles for a (R, B, D) stream and (R, L, M, D) weights.
 
     Args:
@@ -157,7 +157,7 @@ def choose_config(batch: int, dim: int, width: int, replicas: int, multiprocesso
             runs programs one after the other: the largest batch tile then).
         backward: tiles for the backward kernel instead of the forward one.
         weight_dtype: ``"fp32"`` (default), ``"fp16"`` or ``"bf16"``.
-        precision: one of :data:`PRECISIONS`. Default ``"tf32x3"``.
+        precision: one of :data:`PRECISIONS`. Default :data:`DEFAULT_PRECISION`.
 
     Returns:
         A :class:`StackConfig`.

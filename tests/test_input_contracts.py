@@ -3,6 +3,8 @@ one checker per decision, with the same error type everywhere."""
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -34,6 +36,20 @@ def test_tf32_with_an_engine_that_has_no_tf32_is_an_error(backend, precision):
     # "ieee" is what these engines compute: accepted, same result as the default.
     out = deepres.residual_stack(h, u, v, multiplier=0.1, backend=backend, precision="ieee")
     assert torch.equal(out, deepres.residual_stack(h, u, v, multiplier=0.1, backend=backend))
+
+
+def test_the_reason_an_engine_cannot_run_is_one_function(monkeypatch):
+    import deepres.engines.triton.support as support
+    from deepres.engines.registry import unavailable_reason
+
+    cpu = torch.device("cpu")
+    assert unavailable_reason("auto", cpu) is None and unavailable_reason("torch", cpu) is None
+    monkeypatch.setattr(support, "interpreter_enabled", lambda: False)  # CPU tensors, no interpreter
+    reason = unavailable_reason("triton", cpu)
+    assert reason is not None and ("CPU" in reason or "not installed" in reason)
+    if reason is not None:  # what check_backend's error says, word for word
+        with pytest.raises(ValueError, match=re.escape(f"backend='triton' cannot run here: {reason}")):
+            deepres.functional.check_backend("triton", cpu)
 
 
 def test_a_precision_asked_of_auto_applies_where_triton_runs():

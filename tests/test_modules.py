@@ -43,6 +43,21 @@ def test_stack_forward_is_residual_stack():
     assert relative_error(stack(h), expected) <= 1e-13
 
 
+def test_options_are_resolved_once_at_construction():
+    # checkpoint_every is stored as the segment length k it resolves to; the forward reuses the options.
+    from deepres._checks import BACKSOLVE
+    from deepres.meanode import MeanODE
+
+    net = DeepResNet(5, 3, depth=50, dim=6, hidden=2, checkpoint_every="sqrt", precision="tf32x3")
+    assert net.stack.checkpoint_every == net.stack.options.every == 8  # ⌈√50⌉
+    assert net.stack.precision == "tf32x3" and net.stack.backend == "auto"
+    assert ResidualStack(6, 3, 2).checkpoint_every == 1  # None: h kept before every layer, k = 1
+    assert ResidualStack(6, 3, 2, checkpoint_every=4).checkpoint_every == 4
+    assert MeanODE(3, 4, 9, checkpoint_every="sqrt").checkpoint_every == 3
+    assert MeanODE(3, 4, 9, checkpoint_every="backsolve").checkpoint_every == BACKSOLVE
+    assert MeanODE(3, 4, 9).checkpoint_every == 1
+
+
 def test_network_buffers_and_readout_convention():
     net = DeepResNet(5, 3, depth=8, dim=6, hidden=2, dtype=torch.float64,
                      generator=torch.Generator().manual_seed(1))

@@ -40,6 +40,23 @@ def test_offline_tools_are_not_installed_and_not_imported_by_the_package():
         assert "import tools" not in text and "from tools" not in text, path
 
 
+def test_choosing_an_engine_imports_no_kernel():
+    # The engine choice reads MAX_FUSED_DIM on every call: it must not import the kernels (nor, by
+    # deepres, triton), which only the launcher does.
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, deepres\n"
+            "from deepres.engines.triton.support import fallback_reason\n"
+            "assert fallback_reason(torch.zeros(1, 2, 300), torch.zeros(1, 3, 4, 300)).startswith('D = 300')\n"
+            "deepres.residual_stack(torch.ones(2, 3), torch.ones(4, 2, 3), torch.ones(4, 2, 3), multiplier=0.1)\n"
+            "loaded = [m for m in sys.modules if m.startswith(('deepres.kernels.', 'deepres.engines.triton.'))]\n"
+            "assert sorted(loaded) == ['deepres.engines.triton.op', 'deepres.engines.triton.support', "
+            "'deepres.kernels.plan'], loaded\n")
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+
+
 def _floors() -> dict[str, str]:
     """Every direct dependency (runtime and extras) → its floor, from pyproject.toml."""
     import tomllib

@@ -148,6 +148,28 @@ def test_gemm_segments_are_cut_into_chunks(depth, every, walks):
     _compare(1, 40, 9, 11, depth, every, "silu", seed=14, config=config)
 
 
+@pytest.mark.parametrize("save", [True, False])
+def test_every_launch_carries_all_its_kernels_scalars(save):
+    # The launcher passes each launch's own scalars by name through the one table KERNELS: every
+    # runtime scalar a kernel takes is in its launch, and nothing else is.
+    from deepres.kernels.plan import forward_plan
+
+    from deepres.engines.triton.launch import KERNELS
+
+    config = StackConfig(block_b=16, block_d=16, block_m=16)
+    options = {"precision": "tf32x3", "weight_dtype": "fp32", "activation": "tanh", "config": config,
+               "multiplier": 0.25, "pre_scale": 0.75}
+    launches = (forward_plan(1, 40, 9, 11, 20, 20, save_checkpoints=save, **options)
+                + backward_plan(1, 40, 9, 11, 20, 1 if save else 20, need_weights=save, **options))
+    assert {launch.kernel for launch in launches} == ({"stack_forward", "stack_backward", "weight_grad"} if save
+                                                      else {"stack_forward", "stack_backward"})
+    for launch in launches:
+        kernel = KERNELS[launch.kernel]
+        wanted = {name for name in kernel.arg_names if not name.endswith("_ptr")} - set(launch.options)
+        assert set(dict(launch.scalars)) == wanted, launch.kernel
+        assert dict(launch.scalars)["c"] == 0.25 and dict(launch.scalars)["a"] == 0.75
+
+
 def test_weight_gradients_are_bitwise_reproducible():
     config = StackConfig(block_b=16, block_d=16, block_m=16)
     first = _compare(1, 40, 9, 11, 3, 2, "silu", seed=4, config=config)
