@@ -208,8 +208,9 @@ class KernelLaunch:
             the ``# loop:`` markers of the kernels' source).
         trips: nested loop name → iterations per iteration of the enclosing loop.
         dram_bytes: bytes the launch reads and writes at least once.
-        scalars: the runtime integer and float arguments (the JIT specializes
-            on ints equal to 1 or divisible by 16, except the launch ranges).
+        scalars: every runtime integer and float argument of the kernel, by
+            name: the launcher passes exactly these (the JIT specializes on
+            ints equal to 1 or divisible by 16, except the launch ranges).
         pointer_dtypes: pointer arguments that are not float32 → their dtype.
         maxnreg: register limit per thread passed to ptxas (None: its default).
     """
