@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from deepres.study import compare
-from deepres.study.analysis import bootstrap_errors
-from deepres.study.compare import build_limit, build_resnet, coupling_weights, decompose
+from deepres.study.convergence.analysis import bootstrap_errors
+from deepres.study.convergence.compare import build_limit, build_resnet, coupling_weights, decompose
 
 
 def test_decompose_known_bias_and_fluctuation():
