@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from deepres.study.shared.report import json_safe, write_json
+from deepres.study.shared.report import json_safe, write_study_json
 
 __all__ = ["summary", "write_report", "write_tables"]
 
@@ -23,19 +23,15 @@ def write_report(report: dict[str, Any], out: str | Path, *, plots: bool = True)
     Returns:
         The paths written, ``study.json`` first.
     """
-    written = write_tables(report, out, plots=plots)
-    path = Path(out) / "study.json"
-    write_json(report, path)
-    return [path, *written]
+    return write_study_json(report, out, write_tables(report, out, plots=plots))
 
 
 def write_tables(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
-    """The files of :func:`write_report` but ``study.json``: the CSV tables and (optionally) the plots.
-
-    A run writes these first and ``study.json`` last, once, with its total time.
+    """``measurements.csv``, ``fits.csv`` and (with ``plots``) the PNGs, written into ``out``.
 
     Args:
-        report, out, plots: as :func:`write_report`.
+        report, out, plots: as :func:`write_report`, which writes ``study.json`` after
+            these (a run writes it last, once, with its total time).
 
     Returns:
         The paths written.

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from deepres.study.phase.family import AXES
-from deepres.study.shared.report import json_safe, write_json
+from deepres.study.shared.report import json_safe, write_study_json
 
 __all__ = ["summary", "write_phase_report", "write_tables"]
 
@@ -23,22 +23,15 @@ def write_phase_report(report: dict[str, Any], out: str | Path, *, plots: bool =
     Returns:
         The paths written, ``study.json`` first.
     """
-    written = write_tables(report, out, plots=plots)
-    path = Path(out) / "study.json"
-    write_json(report, path)
-    return [path, *written]
+    return write_study_json(report, out, write_tables(report, out, plots=plots))
 
 
 def write_tables(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
-    """The files of :func:`write_phase_report` but ``study.json``: the CSV tables and (optionally) the PNGs.
+    """Write the two CSV tables of the phase study and (optionally) its figures, in ``out``.
 
-    A run writes these first and ``study.json`` last, once, with its total time.
-
-    Args:
-        report, out, plots: as :func:`write_phase_report`.
-
-    Returns:
-        The paths written.
+    Everything of :func:`write_phase_report` except ``study.json``, which a run
+    writes after these, once, when its total time is known. Arguments as there.
+    Returns the paths written.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,7 @@ import torch
 
 from deepres.study.shared.files import atomic_write
 
-__all__ = ["json_safe", "require_matplotlib", "write_json"]
+__all__ = ["json_safe", "require_matplotlib", "write_json", "write_study_json"]
 
 
 def json_safe(value: Any) -> Any:
@@ -40,6 +40,20 @@ def write_json(report: dict[str, Any], path: Path) -> None:
     """Write ``report`` to ``path`` through a uniquely named temporary file (two writers never clash)."""
     text = json.dumps(json_safe(report), indent=1)
     atomic_write(path, lambda handle: handle.write(text.encode()))
+
+
+def write_study_json(report: dict[str, Any], out: str | Path, written: list[Path]) -> list[Path]:
+    """Write ``out/study.json``, after the study's other files ``written``; every path, ``study.json`` first.
+
+    Args:
+        report: the study's report. out: its folder. written: the files written before.
+
+    Returns:
+        ``[out/study.json, *written]``.
+    """
+    path = Path(out) / "study.json"
+    write_json(report, path)
+    return [path, *written]
 
 
 def require_matplotlib() -> Any:
