@@ -7,7 +7,7 @@ import math
 
 import torch
 
-from deepres.study.convergence.compare import build_resnet, coupling_weights
+from deepres.study.convergence.compare import build_resnet
 from deepres.study.convergence.lazy import (
     BlockLinearizedNet,
     lazy_limit,
@@ -17,6 +17,7 @@ from deepres.study.convergence.lazy import (
 )
 from deepres.study.convergence.presets import StudyConfig
 from deepres.study.convergence.units import lazy_weight_seed
+from deepres.study.shared.data import coupling_weights
 from deepres.training import train
 
 SHAPE = {"depth": 3, "hidden": 2, "replicas": 3}

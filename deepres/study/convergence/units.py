@@ -21,16 +21,13 @@ from typing import Any
 
 import torch
 
-from deepres.study.convergence.compare import build_limit_sets, build_resnet, coupling_weights
+from deepres.study.convergence.compare import build_limit_sets, build_resnet
 from deepres.study.convergence.lazy import lazy_limit, lazy_measurements
-from deepres.study.shared.data import make_task
+from deepres.study.shared.data import unit_task
 from deepres.study.shared.sweep import derived_seed
 from deepres.training import train
 
 __all__ = ["lazy_weight_seed", "run_unit"]
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
 
 def lazy_weight_seed(unit: dict[str, Any]) -> int:
     """Seed of the initial weights of a ``lazy`` or ``lazy_limit`` unit: the same for every α.
@@ -39,16 +36,6 @@ def lazy_weight_seed(unit: dict[str, Any]) -> int:
     α → ∞ limit, start from the same draw (common random numbers).
     """
     return derived_seed("lazy", {k: v for k, v in unit.items() if k not in ("alpha", "kind")})
-
-
-def _task_and_coupling(unit: dict[str, Any], device: torch.device | str | None,
-                       ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    dtype = _DTYPES[unit["dtype"]]
-    task = make_task(unit["task"], unit["seed"], samples=unit["samples"], dtype=dtype, device=device)
-    embed, readout = coupling_weights(task.in_features, task.out_features, unit["dim"],
-                                      derived_seed("coupling", unit["seed"], unit["dim"]),
-                                      dtype=dtype, device=device)
-    return task.x, task.y, embed, readout
 
 
 def _weights(net: torch.nn.Module) -> torch.Tensor:
@@ -75,7 +62,7 @@ def run_unit(unit: dict[str, Any], *, device: torch.device | str | None = None,
         ``seconds`` (wall time).
     """
     start = time.perf_counter()
-    x, y, embed, readout = _task_and_coupling(unit, device)
+    x, y, embed, readout = unit_task(unit, device)
     record = unit["record_steps"]
     kind = unit["kind"]
     if kind == "resnet":

@@ -23,7 +23,6 @@ from typing import Any
 
 import torch
 
-from deepres.study.convergence.compare import coupling_weights
 from deepres.study.phase.family import (
     PhaseScaling,
     block_linearized_stack,
@@ -34,14 +33,11 @@ from deepres.study.phase.family import (
     phase_scaling,
     replica_losses,
 )
-from deepres.study.shared.data import make_task
+from deepres.study.shared.data import unit_task
 from deepres.study.shared.measures import replica_rms
 from deepres.study.shared.sweep import derived_seed
 
 __all__ = ["first_step", "k_steps", "phase_unit_cost", "run_phase_unit"]
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
 
 def first_step(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: torch.Tensor,
                u0: torch.Tensor, v0: torch.Tensor, scaling: PhaseScaling, *, eta: float,
@@ -255,11 +251,8 @@ def run_phase_unit(unit: dict[str, Any], *, device: torch.device | str | None = 
         CPU tensors, with ``seconds``.
     """
     start = time.perf_counter()
-    dtype = _DTYPES[unit["dtype"]]
-    task = make_task(unit["task"], unit["seed"], samples=unit["samples"], dtype=dtype, device=device)
-    embed, readout = coupling_weights(task.in_features, task.out_features, unit["dim"],
-                                      derived_seed("coupling", unit["seed"], unit["dim"]),
-                                      dtype=dtype, device=device)
+    x, y, embed, readout = unit_task(unit, device)
+    dtype = x.dtype
     scaling = phase_scaling(unit["diagram"], unit["point"], depth=unit["depth"], hidden=unit["hidden"],
                             dim=unit["dim"], alpha=unit["alpha"])
     shape = (unit["replicas"], unit["depth"], unit["hidden"], unit["dim"])
@@ -268,10 +261,10 @@ def run_phase_unit(unit: dict[str, Any], *, device: torch.device | str | None = 
     # Drawn in float64 on the CPU, then converted: the same draws for every dtype and device.
     u0 = (scaling.init_std * torch.randn(shape, generator=gen, dtype=torch.float64)).to(device, dtype)
     v0 = (scaling.init_std * torch.randn(shape, generator=gen, dtype=torch.float64)).to(device, dtype)
-    first = first_step(task.x, task.y, embed, readout, u0, v0, scaling, eta=unit["first_eta"],
+    first = first_step(x, y, embed, readout, u0, v0, scaling, eta=unit["first_eta"],
                        activation=unit["activation"], backend=backend,
                        tolerance=unit["linearity_tolerance"], max_halvings=unit["max_halvings"])
-    later = {} if unit["steps"] == 0 else k_steps(task.x, task.y, embed, readout, u0, v0, scaling,
+    later = {} if unit["steps"] == 0 else k_steps(x, y, embed, readout, u0, v0, scaling,
                                                    eta=unit["eta"], steps=unit["steps"],
                                                    activation=unit["activation"], backend=backend)
     out = {k: (t.detach().cpu() if isinstance(t, torch.Tensor) else t) for k, t in (first | later).items()}
