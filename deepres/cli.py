@@ -6,7 +6,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-from deepres.cli_checks import OneLineParser, check_device, int_at_least, print_error
+from deepres.options import OneLineParser, check_device, int_at_least, print_error
 
 __all__ = ["build_parser", "main"]
 

@@ -94,12 +94,7 @@ def _adam_multiplier_and_gradient_scale(record: ScaledParameter) -> tuple[float,
         if p is None:
             raise ValueError(f"{record.name!r} has role {record.role!r} but no parameterization: "
                              f"the Adam rule of u and v needs one")
-        width = math.sqrt(p.depth * p.hidden)
-        if p.name == "mlu":
-            return 1.0 / p.alpha, p.alpha / (p.depth * p.hidden * p.dim)
-        if p.name == "depth_mup":
-            return 1.0 / (p.alpha * width), p.alpha / (width * p.dim)
-        return 1.0, 1.0
+        return p.adam_multiplier, p.adam_gradient_scale
     if record.role == "embedding":
         # W_E is (D, d_in): a ±lr step on every entry moves h_0 = W_E x by lr·Σ_i |x_i| ≈ lr·d_in.
         return 1.0 / record.parameter.shape[-1], 1.0

@@ -29,7 +29,10 @@ name            std of u           std of v        a (pre_scale)     c (multipli
   grows with L; it is there for comparison.
 
 The gradient-descent step for every trained weight is
-``w ← w − η · lr_multiplier · ∂loss/∂w``.
+``w ← w − η · lr_multiplier · ∂loss/∂w``. The same table holds Adam's multiplier
+A and gradient scale G of u and v (derived in docs/optim.md, used by
+:mod:`deepres.optim`): 1/α and α/(L·M·D) with ``mlu``, 1/(α·√(L·M)) and
+α/(√(L·M)·D) with ``depth_mup``, 1 and 1 with ``standard``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,8 @@ _FORMULAS: dict[str, dict[str, Callable[[int, int, int, float], float]]] = {
         "pre_scale": lambda L, M, D, alpha: 1.0 / D,
         "multiplier": lambda L, M, D, alpha: alpha / (L * M),
         "lr_multiplier": lambda L, M, D, alpha: L * M * D / alpha**2,
+        "adam_multiplier": lambda L, M, D, alpha: 1.0 / alpha,
+        "adam_gradient_scale": lambda L, M, D, alpha: alpha / (L * M * D),
     },
     "depth_mup": {
         "init_std_u": lambda L, M, D, alpha: 1.0,
@@ -61,6 +66,8 @@ _FORMULAS: dict[str, dict[str, Callable[[int, int, int, float], float]]] = {
         "pre_scale": lambda L, M, D, alpha: 1.0 / math.sqrt(D),
         "multiplier": lambda L, M, D, alpha: alpha / math.sqrt(L * M),
         "lr_multiplier": lambda L, M, D, alpha: 1.0,
+        "adam_multiplier": lambda L, M, D, alpha: 1.0 / (alpha * math.sqrt(L * M)),
+        "adam_gradient_scale": lambda L, M, D, alpha: alpha / (math.sqrt(L * M) * D),
     },
     "standard": {
         "init_std_u": lambda L, M, D, alpha: 1.0 / math.sqrt(D),
@@ -68,6 +75,8 @@ _FORMULAS: dict[str, dict[str, Callable[[int, int, int, float], float]]] = {
         "pre_scale": lambda L, M, D, alpha: 1.0,
         "multiplier": lambda L, M, D, alpha: 1.0,
         "lr_multiplier": lambda L, M, D, alpha: 1.0,
+        "adam_multiplier": lambda L, M, D, alpha: 1.0,
+        "adam_gradient_scale": lambda L, M, D, alpha: 1.0,
     },
 }
 
@@ -132,3 +141,13 @@ class Parameterization:
     def lr_multiplier(self) -> float:
         """Factor applied to the base learning rate η for u and v."""
         return self._formula("lr_multiplier")
+
+    @property
+    def adam_multiplier(self) -> float:
+        """A: factor on Adam's learning rate for u and v (the rules of :mod:`deepres.optim`)."""
+        return self._formula("adam_multiplier")
+
+    @property
+    def adam_gradient_scale(self) -> float:
+        """G: the size of u's and v's gradient entries, which Adam's ε is scaled by (:mod:`deepres.optim`)."""
+        return self._formula("adam_gradient_scale")

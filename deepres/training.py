@@ -25,7 +25,7 @@ from deepres._checks import check_finite_real, check_tensor
 from deepres.modules import EmbeddedNetwork
 from deepres.scaling import ScaledParameter, scaled_parameters
 
-__all__ = ["TrainResult", "gradient_descent_step", "train"]
+__all__ = ["TrainResult", "gradient_descent_step", "replica_losses", "train"]
 
 
 @torch.no_grad()
@@ -144,8 +144,19 @@ def _forward(model: nn.Module, x: torch.Tensor, with_features: bool, frozen: tor
     return outputs, None, outputs
 
 
-def _replica_losses(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """½·mean over samples of ‖f − y‖²: () for (N, d_out) outputs, (R,) for (R, N, d_out)."""
+def replica_losses(outputs: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The loss :func:`train` minimizes, per replica: ½·mean over samples of ‖f − y‖².
+
+    Args:
+        outputs: f, (N, d_out) or (R, N, d_out). y: the targets, (N, d_out).
+
+    Returns:
+        () for (N, d_out) outputs, (R,) for (R, N, d_out).
+
+    Example:
+        >>> replica_losses(torch.ones(3, 4, 2), torch.zeros(4, 2))
+        tensor([1., 1., 1.])
+    """
     return 0.5 * (outputs - y).pow(2).sum(-1).mean(-1)
 
 
@@ -274,8 +285,8 @@ def train(
             if outputs.shape[-1] != y.shape[-1]:
                 raise ValueError(f"y must have shape (N, d_out) = ({y.shape[0]}, {outputs.shape[-1]}) to "
                                  f"match the model's outputs {tuple(outputs.shape)}; got {tuple(y.shape)}")
-            per_replica = _replica_losses(for_loss, y)
-        observed = _replica_losses(outputs.detach(), y)
+            per_replica = replica_losses(for_loss, y)
+        observed = replica_losses(outputs.detach(), y)
         bad = ~torch.isfinite(observed)
         # A replica whose output is non-finite in any entry is bad even if the loss
         # overflowed to a finite value somewhere else.
@@ -300,7 +311,7 @@ def train(
                 # A replica went bad in this forward pass: redo it with the replica cut out,
                 # so that no NaN reaches the shared weights' gradient.
                 _, _, for_loss = _forward(model, x, False, nonfinite)
-                per_replica = _replica_losses(for_loss, y)
+                per_replica = replica_losses(for_loss, y)
             # Replicas are independent, so the sum's gradient is each replica's own gradient;
             # frozen replicas are selected out (torch.where), never multiplied by 0.
             total = torch.where(nonfinite, torch.zeros_like(per_replica), per_replica).sum()

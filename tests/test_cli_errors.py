@@ -110,9 +110,9 @@ def test_study_rejects_a_read_only_out(tmp_path, capsys):
 
 def test_study_rejects_an_out_it_may_not_write(tmp_path, capsys, monkeypatch):
     # As root (CI) no folder is read-only to access(2); stand in for one that is.
-    import deepres.cli_checks
+    import deepres.options
 
-    monkeypatch.setattr(deepres.cli_checks.os, "access", lambda path, mode: False)
+    monkeypatch.setattr(deepres.options.os, "access", lambda path, mode: False)
     status, err = _run(["study", *TINY_FLAGS, "--out", str(tmp_path / "out")], capsys)
     _assert_one_line_error(status, err, "--out", str(tmp_path / "out"), "not writable")
     assert not (tmp_path / "out").exists()

@@ -8,9 +8,10 @@ import math
 import pytest
 import torch
 
-from deepres.study import compare
-from deepres.study.analysis import bootstrap_errors
-from deepres.study.compare import build_limit, build_resnet, coupling_weights, decompose
+from deepres.study.convergence import compare
+from deepres.study.convergence.analysis import bootstrap_errors
+from deepres.study.convergence.compare import build_limit, build_resnet, decompose
+from deepres.study.shared.data import coupling_weights
 
 
 def test_decompose_known_bias_and_fluctuation():

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from deepres.study.data import load_task, make_task, paper_task, teacher_task
+from deepres.study.shared.data import load_task, make_task, paper_task, teacher_task
 
 
 def test_paper_task_is_seeded_gaussian():

@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from deepres.study.analysis import _fit, bootstrap_errors
-from deepres.study.compare import decompose
-from deepres.study.fit import bootstrap_slope, loglog_fit
+from deepres.study.convergence.analysis import _fit, bootstrap_errors
+from deepres.study.convergence.compare import decompose
+from deepres.study.shared.fit import bootstrap_slope, loglog_fit
 
 
 def test_loglog_fit_exact_power_law():

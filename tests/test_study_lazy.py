@@ -7,16 +7,17 @@ import math
 
 import torch
 
-from deepres.study.compare import build_resnet, coupling_weights
-from deepres.study.lazy import (
+from deepres.study.convergence.compare import build_resnet
+from deepres.study.convergence.lazy import (
     BlockLinearizedNet,
     lazy_limit,
     lazy_measurements,
     linearized_training,
     tangent_training,
 )
-from deepres.study.presets import StudyConfig
-from deepres.study.sweep import lazy_weight_seed
+from deepres.study.convergence.presets import StudyConfig
+from deepres.study.convergence.units import lazy_weight_seed
+from deepres.study.shared.data import coupling_weights
 from deepres.training import train
 
 SHAPE = {"depth": 3, "hidden": 2, "replicas": 3}

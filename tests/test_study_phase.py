@@ -14,17 +14,17 @@ import torch
 
 import deepres
 from deepres.study import cli
-from deepres.study.files import OutputLock
-from deepres.study.phase import (
+from deepres.study.phase.analysis import analyze_phase, classify, exponent_sign, line_offset, theory_exponent
+from deepres.study.phase.config import PhaseConfig, PhaseConfigError
+from deepres.study.phase.family import (
     block_linearized_features,
     block_linearized_stack,
     phase_features,
     phase_scaling,
     phase_step,
 )
-from deepres.study.phase_analysis import analyze_phase, classify, exponent_sign, line_offset, theory_exponent
-from deepres.study.phase_config import PhaseConfig, PhaseConfigError
-from deepres.study.phase_measure import first_step, k_steps, run_phase_unit
+from deepres.study.phase.measure import first_step, k_steps, run_phase_unit
+from deepres.study.shared.files import OutputLock
 from tests.helpers import relative_error
 
 F64 = torch.float64

@@ -10,11 +10,13 @@ import pytest
 import torch
 
 from deepres.study import cli
-from deepres.study.analysis import BOUNDS, _alpha_axis, _dim_fits
-from deepres.study.estimate import calibrate, estimate, format_seconds, model_seconds, probe_unit
-from deepres.study.lazy_analysis import LINEARIZATION_FROM_ALPHA, analyze_lazy
-from deepres.study.presets import StudyConfig
-from deepres.study.sweep import unit_key
+from deepres.study.convergence import cli as convergence_cli
+from deepres.study.convergence.analysis import BOUNDS, _alpha_axis, _dim_fits
+from deepres.study.convergence.estimate import calibrate, estimate, format_seconds, model_seconds, probe_unit
+from deepres.study.convergence.lazy_analysis import LINEARIZATION_FROM_ALPHA, analyze_lazy
+from deepres.study.convergence.presets import StudyConfig
+from deepres.study.convergence.run import run_study
+from deepres.study.shared.store import unit_key
 
 
 class _Store:
@@ -148,7 +150,7 @@ def test_new_options_are_checked_before_any_work(capsys):
         parser.parse_args(["--alpha-axis", "0,1", "--no-progress"])
     assert exit_info.value.code == 2 and "--alpha-axis" in capsys.readouterr().err
     args = parser.parse_args(["--alpha-axis", "1,2", "--alpha-axis-depth", "8", "--lazy-fit-min", "4"])
-    config = cli.config_from_args(args)
+    config = convergence_cli.config_from_args(args)
     assert config.alpha_axis == [1.0, 2.0] and config.alpha_axis_depth == 8 and config.lazy_fit_min == 4.0
 
 
@@ -156,7 +158,7 @@ def test_study_prints_and_saves_its_estimate_and_a_rerun_keeps_it(tmp_path, caps
     config = StudyConfig(depths=[2, 4], widths=[2], replicas=4, particles=32, grid_steps=4, limit_sets=2,
                          steps=[2], records=2, samples=6, alpha_axis=[1.0, 2.0], alpha_axis_depth=2,
                          alpha_axis_hidden=2, alpha_fit=[1.0, 2.0], lazy_alphas=[], bootstrap=20)
-    report = cli.run_study(config, tmp_path, progress=False, plots=False)
+    report = run_study(config, tmp_path, progress=False, plots=False)
     printed = capsys.readouterr().err
     assert f"{len(config.units())} units to run, estimated" in printed
     estimate = report["estimate"]
@@ -164,6 +166,6 @@ def test_study_prints_and_saves_its_estimate_and_a_rerun_keeps_it(tmp_path, caps
     assert estimate["measured_seconds"] > 0 and set(estimate["measured_unit_seconds"]) == {"resnet", "limit"}
     # Reference-error checks: one per group (D).
     assert sum("reference error of the limit under" in c["check"] for c in report["checks"]) == 1
-    again = cli.run_study(config, tmp_path, progress=False, plots=False)
+    again = run_study(config, tmp_path, progress=False, plots=False)
     assert again["units"]["ran"] == 0 and "units to run" not in capsys.readouterr().err
     assert again["estimate"]["from_an_earlier_run"] and again["estimate"]["seconds"] == estimate["seconds"]

@@ -17,9 +17,9 @@ import torch
 ray = pytest.importorskip("ray")
 
 from deepres.study import cli  # noqa: E402
-from deepres.study.presets import StudyConfig  # noqa: E402
-from deepres.study.ray_executor import RayExecutor, require_ray  # noqa: E402
-from deepres.study.sweep import ResultStore  # noqa: E402
+from deepres.study.convergence.presets import StudyConfig  # noqa: E402
+from deepres.study.shared.ray_executor import RayExecutor, require_ray  # noqa: E402
+from deepres.study.shared.store import ResultStore  # noqa: E402
 
 TINY_ARGS = ["--depths", "2,4", "--widths", "1,2", "--replicas", "4", "--particles", "32", "--grid-steps", "4",
              "--limit-sets", "2", "--steps", "2", "--records", "2", "--lazy-alphas", "1,2", "--lazy-depth",

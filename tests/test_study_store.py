@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from deepres.cli import main as deepres_main
-from deepres.study.files import FolderLockedError, OutputLock, atomic_write
-from deepres.study.presets import StudyConfig
-from deepres.study.report import write_json
-from deepres.study.store import CorruptResultError, CorruptResultWarning, ResultStore, unit_identity
-from deepres.study.sweep import run_units
+from deepres.study.convergence.presets import StudyConfig
+from deepres.study.convergence.sweep import run_units
+from deepres.study.shared.files import FolderLockedError, OutputLock, atomic_write
+from deepres.study.shared.report import write_json
+from deepres.study.shared.store import CorruptResultError, CorruptResultWarning, ResultStore, unit_identity
 from tests.helpers import TINY, TINY_FLAGS
 
 UNIT = {"kind": "resnet", "depth": 3}
@@ -174,7 +174,7 @@ def test_with_wait_a_second_study_waits_for_the_first(tmp_path, capsys):
 
 
 def test_the_lock_ends_with_the_process_that_holds_it(tmp_path):
-    code = ("import sys, time; from deepres.study.files import OutputLock; "
+    code = ("import sys, time; from deepres.study.shared.files import OutputLock; "
             f"lock = OutputLock({str(tmp_path)!r}); lock.acquire(); print('held', flush=True); time.sleep(60)")
     holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:

@@ -11,8 +11,11 @@ import pytest
 import torch
 
 from deepres.study import cli
-from deepres.study.presets import StudyConfig, preset
-from deepres.study.sweep import LocalExecutor, ResultStore, run_units, unit_key
+from deepres.study.convergence.presets import StudyConfig, preset
+from deepres.study.convergence.run import run_study
+from deepres.study.convergence.sweep import run_units
+from deepres.study.shared.store import ResultStore, unit_key
+from deepres.study.shared.sweep import LocalExecutor
 
 TINY = {"depths": [2, 4], "widths": [1, 2], "replicas": 4, "particles": 32, "grid_steps": 4, "limit_sets": 2,
         "steps": [2], "records": 2, "lazy_alphas": [1.0, 2.0], "lazy_depth": 2, "lazy_hidden": 2,
@@ -84,7 +87,7 @@ def test_study_end_to_end_through_the_cli(tmp_path, capsys):
     assert cli.main(args) == 0
     report = json.loads((tmp_path / "study.json").read_text())
     assert report["config"]["depths"] == [2, 4] and report["units"]["ran"] == len(StudyConfig(**TINY).units())
-    assert {"torch", "deepres", "device"} <= set(report["environment"])
+    assert {"torch", "deepres"} <= set(report["environment"]["versions"]) and "device" in report["environment"]
     names = {f["name"] for f in report["fits"]}
     assert {"fluctuation_vs_depth", "bias_vs_depth", "fluctuation_vs_width"} <= names
     assert len(report["lazy"]["points"]) == 2
@@ -117,7 +120,7 @@ def test_config_errors():
 def test_missing_matplotlib_names_the_extra(monkeypatch):
     import sys
 
-    from deepres.study.plots import require_matplotlib
+    from deepres.study.shared.report import require_matplotlib
 
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     with pytest.raises(ImportError, match=r"deepres\[plot\]"):
@@ -137,13 +140,13 @@ class _GivesUpOnLimits(LocalExecutor):
 
 def test_failed_units_are_reported_and_a_rerun_retries_only_them(tmp_path):
     config = StudyConfig(**TINY)
-    report = cli.run_study(config, tmp_path, progress=False, plots=False, executor=_GivesUpOnLimits())
+    report = run_study(config, tmp_path, progress=False, plots=False, executor=_GivesUpOnLimits())
     limits = [u for u in config.units() if u["kind"] == "limit"]
     assert report["units"]["failed"] == len(limits) and "fits" not in report
     assert sorted(json.dumps(f["unit"], sort_keys=True) for f in report["failed_units"]) == sorted(
         json.dumps(u, sort_keys=True) for u in limits)
     assert json.loads((tmp_path / "study.json").read_text())["units"]["failed"] == len(limits)
-    report = cli.run_study(config, tmp_path, progress=False, plots=False)
+    report = run_study(config, tmp_path, progress=False, plots=False)
     assert report["units"] == {"total": len(config.units()), "resumed": len(config.units()) - len(limits),
                                "ran": len(limits), "failed": 0}
     assert ResultStore(tmp_path).failures() == [] and report["fits"]

@@ -27,6 +27,7 @@ from deepres.benchmark.presets import DEFAULTS, GENERAL, PRESETS, QUICK, QUICK_E
 from deepres.benchmark.providers import meanode_providers, stack_providers
 from deepres.benchmark.report import format_table, write_csv, write_json, write_plot
 from deepres.benchmark.timing import TimingOptions
+from deepres.options import OptionError, one_line_errors, print_error, typed
 
 __all__ = ["COMPILE_BACKENDS", "PRESETS", "OptionError", "build_config", "check_options", "configure_parser",
            "main", "resolve"]
@@ -44,37 +45,6 @@ _FLAGS: dict[str, str] = {
     "max_time": "--max-time", "isolation": "--isolation", "provider_timeout": "--provider-timeout",
     "threads": "--threads", "interleave": "--no-interleave", "compile_backend": "--compile-backend",
 }
-
-
-class OptionError(ValueError):
-    """A bad option value: ``str()`` is one line that names the option and the value.
-
-    Args:
-        option: the option as typed (``"--depths"``). value: what it was given.
-        problem: what is wrong, or what is expected.
-    """
-
-    def __init__(self, option: str, value: object, problem: str) -> None:
-        super().__init__(f"argument {option}: {problem}; got {value!r}")
-        self.option = option
-
-
-# ------------------------------------------------------------------------------ value parsers
-
-
-def _typed(parse: Callable[[str], object], expected: str) -> Callable[[str], object]:
-    """An argparse type: ``parse(text)``, or an error saying what was expected."""
-
-    def convert(text: str) -> object:
-        try:
-            value = parse(text)
-        except (ValueError, TypeError):
-            value = None
-        if value is None:
-            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
-        return value
-
-    return convert
 
 
 def _int_at_least(low: int) -> Callable[[str], int | None]:
@@ -111,39 +81,17 @@ def _policies(text: str) -> list[int | str | None] | None:
     return values if values and all(v is not False for v in values) else None
 
 
-_POSITIVE_INTS = _typed(_list(_int_at_least(1)), "comma-separated positive integers")
-_COUNT = _typed(_int_at_least(0), "an integer >= 0")
-_POSITIVE_INT = _typed(_int_at_least(1), "an integer >= 1")
-_POSITIVE = _typed(_float_where(lambda x: x > 0), "a finite number > 0")
-_NON_NEGATIVE = _typed(_float_where(lambda x: x >= 0), "a finite number >= 0")
-_ACTIVATION_LIST = _typed(_list(lambda name: name if name in ACTIVATIONS else None),
-                          f"comma-separated activations among {', '.join(ACTIVATIONS)}")
-_POLICY_LIST = _typed(_policies, "comma-separated checkpoint policies: every-layer, sqrt or positive "
-                                 "integers (every-layer keeps h before every layer, k = 1; once spelled "
-                                 "none)")
-_NAMES = _typed(_list(lambda name: name), "comma-separated provider names")
-
-
-def _one_line_errors(parser: argparse.ArgumentParser) -> None:
-    """Make ``parser`` end on a bad or unknown option with one line naming it, exit status 2.
-
-    Unknown options are refused by this parser itself: as a subcommand it would
-    otherwise leave them to the top-level parser, which prints its usage first.
-    """
-
-    def error(message: str) -> None:
-        parser.exit(2, f"{parser.prog}: error: {message}\n")
-
-    known = parser.parse_known_args
-
-    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
-        parsed, extras = known(args, namespace)
-        if extras:
-            error(f"unrecognized arguments: {' '.join(extras)}")
-        return parsed, []
-
-    parser.error = error  # type: ignore[method-assign]
-    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+_POSITIVE_INTS = typed(_list(_int_at_least(1)), "comma-separated positive integers")
+_COUNT = typed(_int_at_least(0), "an integer >= 0")
+_POSITIVE_INT = typed(_int_at_least(1), "an integer >= 1")
+_POSITIVE = typed(_float_where(lambda x: x > 0), "a finite number > 0")
+_NON_NEGATIVE = typed(_float_where(lambda x: x >= 0), "a finite number >= 0")
+_ACTIVATION_LIST = typed(_list(lambda name: name if name in ACTIVATIONS else None),
+                         f"comma-separated activations among {', '.join(ACTIVATIONS)}")
+_POLICY_LIST = typed(_policies, "comma-separated checkpoint policies: every-layer, sqrt or positive "
+                                "integers (every-layer keeps h before every layer, k = 1; once spelled "
+                                "none)")
+_NAMES = typed(_list(lambda name: name), "comma-separated provider names")
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -163,7 +111,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         >>> p.parse_args(["--quick"]).quick
         True
     """
-    _one_line_errors(parser)
+    one_line_errors(parser)
     stack_names = ", ".join(p.name for p in stack_providers([None, "sqrt"]))
     meanode_names = ", ".join(p.name for p in meanode_providers())
     parser.description = (
@@ -373,8 +321,7 @@ def main(args: argparse.Namespace) -> int:
         check_options(options, args)
         config = build_config(options)
     except (ValueError, TypeError) as error:  # OptionError, or a value no check above foresaw
-        print(f"deepres bench: error: {error}", file=sys.stderr)
-        return 2
+        return print_error("deepres bench", error)
     report = run_benchmark(config, argv=_command_line(), quick=bool(getattr(args, "quick", False)))
     report["config"]["preset"] = getattr(args, "preset", None)
     report["config"]["quick"] = bool(getattr(args, "quick", False))

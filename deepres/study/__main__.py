@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from deepres.cli_checks import OneLineParser
+from deepres.options import OneLineParser
 from deepres.study import cli
 from deepres.study.cli import configure_parser, main
 

@@ -1,7 +1,7 @@
 """The lazy sweep's report: per-α means, fits with a paired bootstrap, d_∞, linearization gaps.
 
 Every α of a sweep starts from the same initial weights (common random numbers,
-:func:`deepres.study.sweep.lazy_weight_seed`), so the per-α values are paired: one
+:func:`deepres.study.convergence.units.lazy_weight_seed`), so the per-α values are paired: one
 replica is the same network draw at every α. The bootstrap therefore resamples the
 replicas once per draw, the same replicas for every α, and refits: a CI of a slope
 in α covers the replica sampling of the whole curve, not of independent points.
@@ -15,7 +15,7 @@ Reported per sweep (seed, D, η, steps):
 * ``fits``: ``weight_movement_vs_alpha`` over every α (theory −1) and
   ``lazy_ode_distance_vs_alpha`` over α ≥ ``lazy_fit_min`` (theory −2, its asymptotic
   range; the points below are listed as excluded);
-* ``d_inf``: d_∞ (mean over replicas, its standard error), see :mod:`deepres.study.lazy`;
+* ``d_inf``: d_∞ (mean over replicas, its standard error), see :mod:`deepres.study.convergence.lazy`;
 * ``linearization``: max − min of the linearization distance over α ≥
   :data:`LINEARIZATION_FROM_ALPHA`, and the largest |distance − d_∞| there.
 """
@@ -27,9 +27,10 @@ from typing import Any
 
 import torch
 
-from deepres.study.fit import fit_points
-from deepres.study.presets import StudyConfig
-from deepres.study.sweep import ResultStore, derived_seed
+from deepres.study.convergence.presets import StudyConfig
+from deepres.study.shared.fit import fit_points
+from deepres.study.shared.store import ResultStore
+from deepres.study.shared.sweep import derived_seed
 
 __all__ = ["LINEARIZATION_FROM_ALPHA", "analyze_lazy"]
 

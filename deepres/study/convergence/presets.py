@@ -1,7 +1,7 @@
 """Study configurations: the full set of axes and options, and the named presets.
 
 A :class:`StudyConfig` says everything a study does; :func:`StudyConfig.units`
-cuts it into units of work (see :mod:`deepres.study.sweep`). Presets:
+cuts it into units of work (see :mod:`deepres.study.convergence.sweep`). Presets:
 
 * ``quick`` — runs on a 2-core CPU in a few minutes and shows every rate: the
   fluctuation's −1/2 in L and in M, the bias's −1 in L, and the lazy α sweep.
@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from deepres.activations import check_activation
-from deepres.study.compare import SOLVERS
-from deepres.study.data import TASKS
+from deepres.study.convergence.compare import SOLVERS
+from deepres.study.shared.data import TASKS
 
 __all__ = ["PRESETS", "StudyConfig", "preset"]
 
@@ -244,7 +244,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "limit_sets": 16, "lazy_alphas": [1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0], "lazy_depth": 64,
         "lazy_hidden": 8, "lazy_replicas": 32, "bootstrap": 1000,
     },
-    # NOTE: sized with deepres.study.estimate's model to about 19 minutes of the 2-core CPU at
+    # NOTE: sized with deepres.study.convergence.estimate's model to about 19 minutes of the 2-core CPU at
     # load 2–3 (the ResNets 15, the limits 2, the lazy sweeps 2), so that it ends within 45
     # minutes even when the machine runs twice slower; 4 depths a factor 4 apart cost a third
     # less than 7 a factor 2 apart, for fits over the same two and a half decades. The α axis

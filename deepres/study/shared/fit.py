@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["SlopeFit", "bootstrap_slope", "fit_points", "loglog_fit"]
+__all__ = ["SlopeFit", "bootstrap_slope", "fit_kept", "fit_points", "loglog_fit"]
 
 
 def loglog_fit(x: Sequence[float] | np.ndarray, y: Sequence[float] | np.ndarray) -> tuple[float, float]:
@@ -169,10 +169,34 @@ def fit_points(x: Sequence[float], points: Sequence[dict[str, Any]], stat: str, 
             kept.append(point)
         else:
             excluded.append({"x": xi, "value": value, "reason": reason})
-    if len(kept) < 2:
-        fit = SlopeFit(None, None, None, None, level, kept_x, [p["value"] for p in kept])
+    return fit_kept(kept_x, [p["value"] for p in kept], [p["draws"] for p in kept], excluded=excluded,
+                    level=level)
+
+
+def fit_kept(x: Sequence[float], y: Sequence[float], draws: Sequence[np.ndarray], *,
+             excluded: list[dict[str, Any]], level: float) -> SlopeFit:
+    """The slope of the points a study kept, with the ones it left out listed in ``excluded``.
+
+    The last step of every fit of the studies (:func:`fit_points`, the phase study's
+    exponents), after each has chosen its points by its own rules.
+
+    Args:
+        x: the kept abscissae, (P,). y: their values, (P,). draws: per point, its bootstrap
+            replicates, P arrays of shape (B,). excluded: the points left out, with reasons.
+        level: CI coverage.
+
+    Returns:
+        A :class:`SlopeFit`; slope None when fewer than 2 distinct x are kept.
+
+    Example:
+        >>> fit = fit_kept([1.0, 2.0], [1.0, 0.5], [np.full(9, 1.0), np.full(9, 0.5)], excluded=[],
+        ...                level=0.95)
+        >>> round(fit.slope, 6), fit_kept([1.0], [1.0], [np.ones(9)], excluded=[], level=0.95).slope
+        (-1.0, None)
+    """
+    if len(set(x)) < 2:
+        fit = SlopeFit(None, None, None, None, level, list(x), list(y))
     else:
-        draws = np.stack([p["draws"] for p in kept], axis=1)
-        fit = bootstrap_slope(kept_x, [p["value"] for p in kept], draws, level=level)
+        fit = bootstrap_slope(x, y, np.stack(list(draws), axis=1), level=level)
     fit.excluded = excluded
     return fit

@@ -18,8 +18,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deepres.study.phase import AXES
-from deepres.study.plots import require_matplotlib
+from deepres.study.phase.family import AXES
+from deepres.study.shared.report import require_matplotlib
 
 __all__ = ["REGIME_COLORS", "plot_phase"]
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from deepres.study.sweep import OnDone, OnFailed, Work
+from deepres.study.shared.sweep import OnDone, OnFailed, Work
 
 __all__ = ["RayExecutor", "require_ray"]
 
@@ -54,8 +54,9 @@ class RayExecutor:
     instance is stopped.
 
     Example (not run as a doctest: it starts a local Ray instance):
-        >>> from deepres.study.presets import preset
-        >>> from deepres.study.sweep import ResultStore, run_units
+        >>> from deepres.study.convergence.presets import preset
+        >>> from deepres.study.convergence.sweep import run_units
+        >>> from deepres.study.shared.store import ResultStore
         >>> with RayExecutor(max_retries=1) as executor:                      # doctest: +SKIP
         ...     run_units(preset("quick").units(), ResultStore("study-out"), executor=executor)
     """

@@ -1,7 +1,7 @@
 """From stored unit results to measurements, fitted rates and checks.
 
-:func:`analyze` reads every unit of a :class:`~deepres.study.presets.StudyConfig`
-from its :class:`~deepres.study.sweep.ResultStore` and returns a JSON-able dict:
+:func:`analyze` reads every unit of a :class:`~deepres.study.convergence.presets.StudyConfig`
+from its :class:`~deepres.study.shared.store.ResultStore` and returns a JSON-able dict:
 
 * ``limits``: per group (seed, D, α, η, steps), the limit's reference error at each
   recorded step: ``particle_error`` (standard error of the mean of the
@@ -10,13 +10,13 @@ from its :class:`~deepres.study.sweep.ResultStore` and returns a JSON-able dict:
   particles on N/2 steps: an upper estimate of the grid error), and
   ``reference_error`` = √(particle² + grid²); in output and embedding space.
 * ``measurements``: one row per (unit, recorded step, space) with the error
-  decomposition of :func:`deepres.study.compare.decompose` and the reference error.
+  decomposition of :func:`deepres.study.convergence.compare.decompose` and the reference error.
 * ``fits``: log-log slopes with bootstrap CIs at the last recorded step (the D rate
   also at initialization): in L, M and D per group, and ``fluctuation_vs_alpha`` along
   the α axis.
 * ``alpha_axis``: the α axis's fluctuations per α, with the local slopes between
   neighbouring α (where the α rate holds).
-* ``lazy``: the α sweep (:mod:`deepres.study.lazy_analysis`).
+* ``lazy``: the α sweep (:mod:`deepres.study.convergence.lazy_analysis`).
 * ``checks``: the expected rates, each with its measured value and whether it holds.
 
 The D rate is reported as measured, against the bound and with no theoretical
@@ -31,11 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepres.study.compare import decompose, rms
-from deepres.study.fit import SlopeFit, fit_points
-from deepres.study.lazy_analysis import analyze_lazy
-from deepres.study.presets import StudyConfig
-from deepres.study.sweep import ResultStore, derived_seed
+from deepres.study.convergence.compare import decompose, rms
+from deepres.study.convergence.lazy_analysis import analyze_lazy
+from deepres.study.convergence.presets import StudyConfig
+from deepres.study.shared.fit import SlopeFit, fit_points
+from deepres.study.shared.store import ResultStore
+from deepres.study.shared.sweep import derived_seed
 
 __all__ = ["BOUNDS", "THEORY", "analyze", "bootstrap_errors"]
 
@@ -70,7 +71,7 @@ def bootstrap_errors(values: torch.Tensor, target: torch.Tensor, *, valid: torch
     """Bootstrap replicates of the error decomposition, resampling independent units.
 
     Each draw resamples, with replacement, the independent units (replicas, or
-    antithetic pairs kept whole) and recomputes :func:`deepres.study.compare.decompose`
+    antithetic pairs kept whole) and recomputes :func:`deepres.study.convergence.compare.decompose`
     on them. A draw is summarized by how many times it took each unit, w (B, units),
     and every statistic is a moment linear in w, so all draws cost a few matrix
     products instead of B copies of the replicas.

@@ -1,6 +1,6 @@
 """What one unit of the phase study measures: the first gradient step and K steps.
 
-A unit is one (diagram, point, L, M, D) of :mod:`deepres.study.phase`'s family:
+A unit is one (diagram, point, L, M, D) of :mod:`deepres.study.phase.family`'s family:
 R replicas trained side by side on the study's task with the embedding and
 readout of ``deepres study`` (:func:`run_phase_unit`). It measures, per replica,
 
@@ -10,7 +10,7 @@ readout of ``deepres study`` (:func:`run_phase_unit`). It measures, per replica,
 * K steps (:func:`k_steps`): output movement, weight movement, loss decrease,
   distance to the block-linearized model, diverged and non-finite replicas.
 
-:mod:`deepres.study.phase_analysis` fits the exponents and classifies the points.
+:mod:`deepres.study.phase.analysis` fits the exponents and classifies the points.
 """
 
 from __future__ import annotations
@@ -23,9 +23,7 @@ from typing import Any
 
 import torch
 
-from deepres.study.compare import coupling_weights
-from deepres.study.data import make_task
-from deepres.study.phase import (
+from deepres.study.phase.family import (
     PhaseScaling,
     block_linearized_stack,
     hidden_states,
@@ -35,17 +33,11 @@ from deepres.study.phase import (
     phase_scaling,
     replica_losses,
 )
-from deepres.study.sweep import derived_seed
+from deepres.study.shared.data import unit_task
+from deepres.study.shared.measures import replica_rms
+from deepres.study.shared.sweep import derived_seed
 
 __all__ = ["first_step", "k_steps", "phase_unit_cost", "run_phase_unit"]
-
-_DTYPES = {"float32": torch.float32, "float64": torch.float64}
-
-
-def _rms(t: torch.Tensor) -> torch.Tensor:
-    """RMS over every axis but the first (the replica): (R,)."""
-    return t.pow(2).flatten(1).mean(1).sqrt()
-
 
 def first_step(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: torch.Tensor,
                u0: torch.Tensor, v0: torch.Tensor, scaling: PhaseScaling, *, eta: float,
@@ -92,7 +84,7 @@ def first_step(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: t
         with torch.no_grad():
             h = phase_features(h0, u0 + step * step_u, v0 + step * step_v, scaling, activation=activation,
                                backend=backend)
-            return _rms(phase_readout(h, readout) - f0)
+            return replica_rms(phase_readout(h, readout) - f0)
 
     # The exact linear response J·Δθ per unit η, by forward mode (the plain per-layer engine: the
     # fused ones have no forward-mode rule). It guards the halving test, which can pass far from
@@ -101,7 +93,7 @@ def first_step(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: t
     _, tangent = torch.func.jvp(
         lambda uu, vv: phase_readout(phase_features(h0, uu, vv, scaling, activation=activation,
                                                backend="reference"), readout), (u0, v0), (step_u, step_v))
-    linear = _rms(tangent)
+    linear = replica_rms(tangent)
     changes = [moved(eta), moved(eta / 2), moved(eta / 4)]
 
     def ratios() -> list[float]:
@@ -130,9 +122,9 @@ def first_step(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: t
         "weight_step_v": norm(step_v) / norm(v0),
         "weight_step": torch.cat([step_u.flatten(1), step_v.flatten(1)], 1).norm(dim=1)
         / torch.cat([u0.flatten(1), v0.flatten(1)], 1).norm(dim=1),
-        "preact_step": _rms(dz) / _rms(z0),
-        "init_fluct_h": _rms(h_last - h0),
-        "init_fluct_f": _rms(f0 - phase_readout(h0, readout)),
+        "preact_step": replica_rms(dz) / replica_rms(z0),
+        "init_fluct_h": replica_rms(h_last - h0),
+        "init_fluct_f": replica_rms(f0 - phase_readout(h0, readout)),
         "loss0": loss0.detach(),
         "linear_response": linear,
         "eta": eta,
@@ -211,13 +203,14 @@ def k_steps(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: torc
         f0 = network(u0, v0)
     theta0 = torch.cat([u0.flatten(1), v0.flatten(1)], 1)
     theta = torch.cat([u.flatten(1), v.flatten(1)], 1)
-    move = _rms(f_k - f0)
+    move = replica_rms(f_k - f0)
     return {
         "output_move": move,
         "weight_move": (theta - theta0).norm(dim=1) / theta0.norm(dim=1),
         "loss_decrease": (losses[0] - losses[-1]) / losses[0],
         # A replica whose output did not move at all has no defined ratio: NaN, left out.
-        "nonlinearity": _rms(f_k - f_lin) / torch.where(move > 0, move, torch.full_like(move, math.nan)),
+        "nonlinearity": (replica_rms(f_k - f_lin)
+                         / torch.where(move > 0, move, torch.full_like(move, math.nan))),
         "diverged": bad | ~(losses[-1] <= losses[0]),
         "nonfinite": bad,
         "nonfinite_lin": bad_lin,
@@ -258,11 +251,8 @@ def run_phase_unit(unit: dict[str, Any], *, device: torch.device | str | None = 
         CPU tensors, with ``seconds``.
     """
     start = time.perf_counter()
-    dtype = _DTYPES[unit["dtype"]]
-    task = make_task(unit["task"], unit["seed"], samples=unit["samples"], dtype=dtype, device=device)
-    embed, readout = coupling_weights(task.in_features, task.out_features, unit["dim"],
-                                      derived_seed("coupling", unit["seed"], unit["dim"]),
-                                      dtype=dtype, device=device)
+    x, y, embed, readout = unit_task(unit, device)
+    dtype = x.dtype
     scaling = phase_scaling(unit["diagram"], unit["point"], depth=unit["depth"], hidden=unit["hidden"],
                             dim=unit["dim"], alpha=unit["alpha"])
     shape = (unit["replicas"], unit["depth"], unit["hidden"], unit["dim"])
@@ -271,10 +261,10 @@ def run_phase_unit(unit: dict[str, Any], *, device: torch.device | str | None = 
     # Drawn in float64 on the CPU, then converted: the same draws for every dtype and device.
     u0 = (scaling.init_std * torch.randn(shape, generator=gen, dtype=torch.float64)).to(device, dtype)
     v0 = (scaling.init_std * torch.randn(shape, generator=gen, dtype=torch.float64)).to(device, dtype)
-    first = first_step(task.x, task.y, embed, readout, u0, v0, scaling, eta=unit["first_eta"],
+    first = first_step(x, y, embed, readout, u0, v0, scaling, eta=unit["first_eta"],
                        activation=unit["activation"], backend=backend,
                        tolerance=unit["linearity_tolerance"], max_halvings=unit["max_halvings"])
-    later = {} if unit["steps"] == 0 else k_steps(task.x, task.y, embed, readout, u0, v0, scaling,
+    later = {} if unit["steps"] == 0 else k_steps(x, y, embed, readout, u0, v0, scaling,
                                                    eta=unit["eta"], steps=unit["steps"],
                                                    activation=unit["activation"], backend=backend)
     out = {k: (t.detach().cpu() if isinstance(t, torch.Tensor) else t) for k, t in (first | later).items()}

@@ -1,69 +1,52 @@
-"""The files of a study's report (``study.json``, CSV tables, plots) and its text summary.
-
-``study.json`` is written through a uniquely named temporary file and renamed
-into place, so two writers never clash and a reader never sees half a file;
-NaN and infinities become ``null``.
-"""
+"""The convergence study's report files (``study.json``, CSV tables, plots) and its text summary."""
 
 from __future__ import annotations
 
 import csv
 import json
-import math
 from pathlib import Path
 from typing import Any
 
-import torch
+from deepres.study.shared.report import json_safe, write_study_json
 
-from deepres.study.files import atomic_write
-
-__all__ = ["json_safe", "summary", "write_json", "write_report"]
-
-
-def json_safe(value: Any) -> Any:
-    """JSON-safe: NaN/inf → None, numpy/tensor scalars → Python numbers."""
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    if isinstance(value, torch.Tensor):
-        return json_safe(value.tolist())
-    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
-def write_json(report: dict[str, Any], path: Path) -> None:
-    """Write ``report`` to ``path`` through a uniquely named temporary file (two writers never clash)."""
-    text = json.dumps(json_safe(report), indent=1)
-    atomic_write(path, lambda handle: handle.write(text.encode()))
+__all__ = ["summary", "write_report", "write_tables"]
 
 
 def write_report(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
     """Write ``study.json``, ``measurements.csv``, ``fits.csv`` and (optionally) the PNG plots.
 
     Args:
-        report: the study's report (:func:`deepres.study.cli.run_study`).
+        report: the study's report (:func:`deepres.study.convergence.run.run_study`).
         out: the output folder (created if missing).
         plots: also write the PNG plots. Default True.
+
+    Returns:
+        The paths written, ``study.json`` first.
+    """
+    return write_study_json(report, out, write_tables(report, out, plots=plots))
+
+
+def write_tables(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
+    """``measurements.csv``, ``fits.csv`` and (with ``plots``) the PNGs, written into ``out``.
+
+    Args:
+        report, out, plots: as :func:`write_report`, which writes ``study.json`` after
+            these (a run writes it last, once, with its total time).
 
     Returns:
         The paths written.
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "study.json", out / "measurements.csv", out / "fits.csv"]
-    write_json(report, written[0])
+    written = [out / "measurements.csv", out / "fits.csv"]
     rows = report["measurements"]
     if rows:
-        with open(written[1], "w", newline="") as handle:
+        with open(written[0], "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(json_safe(rows))
     fits = report["fits"] + report["lazy"]["fits"]
-    with open(written[2], "w", newline="") as handle:
+    with open(written[1], "w", newline="") as handle:
         names = ["name", "space", "normalization", "fixed", "step", "slope", "ci_low", "ci_high", "theory",
                  "bound", "within_bound", "points", "excluded"]
         writer = csv.DictWriter(handle, fieldnames=names)
@@ -77,7 +60,7 @@ def write_report(report: dict[str, Any], out: str | Path, *, plots: bool = True)
                              "within_bound": f.get("within_bound"), "points": f["points"],
                              "excluded": len(f["excluded"])})
     if plots:
-        from deepres.study.plots import plot_report
+        from deepres.study.convergence.plots import plot_report
 
         written += plot_report(report, out)
     return written

@@ -23,20 +23,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-__all__ = ["plot_report", "require_matplotlib"]
+from deepres.study.shared.report import require_matplotlib
 
-
-def require_matplotlib() -> Any:
-    """Import matplotlib with the Agg backend, or raise ImportError naming the ``deepres[plot]`` extra."""
-    try:
-        import matplotlib
-    except ImportError as error:
-        raise ImportError("plots need matplotlib: install it with `pip install deepres[plot]` "
-                          "(or pass --no-plots)") from error
-    matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+__all__ = ["plot_report"]
 
 
 def _guide(ax: Any, xs: list[float], y0: float, slope: float, **style: Any) -> None:

@@ -1,4 +1,5 @@
-"""Seeded synthetic regression tasks for the studies, and a loader for user tensors.
+"""Seeded synthetic regression tasks for the studies, a loader for user tensors, and the fixed
+embedding and readout every network of a study shares.
 
 Every task is a pair (x, y) of float tensors, (N, d_in) and (N, d_out), built from
 a seed so that a study is reproducible and every network of a sweep sees the same data.
@@ -9,12 +10,15 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from deepres._checks import check_positive_int, check_tensor
+from deepres.study.shared.sweep import derived_seed
 
-__all__ = ["TASKS", "Task", "load_task", "make_task", "paper_task", "teacher_task"]
+__all__ = ["TASKS", "Task", "coupling_weights", "load_task", "make_task", "paper_task", "teacher_task",
+           "unit_task"]
 
 #: Names accepted by :func:`make_task`.
 TASKS: tuple[str, ...] = ("paper", "teacher")
@@ -152,3 +156,50 @@ def load_task(source: str | Path | tuple[torch.Tensor, torch.Tensor], *,
         raise ValueError(f"x and y must have shapes (N, d_in) and (N, d_out) with the same N; "
                          f"got {tuple(x.shape)} and {tuple(y.shape)}")
     return Task(x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype), "user")
+
+
+def coupling_weights(in_features: int, out_features: int, dim: int, seed: int, *,
+                     dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared fixed embedding W_E (D, d_in) ~ N(0, 1/d_in) and readout W_U (D, d_out) ~ N(0, d_out).
+
+    Drawn from ``seed`` alone (in float64, then converted), so every network of a
+    study with the same (D, seed) gets the same pair whatever its L, M, dtype.
+
+    Example:
+        >>> we, wu = coupling_weights(5, 5, 8, seed=0)
+        >>> we.shape, wu.shape
+        (torch.Size([8, 5]), torch.Size([8, 5]))
+    """
+    gen = torch.Generator().manual_seed(seed)
+    embed = torch.randn(dim, in_features, generator=gen, dtype=torch.float64) / math.sqrt(in_features)
+    readout = torch.randn(dim, out_features, generator=gen, dtype=torch.float64) * math.sqrt(out_features)
+    return embed.to(device=device, dtype=dtype), readout.to(device=device, dtype=dtype)
+
+
+_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+
+def unit_task(unit: dict[str, Any], device: torch.device | str | None = None,
+              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The data and the shared weights of a study's unit: x, y, W_E, W_U.
+
+    Args:
+        unit: a unit dict with ``task``, ``seed``, ``samples``, ``dim`` and ``dtype``
+            (``"float32"`` or ``"float64"``). device: Default None: the CPU.
+
+    Returns:
+        x (N, d_in), y (N, d_out), embed (D, d_in), readout (D, d_out), in the unit's dtype.
+
+    Example:
+        >>> x, y, embed, readout = unit_task({"task": "paper", "seed": 0, "samples": 6, "dim": 4,
+        ...                                   "dtype": "float64"})
+        >>> x.shape, embed.shape, embed.dtype
+        (torch.Size([6, 5]), torch.Size([4, 5]), torch.float64)
+    """
+    dtype = _DTYPES[unit["dtype"]]
+    task = make_task(unit["task"], unit["seed"], samples=unit["samples"], dtype=dtype, device=device)
+    embed, readout = coupling_weights(task.in_features, task.out_features, unit["dim"],
+                                      derived_seed("coupling", unit["seed"], unit["dim"]),
+                                      dtype=dtype, device=device)
+    return task.x, task.y, embed, readout

@@ -1,11 +1,17 @@
-"""Checks of command-line options, shared by the ``deepres`` commands.
+"""The command-line option toolkit of every ``deepres`` command: value parsers, checks, one-line errors.
 
-Every command checks all its options before it starts any work, and reports a bad
-one the argparse way: one line that names the option and the value received, and
-exit status 2. :class:`OneLineParser` prints argparse's own errors (unknown
-option, bad number, invalid choice) in that form, without the usage block;
-:class:`OptionError` carries the errors found by the checks below, which need
-more than the value itself (is CUDA there, can the folder be written).
+Every command (``deepres study``, its phase preset, ``deepres bench``, ``deepres
+demo``, the top-level ``deepres``) checks all its options before it starts any
+work, and reports a bad one the argparse way: one line that names the option and
+the value received, and exit status 2. :class:`OneLineParser` (or
+:func:`one_line_errors` on a parser made elsewhere) prints argparse's own errors
+(unknown option, bad number, invalid choice) in that form, without the usage
+block; :class:`OptionError` carries the errors found by the checks below, which
+need more than the value itself (is CUDA there, can the folder be written).
+
+It sits beside the studies and the benchmark, which import it, and below the
+command line; it reads the engines' own answers (the backend names, why Triton
+cannot run) instead of their messages.
 """
 
 from __future__ import annotations
@@ -20,6 +26,10 @@ from typing import NoReturn
 
 import torch
 
+from deepres._checks import check_choice
+from deepres.engines.triton_support import unavailable_reason
+from deepres.functional import BACKENDS
+
 __all__ = [
     "OneLineParser",
     "OptionError",
@@ -30,9 +40,11 @@ __all__ = [
     "float_in",
     "int_at_least",
     "ints_at_least",
+    "one_line_errors",
     "one_of",
     "positive_floats",
     "print_error",
+    "typed",
 ]
 
 
@@ -57,16 +69,60 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}\n")
 
 
+def one_line_errors(parser: argparse.ArgumentParser) -> None:
+    """Make ``parser`` end on a bad or unknown option with one line naming it, exit status 2.
+
+    For a parser made elsewhere (a subcommand's, handed over by the caller), the
+    behaviour of :class:`OneLineParser`. Unknown options are refused by this parser
+    itself: as a subcommand it would otherwise leave them to the top-level parser,
+    which prints its usage first.
+
+    Args:
+        parser: the parser to change, in place.
+
+    Example:
+        >>> parser = argparse.ArgumentParser(prog="demo")
+        >>> one_line_errors(parser)
+        >>> try:
+        ...     parser.parse_args(["--deep", "3"])
+        ... except SystemExit as exit:
+        ...     exit.code
+        2
+    """
+
+    def error(message: str) -> NoReturn:
+        parser.exit(2, f"{parser.prog}: error: {message}\n")
+
+    known = parser.parse_known_args
+
+    def parse_known_args(args=None, namespace=None):  # type: ignore[no-untyped-def]
+        parsed, extras = known(args, namespace)
+        if extras:
+            error(f"unrecognized arguments: {' '.join(extras)}")
+        return parsed, []
+
+    parser.error = error  # type: ignore[method-assign]
+    parser.parse_known_args = parse_known_args  # type: ignore[method-assign]
+
+
 class OptionError(ValueError):
-    """A bad option value found by a check: ``str()`` is ``argument OPTION: REASON; got 'VALUE'``.
+    """A bad option value found by a check: ``str()`` is ``argument OPTION: REASON; got VALUE``.
+
+    VALUE is written as Python writes it: a str, a number or a list as themselves
+    (``'cuda'``, ``3``, ``[2]``), any other object (a path) by its text (``'out'``).
 
     Args:
         option: the flag, e.g. ``"--device"``. value: what was given. reason: what is wrong.
+
+    Example:
+        >>> str(OptionError("--replicas", [2], "use 1"))
+        'argument --replicas: use 1; got [2]'
     """
 
     def __init__(self, option: str, value: object, reason: str) -> None:
         self.option, self.value, self.reason = option, value, reason
-        super().__init__(f"argument {option}: {reason}; got {str(value)!r}")
+        shown = value if isinstance(value, (str, int, float, list, tuple)) or value is None else str(value)
+        super().__init__(f"argument {option}: {reason}; got {shown!r}")
 
 
 def print_error(prog: str, error: BaseException) -> int:
@@ -74,6 +130,31 @@ def print_error(prog: str, error: BaseException) -> int:
     text = " ".join(str(error).split())  # one line, whatever the message held
     print(f"{prog}: error: {text}", file=sys.stderr)
     return 2
+
+
+def typed(parse: Callable[[str], object], expected: str) -> Callable[[str], object]:
+    """An argparse ``type``: ``parse(text)``, or an error saying what was expected.
+
+    Args:
+        parse: returns the value, or None (or raises ValueError/TypeError) for a bad text.
+        expected: what a good text is, for the message (``"an integer >= 1"``).
+
+    Example:
+        >>> positive = typed(lambda text: value if (value := int(text)) >= 1 else None, "an integer >= 1")
+        >>> positive("3")
+        3
+    """
+
+    def convert(text: str) -> object:
+        try:
+            value = parse(text)
+        except (ValueError, TypeError):
+            value = None
+        if value is None:
+            raise argparse.ArgumentTypeError(f"expected {expected}; got {text!r}")
+        return value
+
+    return convert
 
 
 def int_at_least(low: int) -> Callable[[str], int]:
@@ -236,7 +317,10 @@ def check_device(text: str, option: str = "--device", *, here: bool = True) -> t
 
 
 def check_backend(backend: str, device: torch.device, option: str = "--backend") -> str:
-    """``backend`` if it can run on ``device`` (see :func:`deepres.functional.check_backend`).
+    """``backend`` if it names an engine that can run on ``device``.
+
+    The reason Triton cannot run comes from
+    :func:`deepres.engines.triton_support.unavailable_reason`, the engines' own answer.
 
     Raises:
         OptionError: an unknown backend, or ``triton`` where it cannot run.
@@ -245,13 +329,14 @@ def check_backend(backend: str, device: torch.device, option: str = "--backend")
         >>> check_backend("auto", torch.device("cpu"))
         'auto'
     """
-    from deepres.functional import check_backend as check_engine
-
     try:
-        return check_engine(backend, device)
+        backend = check_choice(backend, "backend", BACKENDS)
     except (TypeError, ValueError) as error:
-        reason = str(error).removeprefix("backend='triton' cannot run here: ")
-        raise OptionError(option, backend, f"cannot run on {device.type}: {reason}") from None
+        raise OptionError(option, backend, f"cannot run on {device.type}: {error}") from None
+    reason = unavailable_reason(device) if backend == "triton" else None
+    if reason is not None:
+        raise OptionError(option, backend, f"cannot run on {device.type}: {reason}")
+    return backend
 
 
 def check_out_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:

@@ -37,7 +37,7 @@ unit-variance weights, moves both the output and every unit by O(1). (A weight's
 update of a D-vector is one coherent direction, as in μP's 1/fan-in rule.)
 
 What one unit of the phase study measures with this family is in
-:mod:`deepres.study.phase_measure`; :mod:`deepres.study.phase_analysis` fits the
+:mod:`deepres.study.phase.measure`; :mod:`deepres.study.phase.analysis` fits the
 exponents and classifies the points.
 """
 
@@ -51,6 +51,8 @@ import torch
 
 from deepres.activations import activation_and_derivative
 from deepres.functional import residual_stack
+from deepres.study.shared.measures import lazy_flow
+from deepres.training import replica_losses
 
 __all__ = [
     "AXES",
@@ -147,11 +149,6 @@ def phase_readout(h: torch.Tensor, readout: torch.Tensor) -> torch.Tensor:
     return h @ readout / readout.shape[0]
 
 
-def replica_losses(f: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """½·mean over samples of ‖f − y‖², per replica: (R,)."""
-    return 0.5 * (f - y).pow(2).sum(-1).mean(-1)
-
-
 def nonfinite_replicas(f: torch.Tensor, losses: torch.Tensor) -> torch.Tensor:
     """(R,) bool: the replicas whose loss or any output entry is not finite."""
     return ~torch.isfinite(losses) | ~torch.isfinite(f).flatten(1).all(1)
@@ -227,8 +224,9 @@ def block_linearized_features(h0: torch.Tensor, u0: torch.Tensor, v0: torch.Tens
     """h_L of the lazy-ODE model: every block linear in its own weights around (u0, v0).
 
     Block l: ``h ← h + c·[σ(a·h u0ᵀ) v + (σ'(a·h u0ᵀ) ⊙ a·h (u − u0)ᵀ) v0]``, the blocks
-    still composed (the model of :class:`deepres.study.lazy.BlockLinearizedNet`, here
-    for the family's scales). Plain autograd, differentiable in u and v.
+    still composed (:func:`deepres.study.shared.measures.lazy_flow`, the model of
+    :class:`deepres.study.convergence.lazy.BlockLinearizedNet`, here for the family's scales).
+    Plain autograd, differentiable in u and v.
 
     Args:
         h0: (R, N, D). u0, v0: the initial weights, (R, L, M, D). u, v: the current ones.
@@ -237,13 +235,8 @@ def block_linearized_features(h0: torch.Tensor, u0: torch.Tensor, v0: torch.Tens
     Returns:
         (R, N, D).
     """
-    c, a = scaling.multiplier, scaling.pre_scale
-    h = h0
-    for u0_l, v0_l, u_l, v_l in zip(u0.unbind(1), v0.unbind(1), u.unbind(1), v.unbind(1), strict=True):
-        s, ds = activation_and_derivative(activation, a * (h @ u0_l.transpose(-1, -2)))
-        tangent = ds * (a * (h @ (u_l - u0_l).transpose(-1, -2)))
-        h = h + c * (s @ v_l + tangent @ v0_l)
-    return h
+    return lazy_flow(h0, u0, v0, u, v, multiplier=scaling.multiplier, pre_scale=scaling.pre_scale,
+                     activation=activation)
 
 
 #: Half-width ε of the central difference in :func:`block_linearized_stack`.

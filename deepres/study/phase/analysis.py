@@ -2,7 +2,7 @@
 
 For every point of a diagram and every measured quantity, the mean over valid
 replicas at each depth L (or dimension D) is fitted by ``mean ≈ C·x^p`` in log-log
-(:func:`deepres.study.fit.bootstrap_slope`); the CI resamples the replicas at every
+(:func:`deepres.study.shared.fit.bootstrap_slope`); the CI resamples the replicas at every
 x independently.
 
 **Classification rule** (:func:`classify`), from three first-step exponents:
@@ -37,9 +37,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from deepres.study.fit import bootstrap_slope
-from deepres.study.phase import AXES
-from deepres.study.sweep import derived_seed
+from deepres.study.phase.family import AXES
+from deepres.study.shared.fit import fit_kept
+from deepres.study.shared.sweep import derived_seed
 
 __all__ = [
     "FIRST_STEP",
@@ -176,12 +176,7 @@ def _fit(xs: list[int], series: list[np.ndarray], *, draws: int, level: float, s
         keep_x.append(x)
         means.append(mean)
         boot.append(values[rng.integers(values.size, size=(draws, values.size))].mean(1))
-    if len(keep_x) < 2 or len(set(keep_x)) < 2:
-        return {"slope": None, "prefactor": None, "ci_low": None, "ci_high": None, "level": level,
-                "points": len(keep_x), "x": keep_x, "y": means, "excluded": excluded, "bootstrap": 0}
-    fit = bootstrap_slope(keep_x, means, np.stack(boot, 1), level=level)
-    fit.excluded = excluded
-    return fit.as_dict()
+    return fit_kept(keep_x, means, boot, excluded=excluded, level=level).as_dict()
 
 
 def _coordinates(diagram: str, point: tuple[float, float]) -> dict[str, float]:
@@ -214,7 +209,7 @@ def analyze_phase(pairs: Iterable[tuple[dict[str, Any], dict[str, Any]]], *, tol
     """Fit, classify and check every point of the phase study.
 
     Args:
-        pairs: (unit, result) for every unit (see :func:`deepres.study.phase_measure.run_phase_unit`).
+        pairs: (unit, result) for every unit (see :func:`deepres.study.phase.measure.run_phase_unit`).
         tolerance: τ of the sign rule. Default 0.125. bootstrap: draws per fit. Default 400.
         level: CI coverage. Default 0.95. linearity_tolerance: the first step's check. Default 0.05.
 

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from deepres.study.convergence.units import run_unit
+
 __all__ = ["MODEL", "calibrate", "estimate", "format_seconds", "model_seconds", "probe_unit"]
 
 #: Per kind: (c0 [s], a [s per layer-step], b [s per layer-step per unit of work]) on the 2-core
@@ -95,14 +97,12 @@ def calibrate(units: Sequence[dict[str, Any]], *, device: torch.device | str | N
     one-time costs: allocations, lazy imports). Nothing is stored.
 
     Args:
-        units: the units to run. device, backend: as for :func:`deepres.study.sweep.run_unit`.
+        units: the units to run. device, backend: as for :func:`deepres.study.convergence.units.run_unit`.
 
     Returns:
         Per kind: ``probe`` (its unit), ``seconds`` (measured), ``model_seconds`` and
         ``factor`` = seconds / model_seconds.
     """
-    from deepres.study.sweep import run_unit
-
     out: dict[str, dict[str, Any]] = {}
     kinds = sorted({u["kind"] for u in units})
     for kind in kinds:

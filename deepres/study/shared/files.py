@@ -157,10 +157,10 @@ def run_locked(job: Callable[[bool], T], out: str | Path, *, wait: bool, prog: s
         What ``job`` returns.
 
     Raises:
-        deepres.cli_checks.OptionError: the folder is locked and not ``wait``
+        deepres.options.OptionError: the folder is locked and not ``wait``
             (on ``--out``, with what to do about it).
     """
-    from deepres.cli_checks import OptionError
+    from deepres.options import OptionError
 
     try:
         return job(False)

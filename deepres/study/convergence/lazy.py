@@ -44,26 +44,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from deepres.activations import activation_and_derivative
 from deepres.functional import residual_stack
 from deepres.scaling import ScaledParameter
-from deepres.study.compare import build_resnet
+from deepres.study.convergence.compare import build_resnet
+from deepres.study.shared.measures import lazy_flow, replica_rms
 from deepres.training import train
 
 __all__ = ["BlockLinearizedNet", "lazy_limit", "lazy_measurements", "linearized_training",
            "tangent_training"]
 
 Forward = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-
-
-def _lazy_features(h: torch.Tensor, u0: torch.Tensor, v0: torch.Tensor, u: torch.Tensor, v: torch.Tensor,
-                   *, multiplier: float, pre_scale: float, activation: str) -> torch.Tensor:
-    """The lazy ODE's flow: blocks linear in their own weights (u, v around u0, v0), composed."""
-    for bu0, bv0, bu, bv in zip(u0.unbind(-3), v0.unbind(-3), u.unbind(-3), v.unbind(-3), strict=True):
-        s, ds = activation_and_derivative(activation, pre_scale * (h @ bu0.transpose(-1, -2)))
-        tangent = ds * (pre_scale * (h @ (bu - bu0).transpose(-1, -2)))
-        h = h + multiplier * (s @ bv + tangent @ bv0)
-    return h
 
 
 class BlockLinearizedNet(nn.Module):
@@ -106,8 +96,8 @@ class BlockLinearizedNet(nn.Module):
 
     def features_at(self, x: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         """h(1) of the lazy ODE at weights (u, v), (R, N, D), as a function of them."""
-        return _lazy_features(self.net.embed(x), self.u0, self.v0, u, v,  # type: ignore[operator]
-                              multiplier=self.c, pre_scale=self.a, activation=self.act)
+        return lazy_flow(self.net.embed(x), self.u0, self.v0, u, v,  # type: ignore[operator]
+                         multiplier=self.c, pre_scale=self.a, activation=self.act)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features_at(x, self.u, self.v)
@@ -168,16 +158,12 @@ def linearized_training(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
                             lr_multiplier=stack.lr_multiplier)
 
 
-def _per_replica_rms(t: torch.Tensor) -> torch.Tensor:
-    return t.double().pow(2).flatten(1).mean(1).sqrt()
-
-
 def lazy_measurements(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: torch.Tensor, *,
                       depth: int, hidden: int, replicas: int, alpha: float, eta: float, steps: int,
                       activation: str = "tanh", seed: int = 0) -> dict[str, Any]:
     """Train R ResNets, their lazy ODEs and their linearizations at one α; measure laziness.
 
-    The networks start from paired units (see :func:`deepres.study.compare.build_resnet`):
+    The networks start from paired units (see :func:`deepres.study.convergence.compare.build_resnet`):
     f(θ_0) is then the same for every α, so only the laziness of training changes
     with α, not the initial function (whose i.i.d. fluctuation would grow like α).
     Pass the same ``seed`` for every α (common random numbers): the initial weights
@@ -209,11 +195,11 @@ def lazy_measurements(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, rea
     result = train(net, x, y, steps=steps, eta=eta, record_steps=[0, steps], record_features=False)
     theta = torch.cat([net.stack.u.detach().flatten(1), net.stack.v.detach().flatten(1)], 1)
     f0, fk = result.recorded_outputs[0].double(), result.recorded_outputs[-1].double()
-    moved = _per_replica_rms(fk - f0)
+    moved = replica_rms((fk - f0).double())
     return {
         "weight_movement": ((theta - theta0).double().norm(dim=1) / theta0.double().norm(dim=1)).cpu(),
-        "lazy_ode_distance": (_per_replica_rms(fk - lazy_ode.outputs) / moved).cpu(),
-        "linearization_distance": (_per_replica_rms(fk - f_lin) / moved).cpu(),
+        "lazy_ode_distance": (replica_rms((fk - lazy_ode.outputs).double()) / moved).cpu(),
+        "linearization_distance": (replica_rms((fk - f_lin).double()) / moved).cpu(),
         "output_movement": moved.cpu(),
         "final_loss": result.losses[-1].cpu(),
         "nonfinite": (result.nonfinite | lazy_ode.nonfinite
@@ -255,6 +241,6 @@ def lazy_limit(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: t
     f_tan = tangent_training(forward, u0, v0, y, steps=steps, eta=eta, lr_multiplier=lazy.lr_multiplier)
     result = train(lazy, x, y, steps=steps, eta=eta, record_steps=[0, steps], record_features=False)
     f0, fk = result.recorded_outputs[0].double(), result.recorded_outputs[-1].double()
-    moved = _per_replica_rms(fk - f0)
-    return {"d_inf": (_per_replica_rms(fk - f_tan) / moved).cpu(), "ode_movement": moved.cpu(),
+    moved = replica_rms((fk - f0).double())
+    return {"d_inf": (replica_rms((fk - f_tan).double()) / moved).cpu(), "ode_movement": moved.cpu(),
             "nonfinite": (result.nonfinite | ~torch.isfinite(f_tan).flatten(1).all(1)).cpu()}

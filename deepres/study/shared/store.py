@@ -1,6 +1,6 @@
 """The results store: one file per finished unit, written atomically, checked when read back.
 
-See :mod:`deepres.study.sweep` for units and how a study runs them. A unit's result
+See :mod:`deepres.study.convergence.sweep` for units and how a study runs them. A unit's result
 is stored under a key made of the unit dict and of what the dict does not say but
 the result depends on (:func:`unit_identity`: the stack backend and the device
 type), so that a rerun with another backend or device never resumes from the
@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from deepres.functional import BACKENDS
-from deepres.study.files import atomic_write
+from deepres.study.shared.files import atomic_write
 
 __all__ = ["CorruptResultError", "CorruptResultWarning", "ResultStore", "unit_identity", "unit_key"]
 

@@ -40,31 +40,11 @@ __all__ = [
     "build_limit",
     "build_limit_sets",
     "build_resnet",
-    "coupling_weights",
     "decompose",
     "rms",
     "run_limit",
     "run_resnet",
 ]
-
-def coupling_weights(in_features: int, out_features: int, dim: int, seed: int, *,
-                     dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The shared fixed embedding W_E (D, d_in) ~ N(0, 1/d_in) and readout W_U (D, d_out) ~ N(0, d_out).
-
-    Drawn from ``seed`` alone (in float64, then converted), so every network of a
-    study with the same (D, seed) gets the same pair whatever its L, M, dtype.
-
-    Example:
-        >>> we, wu = coupling_weights(5, 5, 8, seed=0)
-        >>> we.shape, wu.shape
-        (torch.Size([8, 5]), torch.Size([8, 5]))
-    """
-    gen = torch.Generator().manual_seed(seed)
-    embed = torch.randn(dim, in_features, generator=gen, dtype=torch.float64) / math.sqrt(in_features)
-    readout = torch.randn(dim, out_features, generator=gen, dtype=torch.float64) * math.sqrt(out_features)
-    return embed.to(device=device, dtype=dtype), readout.to(device=device, dtype=dtype)
-
 
 def _set_shared(net: DeepResNet, embed: torch.Tensor, readout: torch.Tensor) -> None:
     with torch.no_grad():
@@ -132,6 +112,7 @@ def build_limit(embed: torch.Tensor, readout: torch.Tensor, *, particles: int, g
         The MeanODENet: ``forward(x)`` (N, d_out), ``features(x)`` (N, D), ``lr_multiplier``.
 
     Example:
+        >>> from deepres.study.shared.data import coupling_weights
         >>> we, wu = coupling_weights(5, 5, 4, seed=0)
         >>> limit = build_limit(we, wu, particles=8, grid_steps=4)
         >>> limit(torch.randn(3, 5)).shape, limit.embed_weight is we

@@ -3,7 +3,7 @@
 :class:`PhaseConfig` says everything ``deepres study --preset phase`` does; its
 defaults are the ``phase`` preset (design and measurements: docs/study.md,
 "Phase diagram"); :meth:`PhaseConfig.units` cuts it into units of work, one per
-(diagram, point, L or D), each run by :func:`deepres.study.phase_measure.run_phase_unit`.
+(diagram, point, L or D), each run by :func:`deepres.study.phase.measure.run_phase_unit`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from deepres.activations import check_activation
-from deepres.study.data import TASKS
+from deepres.study.shared.data import TASKS
 
 __all__ = ["PhaseConfig", "PhaseConfigError"]
 

@@ -1,0 +1,1 @@
+"""What every study shares: tasks, fits, the results store, the unit loop, executors, reports."""
