@@ -27,7 +27,7 @@ from typing import NoReturn
 import torch
 
 from deepres._checks import check_choice
-from deepres.engines.triton_support import unavailable_reason
+from deepres.engines.registry import unavailable_reason
 from deepres.functional import BACKENDS
 
 __all__ = [
@@ -319,11 +319,11 @@ def check_device(text: str, option: str = "--device", *, here: bool = True) -> t
 def check_backend(backend: str, device: torch.device, option: str = "--backend") -> str:
     """``backend`` if it names an engine that can run on ``device``.
 
-    The reason Triton cannot run comes from
-    :func:`deepres.engines.triton_support.unavailable_reason`, the engines' own answer.
+    The reason an engine cannot run comes from
+    :func:`deepres.engines.registry.unavailable_reason`, the engines' own answer.
 
     Raises:
-        OptionError: an unknown backend, or ``triton`` where it cannot run.
+        OptionError: an unknown backend, or one that cannot run on ``device``.
 
     Example:
         >>> check_backend("auto", torch.device("cpu"))
@@ -333,7 +333,7 @@ def check_backend(backend: str, device: torch.device, option: str = "--backend")
         backend = check_choice(backend, "backend", BACKENDS)
     except (TypeError, ValueError) as error:
         raise OptionError(option, backend, f"cannot run on {device.type}: {error}") from None
-    reason = unavailable_reason(device) if backend == "triton" else None
+    reason = unavailable_reason(backend, device)
     if reason is not None:
         raise OptionError(option, backend, f"cannot run on {device.type}: {reason}")
     return backend
