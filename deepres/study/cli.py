@@ -44,6 +44,7 @@ from deepres.cli_checks import (
 )
 from deepres.functional import BACKENDS
 from deepres.study import phase_cli
+from deepres.study.shapes import cli as shapes_cli
 from deepres.study.compare import SOLVERS
 from deepres.study.data import TASKS
 from deepres.study.files import OutputLock, run_locked
@@ -99,9 +100,10 @@ _AXES: dict[str, tuple[str, Any, str]] = {
 
 def configure_parser(parser: argparse.ArgumentParser) -> None:
     """Add the ``deepres study`` options to ``parser``."""
-    parser.add_argument("--preset", choices=sorted([*PRESETS, "phase"]), default="quick",
+    parser.add_argument("--preset", choices=sorted([*PRESETS, "phase", "shapes"]), default="quick",
                         help="base configuration (default: quick); phase: the phase diagram of residual "
-                             "multiplier and learning rate (deepres.study.phase_cli)")
+                             "multiplier and learning rate (deepres.study.phase_cli); shapes: the joint "
+                             "(L, M, D) limit (deepres.study.shapes.cli)")
     parser.add_argument("--seed", type=int, default=None, help="a single seed (same as --seeds N)")
     for flag, (_, kind, text) in _AXES.items():
         parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
@@ -134,6 +136,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="torch CPU threads (default: 1 on CPU, where the study's small tensors run "
                              "faster on one thread than on several; torch's default elsewhere)")
     phase_cli.add_phase_arguments(parser)
+    shapes_cli.add_shapes_arguments(parser)
 
 
 def config_from_args(args: argparse.Namespace) -> StudyConfig:
@@ -360,6 +363,8 @@ def main(args: argparse.Namespace) -> int:
 
     if phase_cli.phase_requested(args):  # the phase diagram is a study of its own
         return phase_cli.main(args)
+    if shapes_cli.shapes_requested(args):  # so is the joint (L, M, D) limit
+        return shapes_cli.main(args)
     try:
         config = check_options(args)
         executor = _executor(args)
