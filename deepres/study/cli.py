@@ -44,12 +44,12 @@ from deepres.cli_checks import (
 )
 from deepres.functional import BACKENDS
 from deepres.study import phase_cli
-from deepres.study.shapes import cli as shapes_cli
 from deepres.study.compare import SOLVERS
 from deepres.study.data import TASKS
 from deepres.study.files import OutputLock, run_locked
 from deepres.study.presets import PRESETS, StudyConfig, preset
 from deepres.study.report import summary, write_json, write_report
+from deepres.study.shapes import cli as shapes_cli
 from deepres.study.sweep import Executor, LocalExecutor
 
 __all__ = ["check_options", "configure_parser", "main", "run_study"]

@@ -191,7 +191,8 @@ def _measure(config: ShapesConfig, results: dict[str, dict[str, Any]], reference
                                        "params": depth * hidden * dim, "step": step}
                 for space, ref_key in (("embedding", "feature_draws"), ("output", "output_draws")):
                     errors = torch.cat([e[space][index] for e in per_rep]).numpy()
-                    seed = derived_seed("shapes-bootstrap", config.seed, sweep, depth, hidden, dim, step, space)
+                    seed = derived_seed("shapes-bootstrap", config.seed, sweep, depth, hidden, dim, step,
+                                        space)
                     value, draws = _pooled(errors, config.bootstrap, seed)
                     cut = dim if space == "embedding" else None
                     ref = [float(reference_error(r[ref_key], cut)[index]) ** 2 for r in references]
@@ -281,7 +282,8 @@ def analyze_shapes(config: ShapesConfig, pairs: Iterable[tuple[dict[str, Any], d
             results[f"{unit['rep']}:{unit['depth']}:{unit['hidden']}:{unit['dim']}"] = result
     references = [reference_summary(draws[rep]) for rep in range(config.repetitions)]
     rows = _measure(config, results, references)
-    by_step = {str(step): _fits([r for r in rows if r["step"] == step], config) for step in config.record_steps}
+    by_step = {str(step): _fits([r for r in rows if r["step"] == step], config)
+               for step in config.record_steps}
     reference_info = [{"rep": rep, "depth": config.reference[0], "hidden": config.reference[1],
                        "dim": config.reference[2], "draws": len(draws[rep]),
                        "loss": [float(torch.stack([d["losses"][s, 0] for d in draws[rep]]).mean())

@@ -86,7 +86,8 @@ _SHAPES_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--shapes-balanced-base": ("balanced_base", _ints_sep(":", 3),
                                "L0:M0:D0 of the balanced family L = L0·s, M = M0·s³, D = D0·s²"),
     "--shapes-contrast-dim": ("contrast_dim", int, "fixed D of the contrast family"),
-    "--shapes-step": ("step", _choice, "gradient step: inplace or engine (deepres.residual_stack + autograd)"),
+    "--shapes-step": ("step", _choice,
+                      "gradient step: inplace or engine (deepres.residual_stack + autograd)"),
 }
 #: ``deepres study`` flag → (ShapesConfig field, takes one value).
 _SHARED: dict[str, tuple[str, bool]] = {
@@ -143,7 +144,8 @@ def config_from_args(args: argparse.Namespace) -> ShapesConfig:
         if dest in _SHARED or dest in _RUNTIME or dest in own or dest not in defaults:
             continue
         if value != defaults[dest]:
-            raise ValueError(f"argument {flags.get(dest, dest)}: is not used by --preset shapes; got {value!r}")
+            raise ValueError(f"argument {flags.get(dest, dest)}: is not used by --preset shapes; "
+                             f"got {value!r}")
     overrides: dict[str, Any] = {}
     flag_of = {name: flag for flag, (name, _, _) in _SHAPES_FLAGS.items()}
     for dest, (name, single) in _SHARED.items():
@@ -356,11 +358,13 @@ def summary(report: dict[str, Any]) -> str:
             lines.append(f"  {space}: too few points pass the reference rule to fit ({f['points']})")
             continue
         lines.append(f"  {space}: err ≈ √((a·√(D/(L·M)))² + (b/√D)²), a = {f['a']:.3g}{_ci(f['ci_a'])}, "
-                     f"b = {f['b']:.3g}{_ci(f['ci_b'])} ({f['points']} points, {len(f['excluded'])} excluded)")
+                     f"b = {f['b']:.3g}{_ci(f['ci_b'])} ({f['points']} points, "
+                     f"{len(f['excluded'])} excluded)")
     out = fits["output"]
     if out.get("better_form"):
         lin = out["linear"]
-        lines.append(f"  output, D/(L·M) term linear: a = {lin['a']:.3g}{_ci(lin['ci_a'])}, b = {lin['b']:.3g}"
+        lines.append(f"  output, D/(L·M) term linear: a = {lin['a']:.3g}{_ci(lin['ci_a'])}, "
+                     f"b = {lin['b']:.3g}"
                      f"{_ci(lin['ci_b'])}; the {out['better_form']} form fits better (RMS log residual "
                      f"{out['rms_log_residual']:.3g} under the square root, {lin['rms_log_residual']:.3g} "
                      f"linear: ×{out['residual_ratio']:.2f})")
@@ -399,7 +403,8 @@ def main(args: argparse.Namespace) -> int:
     set_threads(args.threads, device)
 
     def shapes(wait: bool) -> dict[str, Any]:
-        return run_shapes(config, args.out, device=device, backend=args.backend, progress=not args.no_progress,
+        return run_shapes(config, args.out, device=device, backend=args.backend,
+                          progress=not args.no_progress,
                           plots=not args.no_plots, executor=executor, wait=wait)
 
     try:

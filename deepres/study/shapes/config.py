@@ -129,7 +129,8 @@ class ShapesConfig:
             raise ShapesConfigError("step", f"must be one of {STEP_IMPLS}; got {self.step!r}")
         self.record_steps = sorted(set(_positive_ints("record_steps", self.record_steps)))
         if self.record_steps[-1] > self.steps:
-            raise ShapesConfigError("record_steps", f"must be ≤ steps = {self.steps}; got {self.record_steps!r}")
+            raise ShapesConfigError("record_steps",
+                                    f"must be ≤ steps = {self.steps}; got {self.record_steps!r}")
         for name, size in (("reference", 3), ("dim_fixed", 2), ("width_fixed", 2), ("balanced_base", 3)):
             values = _positive_ints(name, getattr(self, name))
             if len(values) != size:
@@ -138,7 +139,8 @@ class ShapesConfig:
         self.dims = _positive_ints("dims", self.dims, allow_empty=True)
         self.widths = _positive_ints("widths", self.widths, allow_empty=True)
         if not isinstance(self.scales, (list, tuple)) or not all(
-                isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf for s in self.scales):
+                isinstance(s, (int, float)) and not isinstance(s, bool) and 0 < s < math.inf
+                for s in self.scales):
             raise ShapesConfigError("scales", f"must be a list of numbers > 0; got {self.scales!r}")
         self.scales = [float(s) for s in self.scales]
         too_wide = [s for s in self.shapes() if s[2] > self.reference[2]]

@@ -20,7 +20,7 @@ from deepres.study.data import make_task
 from deepres.study.shapes.network import coupled_embedding, draw_weights, prefix, train_engine, train_inplace
 from deepres.study.sweep import derived_seed
 
-__all__ = ["embedding_seed", "run_shapes_unit", "weight_seed"]
+__all__ = ["embedding_seed", "run_shapes_unit", "unit_embedding", "weight_seed"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -38,6 +38,23 @@ def embedding_seed(seed: int, rep: int) -> int:
 def weight_seed(unit: dict[str, Any]) -> int:
     """Seed of a unit's u, v: derived from the whole unit (kind, repetition, draw, shape, ...)."""
     return derived_seed("shapes-weights", unit)
+
+
+def unit_embedding(unit: dict[str, Any], in_features: int, out_features: int, *,
+                   dtype: torch.dtype = torch.float32, device: torch.device | str | None = None,
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The W_E (D, d_in), W_U (D, d_out) of a unit: the first D rows of its repetition's D_max-row pair.
+
+    Example:
+        >>> unit = {"seed": 0, "rep": 1, "dim": 4, "dim_max": 16}
+        >>> small, _ = unit_embedding(unit, 5, 5)
+        >>> large, _ = unit_embedding(unit | {"dim": 16}, 5, 5)
+        >>> bool(torch.equal(small, large[:4]))
+        True
+    """
+    embed, readout = coupled_embedding(in_features, out_features, unit["dim_max"],
+                                       embedding_seed(unit["seed"], unit["rep"]), dtype=dtype, device=device)
+    return prefix(embed, readout, unit["dim"])
 
 
 def run_shapes_unit(unit: dict[str, Any], *, device: torch.device | str | None = None,
@@ -64,9 +81,7 @@ def run_shapes_unit(unit: dict[str, Any], *, device: torch.device | str | None =
     start = time.perf_counter()
     dtype = _DTYPES[unit["dtype"]]
     task = make_task(unit["task"], unit["seed"], samples=unit["samples"], dtype=dtype, device=device)
-    embed, readout = coupled_embedding(task.in_features, task.out_features, unit["dim_max"],
-                                       embedding_seed(unit["seed"], unit["rep"]), dtype=dtype, device=device)
-    embed, readout = prefix(embed, readout, unit["dim"])
+    embed, readout = unit_embedding(unit, task.in_features, task.out_features, dtype=dtype, device=device)
     u, v = draw_weights(unit["depth"], unit["hidden"], unit["dim"], unit["replicas"], weight_seed(unit),
                         dtype=dtype, device=device)
     options = {"eta": unit["eta"], "steps": unit["steps"], "record_steps": unit["record_steps"],

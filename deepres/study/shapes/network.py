@@ -63,7 +63,8 @@ def coupled_embedding(in_features: int, out_features: int, dim_max: int, seed: i
     gen_e = torch.Generator().manual_seed(seed)
     gen_u = torch.Generator().manual_seed(seed + 1)
     embed = torch.randn(dim_max, in_features, generator=gen_e, dtype=torch.float64) / math.sqrt(in_features)
-    readout = torch.randn(dim_max, out_features, generator=gen_u, dtype=torch.float64) * math.sqrt(out_features)
+    readout = torch.randn(dim_max, out_features, generator=gen_u, dtype=torch.float64)
+    readout = readout * math.sqrt(out_features)
     return embed.to(device=device, dtype=dtype), readout.to(device=device, dtype=dtype)
 
 

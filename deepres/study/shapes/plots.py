@@ -18,7 +18,8 @@ from deepres.study.plots import require_matplotlib
 
 __all__ = ["plot_shapes"]
 
-_SPACES = {"embedding": "embedding error err_h = RMS(h_L − h_ref)", "output": "output error err_y = RMS(f − f_ref)"}
+_SPACES = {"embedding": "embedding error err_h = RMS(h_L − h_ref)",
+           "output": "output error err_y = RMS(f − f_ref)"}
 
 
 def _model(fit: dict[str, Any], depth: float, hidden: np.ndarray, dim: np.ndarray) -> np.ndarray | None:
@@ -27,6 +28,10 @@ def _model(fit: dict[str, Any], depth: float, hidden: np.ndarray, dim: np.ndarra
     ratio = dim / (depth * hidden)
     first = ratio if fit.get("form", "sqrt") == "sqrt" else ratio**2
     return np.sqrt(fit["a"] ** 2 * first + fit["b"] ** 2 / dim)
+
+
+def _variants(fit: dict[str, Any]) -> list[tuple[dict[str, Any], str, str]]:
+    return [(fit, "-", "fit"), (fit.get("linear", {}), "--", "fit, linear")]
 
 
 def _points(ax: Any, rows: list[dict[str, Any]], x: str, space: str, ratio: float, color: str,
@@ -56,7 +61,7 @@ def plot_shapes(report: dict[str, Any], out: str | Path) -> list[Path]:
             depth, hidden = config["dim_fixed"]
             _points(axes[0], dim_rows, "dim", space, ratio, "tab:blue", f"L = {depth}, M = {hidden}")
             grid = np.geomspace(min(r["dim"] for r in dim_rows), max(r["dim"] for r in dim_rows), 100)
-            for fit, style, name in ((fits[space], "-", "fit"), (fits[space].get("linear", {}), "--", "fit, linear")):
+            for fit, style, name in _variants(fits[space]):
                 curve = _model(fit, depth, np.full_like(grid, hidden), grid)
                 if curve is not None:
                     axes[0].loglog(grid, curve, style, color="black", lw=1, label=name)
@@ -65,8 +70,9 @@ def plot_shapes(report: dict[str, Any], out: str | Path) -> list[Path]:
         if width_rows:
             depth, dim = config["width_fixed"]
             _points(axes[1], width_rows, "hidden", space, ratio, "tab:green", f"L = {depth}, D = {dim}")
-            grid = np.geomspace(min(r["hidden"] for r in width_rows), max(r["hidden"] for r in width_rows), 100)
-            for fit, style, name in ((fits[space], "-", "fit"), (fits[space].get("linear", {}), "--", "fit, linear")):
+            widths = [r["hidden"] for r in width_rows]
+            grid = np.geomspace(min(widths), max(widths), 100)
+            for fit, style, name in _variants(fits[space]):
                 curve = _model(fit, depth, grid, np.full_like(grid, dim))
                 if curve is not None:
                     axes[1].loglog(grid, curve, style, color="black", lw=1, label=name)
