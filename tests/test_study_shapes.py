@@ -179,6 +179,7 @@ def test_a_killed_run_resumes_without_recomputing_stored_units(tmp_path):
     assert all((tmp_path / "units" / name).stat().st_mtime_ns == t for name, t in stored.items())
     again = run_shapes(config, tmp_path, progress=False, plots=False, estimate=False)
     assert again["units"]["resumed"] == total and again["units"]["ran"] == 0
+    assert again["wall_seconds"]["earlier_run"]["run"] == report["wall_seconds"]["run"]
     assert again["shapes"]["fits"] == json.loads((tmp_path / "study.json").read_text())["shapes"]["fits"]
     fits = report["shapes"]["fits"]
     assert set(fits) >= {"embedding", "output", "embedding_vs_P", "output_vs_P"}

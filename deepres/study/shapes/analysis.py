@@ -249,6 +249,10 @@ def _fits(rows: list[dict[str, Any]], config: ShapesConfig) -> dict[str, Any]:
     output_linear = _two_term_fit(fixed, "output", "linear", config)
     fits: dict[str, Any] = {"embedding": _two_term_fit(fixed, "embedding", "sqrt", config),
                             "output": output_sqrt | {"linear": output_linear}}
+    for space in ("embedding", "output"):
+        # The reference's own 1/√D bias (D_ref against D = ∞), which its draws' spread does not see.
+        b_fit = fits[space]["b"]
+        fits[space]["reference_dim_bias"] = None if b_fit is None else b_fit / math.sqrt(config.reference[2])
     residuals = (output_sqrt.get("rms_log_residual"), output_linear.get("rms_log_residual"))
     if None not in residuals:
         better = "sqrt" if residuals[0] <= residuals[1] else "linear"

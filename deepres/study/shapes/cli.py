@@ -284,9 +284,13 @@ def _run_locked(config: ShapesConfig, out: str | Path, *, device: str, backend: 
     if predicted is not None:
         report["estimate"] = predicted | {"measured_seconds": ran}
     else:
+        # Everything was read back: keep the estimate and the wall time of the run that computed the units.
         previous = _previous(Path(out) / "study.json")
-        if previous is not None:
-            report["estimate"] = previous | {"from_an_earlier_run": True}
+        if previous.get("estimate") is not None:
+            report["estimate"] = previous["estimate"] | {"from_an_earlier_run": True}
+        if previous.get("wall_seconds") is not None:
+            report["wall_seconds"]["earlier_run"] = previous["wall_seconds"].get("earlier_run",
+                                                                                previous["wall_seconds"])
     if counts["failed"]:
         report["failed_units"] = store.failures()
         write_json(report, Path(out) / "study.json")
@@ -299,11 +303,12 @@ def _run_locked(config: ShapesConfig, out: str | Path, *, device: str, backend: 
     return report
 
 
-def _previous(path: Path) -> dict[str, Any] | None:
+def _previous(path: Path) -> dict[str, Any]:
     try:
-        return json.loads(path.read_text()).get("estimate")
+        report = json.loads(path.read_text())
     except (OSError, ValueError):
-        return None
+        return {}
+    return report if isinstance(report, dict) else {}
 
 
 def write_shapes_report(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
@@ -359,7 +364,8 @@ def summary(report: dict[str, Any]) -> str:
             continue
         lines.append(f"  {space}: err ≈ √((a·√(D/(L·M)))² + (b/√D)²), a = {f['a']:.3g}{_ci(f['ci_a'])}, "
                      f"b = {f['b']:.3g}{_ci(f['ci_b'])} ({f['points']} points, "
-                     f"{len(f['excluded'])} excluded)")
+                     f"{len(f['excluded'])} excluded); the reference's own D bias b/√D_ref = "
+                     f"{f['reference_dim_bias']:.3g}")
     out = fits["output"]
     if out.get("better_form"):
         lin = out["linear"]
