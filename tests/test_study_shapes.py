@@ -19,8 +19,8 @@ from deepres.study.shapes.cli import run_shapes
 from deepres.study.shapes.config import ShapesConfig, ShapesConfigError
 from deepres.study.shapes.measure import run_shapes_unit, unit_embedding
 from deepres.study.shapes.network import coupled_embedding, draw_weights, prefix, train_engine, train_inplace
-from deepres.study.sweep import LocalExecutor
 from tests.helpers import relative_error
+from tests.test_study_sweep import _DiesAfter, _Killed
 
 F64 = torch.float64
 
@@ -148,23 +148,6 @@ def test_fit_recovers_known_constants_from_synthetic_errors():
     errors = np.sqrt(0.8**2 * shapes[2] / (shapes[0] * shapes[1]) + 2.0**2 / shapes[2] + 1 / shapes[0] ** 2)
     slope = bootstrap_slope(shapes.prod(0), errors, errors * np.exp(0.01 * rng.standard_normal((200, 5))))
     assert abs(slope.slope + 1 / 6) < 1e-9 and slope.covers(-1 / 6)
-
-
-class _Killed(RuntimeError):
-    pass
-
-
-class _DiesAfter(LocalExecutor):
-    """Runs ``count`` units, then dies (as a killed process would)."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-
-    def run(self, work, units, on_done, on_failed=None):
-        for index, unit in enumerate(units):
-            if index == self.count:
-                raise _Killed("killed")
-            on_done(unit, work(unit))
 
 
 def test_a_killed_run_resumes_without_recomputing_stored_units(tmp_path):
