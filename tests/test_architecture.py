@@ -33,7 +33,7 @@ LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
       "deepres.benchmark")),
     ("command line",
      ("deepres.cli", "deepres.study.cli", "deepres.study.__main__", "deepres.study.convergence.cli",
-      "deepres.study.phase.cli", "deepres.benchmark.cli", "deepres.benchmark.__main__")),
+      "deepres.study.phase.cli", "deepres.study.shapes.cli", "deepres.benchmark.cli", "deepres.benchmark.__main__")),
 )
 #: The package ``deepres`` itself (its ``__init__``): the public names, gathered from the layers below.
 TOP_PACKAGE_LAYER = "training, optimizers, studies, benchmark"

@@ -22,6 +22,7 @@ import argparse
 from deepres.study.convergence import cli as convergence_cli
 from deepres.study.convergence.presets import PRESETS
 from deepres.study.phase import cli as phase_cli
+from deepres.study.shapes import cli as shapes_cli
 
 __all__ = ["configure_parser", "main"]
 
@@ -38,11 +39,13 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         >>> parser.parse_args(["--preset", "phase"]).preset
         'phase'
     """
-    parser.add_argument("--preset", choices=sorted([*PRESETS, "phase"]), default="quick",
+    parser.add_argument("--preset", choices=sorted([*PRESETS, "phase", "shapes"]), default="quick",
                         help="base configuration (default: quick); phase: the phase diagram of residual "
-                             "multiplier and learning rate (deepres.study.phase.cli)")
+                             "multiplier and learning rate (deepres.study.phase.cli); shapes: the joint "
+                             "(L, M, D) limit (deepres.study.shapes.cli)")
     convergence_cli.add_arguments(parser)
     phase_cli.add_phase_arguments(parser)
+    shapes_cli.add_shapes_arguments(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -56,4 +59,6 @@ def main(args: argparse.Namespace) -> int:
     """
     if phase_cli.phase_requested(args):  # the phase diagram is a study of its own
         return phase_cli.main(args)
+    if shapes_cli.shapes_requested(args):  # so is the joint (L, M, D) limit
+        return shapes_cli.main(args)
     return convergence_cli.main(args)

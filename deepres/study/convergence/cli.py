@@ -148,7 +148,8 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 _PROG = "deepres study"
 
 
-def _executor(args: argparse.Namespace) -> Executor:
+def executor_from_args(args: argparse.Namespace) -> Executor:
+    """The executor ``--executor`` (with ``--address``, ``--max-retries``) names: local or Ray."""
     if args.executor == "local":
         return LocalExecutor()
     from deepres.study.shared.ray_executor import RayExecutor
@@ -204,7 +205,7 @@ def main(args: argparse.Namespace) -> int:
     """
     try:
         config = check_options(args)
-        executor = _executor(args)
+        executor = executor_from_args(args)
     except (ImportError, ValueError) as error:
         return print_error(_PROG, error)
     if args.device is None:
