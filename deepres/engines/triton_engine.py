@@ -28,8 +28,10 @@ import torch
 
 from deepres.engines.common import autocast_disabled, register_stack_autograd, stack_fakes
 from deepres.engines.reference import reference_residual_stack
+from deepres.engines.torch_jvp import torch_stack_jvp
+from deepres.engines.transforms import StackOps, stack_apply
 
-__all__ = ["triton_residual_stack", "triton_stack", "triton_stack_backward"]
+__all__ = ["TRITON_OPS", "triton_residual_stack", "triton_stack", "triton_stack_backward"]
 
 
 def _config(tiles: list[int]):
@@ -111,6 +113,11 @@ stack_fakes(triton_stack, triton_stack_backward, checkpoints_hold_input=True,
             gradient_dtype=lambda weights: weights.dtype)
 register_stack_autograd(triton_stack, _backward, reference_residual_stack)
 
+#: The engine's ops for :func:`deepres.engines.transforms.stack_apply` (torch.func support). Forward
+#: mode has no Triton kernel: the jvp runs the PyTorch engine's fused jvp op on the same device
+#: (float32 residual stream, weights upcast one layer at a time), exact like the forward.
+TRITON_OPS = StackOps("triton", triton_stack, _backward, torch_stack_jvp)
+
 
 def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,
                           pre_scale: float, activation: str, every: int, *, precision: str | None = None,
@@ -144,11 +151,8 @@ def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mul
     """
     tiles = [] if config is None else [config.block_b, config.block_d, config.block_m, config.num_warps,
                                        config.num_stages]
-    save = torch.is_grad_enabled() and (h.requires_grad or u.requires_grad or v.requires_grad)
     from deepres.kernels.launch import WEIGHT_DTYPE_NAMES, resolve_precision
 
     weight_dtype = WEIGHT_DTYPE_NAMES[u.dtype]
     precision = resolve_precision(precision, allow_tf32, h.shape[-1], u.shape[-2], weight_dtype)
-    out, _ = triton_stack(h, u, v, float(multiplier), float(pre_scale), activation, every, save, precision,
-                          tiles)
-    return out
+    return stack_apply(TRITON_OPS, h, u, v, multiplier, pre_scale, activation, every, precision, tiles)

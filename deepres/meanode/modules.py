@@ -15,7 +15,8 @@ from deepres._checks import (
     resolve_checkpoint_every,
 )
 from deepres.activations import ACTIVATIONS
-from deepres.meanode.ops import BACKSOLVE, meanode_solve
+from deepres.meanode.ops import BACKSOLVE
+from deepres.meanode.transforms import solve_apply
 from deepres.meanode.particles import PARTICLE_INITS, init_particles
 from deepres.meanode.pool import GradientPool
 from deepres.meanode.tableaus import SOLVERS, TABLEAUS
@@ -221,9 +222,9 @@ class MeanODE(nn.Module):
         """
         h0 = self._check_input(h0)
         check_bool(return_nodes, "return_nodes")
-        h1, _, nodes = meanode_solve(h0, self.u, self.v, self.solver, self.steps, self.field_multiplier,
-                                     self.pre_scale, self.activation, self._every, return_nodes,
-                                     self.gradient, self._gradient_pool.id)
+        h1, _, nodes = solve_apply(h0, self.u, self.v, self.solver, self.steps, self.field_multiplier,
+                                   self.pre_scale, self.activation, self._every, return_nodes,
+                                   self.gradient, self._gradient_pool.id)
         return (h1, nodes) if return_nodes else h1
 
     def extra_repr(self) -> str:
