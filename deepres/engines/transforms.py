@@ -159,7 +159,9 @@ def _fold_r(t: torch.Tensor | None, dim: int | None, n: int, axis: int = 0) -> t
     if t is None:
         return None
     t = t.movedim(0, axis)
-    return t.reshape(*t.shape[:axis], t.shape[axis] * t.shape[axis + 1], *t.shape[axis + 2:])
+    # contiguous: a folded expansion (an unbatched tensor with R = 1) would be a stride-0 view,
+    # which a later in-place op or dual tensor must not see.
+    return t.reshape(*t.shape[:axis], t.shape[axis] * t.shape[axis + 1], *t.shape[axis + 2:]).contiguous()
 
 
 def _fold_b(t: torch.Tensor | None, dim: int | None, n: int, axis: int = 1) -> torch.Tensor | None:
@@ -207,7 +209,7 @@ class StackFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, h0_dot, u_dot, v_dot, *_):
-        ops, c, a, activation, _every, extra = ctx.stack
+        ops, c, a, activation, _every, _extra = ctx.stack
         if ops.jvp is None:
             raise RuntimeError(f"the {ops.name} engine has no forward-mode rule (jvp); use {ops.no_jvp} "
                                f"for torch.func.jvp, jacfwd, hessian and forward_ad dual tensors")
@@ -224,13 +226,14 @@ class StackFunction(torch.autograd.Function):
             out, out_dim = _unfold(out, n, 1)
             if checkpoints.dim() == 1:
                 return (out, checkpoints), (out_dim, None)
-            return (out, checkpoints.unflatten(2, (n, -1))), (out_dim, 2)
+            return (out, checkpoints.unflatten(2, (n, checkpoints.shape[2] // n))), (out_dim, 2)
         out, checkpoints = StackFunction.apply(_fold_r(h0, in_dims[0], n), _fold_r(u, in_dims[1], n),
                                                _fold_r(v, in_dims[2], n), ops, c, a, activation, every,
                                                save, extra)
+        out = out.unflatten(0, (n, out.shape[0] // n))
         if checkpoints.dim() == 1:
-            return (out.unflatten(0, (n, -1)), checkpoints), (0, None)
-        return (out.unflatten(0, (n, -1)), checkpoints.unflatten(1, (n, -1))), (0, 1)
+            return (out, checkpoints), (0, None)
+        return (out, checkpoints.unflatten(1, (n, checkpoints.shape[1] // n))), (0, 1)
 
 
 class StackBackwardFunction(torch.autograd.Function):
@@ -279,13 +282,15 @@ class StackBackwardFunction(torch.autograd.Function):
         g_dim, h_dim, k_dim, u_dim, v_dim = in_dims[:5]
         if u_dim is None and v_dim is None and not (needs[1] or needs[2]):  # ∂h0 row by row: n·B rows
             grads = StackBackwardFunction.apply(
-                _fold_b(grad_out, g_dim, n), _fold_b(h0, h_dim, n), _checkpoints(checkpoints, k_dim, n, _fold_b),
-                u, v, ops, c, a, activation, every, extra, needs)
+                _fold_b(grad_out, g_dim, n), _fold_b(h0, h_dim, n),
+                _checkpoints(checkpoints, k_dim, n, _fold_b), u, v, ops, c, a, activation, every, extra,
+                needs)
             return (_unfold(grads[0], n, 1)[0], None, None), (1 if needs[0] else None, None, None)
         # Per-example weight gradients: every vmapped example becomes replicas of its own.
         grads = StackBackwardFunction.apply(
-            _fold_r(grad_out, g_dim, n), _fold_r(h0, h_dim, n), _checkpoints(checkpoints, k_dim, n, _fold_r),
-            _fold_r(u, u_dim, n), _fold_r(v, v_dim, n), ops, c, a, activation, every, extra, needs)
+            _fold_r(grad_out, g_dim, n), _fold_r(h0, h_dim, n),
+            _checkpoints(checkpoints, k_dim, n, _fold_r), _fold_r(u, u_dim, n), _fold_r(v, v_dim, n),
+            ops, c, a, activation, every, extra, needs)
         outs = tuple(_unfold(g, n, 0) for g in grads)
         return tuple(o for o, _ in outs), tuple(d for _, d in outs)
 

@@ -16,10 +16,10 @@ from deepres._checks import (
 )
 from deepres.activations import ACTIVATIONS
 from deepres.meanode.ops import BACKSOLVE
-from deepres.meanode.transforms import solve_apply
 from deepres.meanode.particles import PARTICLE_INITS, init_particles
 from deepres.meanode.pool import GradientPool
 from deepres.meanode.tableaus import SOLVERS, TABLEAUS
+from deepres.meanode.transforms import solve_apply
 from deepres.modules import DeepResNet, EmbeddedNetwork, draw_embedding_and_readout
 from deepres.parameterization import Parameterization
 from deepres.scaling import ScaledParameter

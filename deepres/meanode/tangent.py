@@ -96,14 +96,16 @@ def reference_solve_jvp(solver: str, multiplier: float, pre_scale: float, activa
     """``(h0, u, v, ḣ0, u̇, v̇) ↦ (h(1), ḣ(1))`` of the plain autograd solve, differentiable again."""
 
     def both(h0, u, v, h0_dot, u_dot, v_dot):
-        return torch.func.jvp(lambda hh, uu, vv: reference_solve(hh, uu, vv, multiplier, pre_scale, activation,
-                                                                 solver), (h0, u, v), (h0_dot, u_dot, v_dot))
+        def solve(hh, uu, vv):
+            return reference_solve(hh, uu, vv, multiplier, pre_scale, activation, solver)
+
+        return torch.func.jvp(solve, (h0, u, v), (h0_dot, u_dot, v_dot))
 
     return both
 
 
 def _setup_context(ctx, inputs, output):
-    h0, u, v, h0_dot, u_dot, v_dot, solver, steps, multiplier, pre_scale, activation = inputs
+    h0, u, v, h0_dot, u_dot, v_dot, solver, _steps, multiplier, pre_scale, activation = inputs
     present = tuple(t is not None for t in (h0_dot, u_dot, v_dot))
     tangents = [t if t is not None else torch.zeros_like(p)
                 for t, p in zip((h0_dot, u_dot, v_dot), (h0, u, v), strict=True)]

@@ -79,17 +79,23 @@ def _fold(t: torch.Tensor | None, dim: int | None, n: int, axis: int) -> torch.T
         return None
     t = t.unsqueeze(0).expand(n, *t.shape) if dim is None else t.movedim(dim, 0)
     t = t.movedim(0, axis)
-    return t.reshape(*t.shape[:axis], -1, *t.shape[axis + 2:])
+    # contiguous: never a stride-0 view of an expanded tensor (in-place ops and dual tensors refuse it)
+    return t.reshape(*t.shape[:axis], t.shape[axis] * t.shape[axis + 1], *t.shape[axis + 2:]).contiguous()
+
+
+def _fold_checkpoints(t: torch.Tensor, dim: int | None, n: int) -> torch.Tensor:
+    """Checkpoints (C, B, D) folded like h; an empty (0,) tensor (none kept) stays as it is."""
+    return t if t.dim() == 1 and dim is None else _fold(t, dim, n, 1)
 
 
 def _unfold(t: torch.Tensor | None, n: int, axis: int) -> tuple[torch.Tensor | None, int | None]:
     if t is None or t.dim() == 1:  # None, or an empty (0,) output: not batched
         return t, None
-    return t.unflatten(axis, (n, -1)), axis
+    return t.unflatten(axis, (n, t.shape[axis] // n)), axis
 
 
 def _nodes_gradient(options) -> tuple:
-    solver, steps, multiplier, pre_scale, activation, every, _nodes, gradient, pool = options
+    solver, steps, multiplier, pre_scale, activation, every, _nodes, _gradient, pool = options
     return solver, steps, multiplier, pre_scale, activation, every, pool
 
 
@@ -138,8 +144,10 @@ def _reference_vjp(options, needs):
     solver, _steps, multiplier, pre_scale, activation, _every, _nodes, _gradient, _pool = options
 
     def vjp(g, h0, u, v):
-        _, pullback = torch.func.vjp(
-            lambda hh, uu, vv: reference_solve(hh, uu, vv, multiplier, pre_scale, activation, solver), h0, u, v)
+        def solve(hh, uu, vv):
+            return reference_solve(hh, uu, vv, multiplier, pre_scale, activation, solver)
+
+        _, pullback = torch.func.vjp(solve, h0, u, v)
         return tuple(t for t, need in zip(pullback(g), needs, strict=True) if need)
 
     return vjp
@@ -193,8 +201,7 @@ class SolveBackwardFunction(torch.autograd.Function):
         if in_dims[4] is None and in_dims[5] is None and not (needs[1] or needs[2]):  # ∂h0 row by row
             grads = SolveBackwardFunction.apply(
                 _fold(grad_h1, in_dims[0], n, 0), _fold(h0, in_dims[1], n, 0),
-                checkpoints if checkpoints.dim() == 1 and in_dims[2] is None else _fold(checkpoints, in_dims[2],
-                                                                                       n, 1),
+                _fold_checkpoints(checkpoints, in_dims[2], n),
                 _fold(h1, in_dims[3], n, 0), u, v, options, needs)
             out, dim = _unfold(grads[0], n, 0)
             return (out, None, None), (dim, None, None)
