@@ -121,6 +121,13 @@ class SolveFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_h1, _grad_checkpoints, _grad_nodes):
+        # create_graph=True in plain autograd: refused at once, as the gradient is asked for. Under a
+        # functorch transform (torch.func.grad always keeps the graph) the refusal waits for an
+        # actual second derivative (SolveBackwardFunction's backward and jvp).
+        if (ctx.options[7] == "adjoint" and torch.is_grad_enabled()
+                and not torch._C._functorch.is_functorch_wrapped_tensor(grad_h1)
+                and any(t.requires_grad for t in (grad_h1, *ctx.saved_tensors))):
+            raise RuntimeError(_NOT_TWICE)
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
         grads = SolveBackwardFunction.apply(grad_h1, *ctx.saved_tensors, ctx.options, needs)
         return (*grads, None)
