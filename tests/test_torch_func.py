@@ -288,3 +288,17 @@ def test_vmap_uses_no_per_example_fallback(control):
                             text=True, timeout=300, check=False)
     assert result.returncode == 0 and "done" in result.stdout, result.stderr
     assert ("performance drop" in result.stderr) == control, result.stderr
+
+
+def test_the_ntk_example_runs_and_agrees_with_itself():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parent.parent / "examples" / "ntk.py"
+    spec = importlib.util.spec_from_file_location("ntk_example", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    report = module.ntk_report(depth=8, samples=3)
+    assert report["kernel_gap"] <= 1e-12 and report["trace"] > 0
+    # The linearization's error is second order: relative to the move it shrinks with the step.
+    assert report["lin_error_small"] < report["lin_error_large"] / 20
