@@ -75,7 +75,12 @@ class StackOps:
 
 
 def tracing() -> bool:
-    """True inside ``torch.compile`` or ``torch.export`` tracing (then the raw custom ops run)."""
+    """True inside ``torch.compile`` or ``torch.export`` tracing (then the raw custom ops run).
+
+    Example:
+        >>> tracing()
+        False
+    """
     return torch.compiler.is_compiling() or torch.compiler.is_exporting()
 
 
@@ -114,7 +119,19 @@ def _zeros_for_none(tensors, like):
 
 def reference_jvp(reference: Callable[..., torch.Tensor], c: float, a: float, activation: str,
                   ) -> Callable[..., torch.Tensor]:
-    """``(h, u, v, ḣ, u̇, v̇) ↦ ∂h_L·(ḣ, u̇, v̇)`` of the plain stack, differentiable again."""
+    """``(h, u, v, ḣ, u̇, v̇) ↦ ∂h_L·(ḣ, u̇, v̇)`` of the plain stack, differentiable again.
+
+    Args:
+        reference: ``(h, u, v, c, a, activation) → h_L``. c, a, activation: its options.
+
+    Returns:
+        The jvp map; its arguments h (R, B, D), u, v (R, L, M, D) and tangents of those shapes.
+
+    Example:
+        >>> h, u, v = torch.randn(1, 2, 3), torch.randn(1, 4, 2, 3), torch.randn(1, 4, 2, 3)
+        >>> reference_jvp(reference_residual_stack, 0.1, 0.5, "tanh")(h, u, v, h, u, v).shape
+        torch.Size([1, 2, 3])
+    """
 
     def jvp(h, u, v, h_dot, u_dot, v_dot):
         return torch.func.jvp(lambda hh, uu, vv: reference(hh, uu, vv, c, a, activation), (h, u, v),
@@ -136,7 +153,21 @@ def _reference_vjp(reference, c, a, activation, needs):
 def reference_jvp_vjp(reference: Callable[..., torch.Tensor], c: float, a: float, activation: str,
                       primals: tuple[torch.Tensor, ...], cotangent: torch.Tensor,
                       ) -> tuple[torch.Tensor, ...]:
-    """The vector–Jacobian product of the jvp map ``(h, u, v, ḣ, u̇, v̇) ↦ ḣ_L`` (six gradients)."""
+    """The vector–Jacobian product of the jvp map ``(h, u, v, ḣ, u̇, v̇) ↦ ḣ_L`` (six gradients).
+
+    Args:
+        reference, c, a, activation: as :func:`reference_jvp`. primals: (h, u, v, ḣ, u̇, v̇).
+        cotangent: paired with ḣ_L, (R, B, D).
+
+    Returns:
+        The gradients with respect to the six primals, in their shapes.
+
+    Example:
+        >>> p = (torch.randn(1, 2, 3), torch.randn(1, 4, 2, 3), torch.randn(1, 4, 2, 3)) * 2
+        >>> [g.shape[-1] for g in reference_jvp_vjp(reference_residual_stack, 0.1, 0.5, "tanh", p,
+        ...                                        torch.ones(1, 2, 3))]
+        [3, 3, 3, 3, 3, 3]
+    """
     _, pullback = torch.func.vjp(reference_jvp(reference, c, a, activation), *primals)
     return pullback(cotangent)
 
