@@ -195,7 +195,7 @@ stack_fakes(torch_stack, torch_stack_backward, checkpoints_hold_input=False,
 register_stack_autograd(torch_stack, _backward, reference_residual_stack)
 
 #: The engine's ops for :func:`deepres.engines.transforms.stack_apply` (torch.func support).
-TORCH_OPS = StackOps("torch", torch_stack, _backward, torch_stack_jvp)
+TORCH_OPS = StackOps("torch", torch_stack, torch_stack_backward, torch_stack_jvp)
 
 
 def torch_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,

@@ -57,8 +57,9 @@ class StackOps:
         name: the engine's name (for messages).
         forward: ``(h0, u, v, c, a, activation, every, save, *extra) → (h_L, checkpoints)``;
             checkpoints (C, R, B, D), or an empty (0,) tensor when ``save`` is False.
-        backward: ``(grad_out, h0, checkpoints, u, v, c, a, activation, every, extra, needs)
-            → (∂h0, ∂u, ∂v)``, an empty tensor for each one ``needs`` leaves out.
+        backward: ``(grad_out, h0, checkpoints, u, v, c, a, activation, every, *extra, needs)
+            → (∂h0, ∂u, ∂v)``, an empty tensor for each one ``needs`` leaves out (the engine's
+            backward op itself).
         jvp: ``(h0, u, v, h0_dot, u_dot, v_dot, c, a, activation) → (h_L, h_L_dot)``, any
             tangent possibly None; or None when the engine has no forward mode.
         no_jvp: with ``jvp=None``, what to use instead (named in the error).
@@ -278,7 +279,7 @@ class StackBackwardFunction(torch.autograd.Function):
     def forward(grad_out, h0, checkpoints, u, v, ops, c, a, activation, every, extra, needs):
         if checkpoints.dim() == 1:  # the forward kept none (it ran without grad): redo it, keeping them
             _, checkpoints = ops.forward(h0, u, v, c, a, activation, every, True, *extra)
-        grads = ops.backward(grad_out, h0, checkpoints, u, v, c, a, activation, every, extra, list(needs))
+        grads = ops.backward(grad_out, h0, checkpoints, u, v, c, a, activation, every, *extra, list(needs))
         return tuple(g if need else None for g, need in zip(grads, needs, strict=True))
 
     @staticmethod

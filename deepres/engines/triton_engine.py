@@ -116,7 +116,7 @@ register_stack_autograd(triton_stack, _backward, reference_residual_stack)
 #: The engine's ops for :func:`deepres.engines.transforms.stack_apply` (torch.func support). Forward
 #: mode has no Triton kernel: the jvp runs the PyTorch engine's fused jvp op on the same device
 #: (float32 residual stream, weights upcast one layer at a time), exact like the forward.
-TRITON_OPS = StackOps("triton", triton_stack, _backward, torch_stack_jvp)
+TRITON_OPS = StackOps("triton", triton_stack, triton_stack_backward, torch_stack_jvp)
 
 
 def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,
