@@ -47,8 +47,10 @@ from deepres.engines.common import (
     stack_vjp,
 )
 from deepres.engines.reference import reference_residual_stack
+from deepres.engines.torch_jvp import torch_stack_jvp
+from deepres.engines.transforms import StackOps, stack_apply
 
-__all__ = ["torch_residual_stack", "torch_stack", "torch_stack_backward"]
+__all__ = ["TORCH_OPS", "torch_residual_stack", "torch_stack", "torch_stack_backward"]
 
 
 @functools.lru_cache(maxsize=32)
@@ -189,6 +191,9 @@ stack_fakes(torch_stack, torch_stack_backward, checkpoints_hold_input=False,
 register_vjp(torch_stack, *stack_vjp(torch_stack, torch_stack_backward, reference_residual_stack),
              saved_outputs=(1,))
 
+#: The engine's ops for :func:`deepres.engines.transforms.stack_apply` (torch.func support).
+TORCH_OPS = StackOps("torch", torch_stack, torch_stack_backward, torch_stack_jvp)
+
 
 def torch_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,
                          pre_scale: float, activation: str, every: int) -> torch.Tensor:
@@ -207,6 +212,4 @@ def torch_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mult
         >>> torch_residual_stack(h, u, v, 1 / 16, 1 / 3, "tanh", every=3).shape
         torch.Size([1, 4, 3])
     """
-    save = torch.is_grad_enabled() and (h.requires_grad or u.requires_grad or v.requires_grad)
-    out, _ = torch_stack(h, u, v, float(multiplier), float(pre_scale), activation, every, save)
-    return out
+    return stack_apply(TORCH_OPS, h, u, v, multiplier, pre_scale, activation, every)

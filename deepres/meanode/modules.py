@@ -17,10 +17,10 @@ from deepres._checks import (
 )
 from deepres.activations import check_activation
 from deepres.engines.common import HALF_DTYPES, autocast_enabled
-from deepres.meanode.ops import meanode_solve
 from deepres.meanode.particles import PARTICLE_INITS, init_particles
 from deepres.meanode.pool import GradientPool
 from deepres.meanode.tableaus import SOLVERS, TABLEAUS
+from deepres.meanode.transforms import solve_apply
 from deepres.modules import DeepResNet, EmbeddedNetwork, draw_embedding_and_readout
 from deepres.parameterization import Parameterization
 from deepres.scaling import ScaledParameter
@@ -220,9 +220,9 @@ class MeanODE(nn.Module):
         """
         h0 = self._check_input(h0)
         check_bool(return_nodes, "return_nodes")
-        h1, _, nodes = meanode_solve(h0, self.u, self.v, self.solver, self.steps, self.field_multiplier,
-                                     self.pre_scale, self.activation, self.checkpoint_every, return_nodes,
-                                     self.gradient, self._gradient_pool.id)
+        h1, _, nodes = solve_apply(h0, self.u, self.v, self.solver, self.steps, self.field_multiplier,
+                                   self.pre_scale, self.activation, self.checkpoint_every, return_nodes,
+                                   self.gradient, self._gradient_pool.id)
         return (h1, nodes) if return_nodes else h1
 
     def extra_repr(self) -> str:

@@ -35,9 +35,11 @@ import torch
 
 from deepres.engines.common import autocast_disabled, register_vjp, stack_fakes, stack_vjp
 from deepres.engines.reference import reference_residual_stack
+from deepres.engines.torch_jvp import torch_stack_jvp
+from deepres.engines.transforms import StackOps, stack_apply
 from deepres.kernels.plan import DEFAULT_PRECISION, StackConfig, dtype_name
 
-__all__ = ["check_precision", "triton_residual_stack", "triton_stack", "triton_stack_backward"]
+__all__ = ["TRITON_OPS", "check_precision", "triton_residual_stack", "triton_stack", "triton_stack_backward"]
 
 
 def _config(h: torch.Tensor, u: torch.Tensor, tiles: list[int] | None, *, backward: bool, precision: str,
@@ -138,6 +140,11 @@ def check_precision(precision: str, weight_dtype: str) -> str:
                          f"'tf32x3' (float32-accurate for them) or 'tf32'")
     return precision
 
+#: The engine's ops for :func:`deepres.engines.transforms.stack_apply` (torch.func support). Forward
+#: mode has no Triton kernel: the jvp runs the PyTorch engine's fused jvp op on the same device
+#: (float32 residual stream, weights upcast one layer at a time), exact like the forward.
+TRITON_OPS = StackOps("triton", triton_stack, triton_stack_backward, torch_stack_jvp)
+
 
 def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float,
                           pre_scale: float, activation: str, every: int,
@@ -174,7 +181,5 @@ def triton_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, mul
     check_precision(precision, weight_dtype)
     tiles = None if config is None else [config.block_b, config.block_d, config.block_m, config.num_warps,
                                          config.num_stages]
-    save = torch.is_grad_enabled() and (h.requires_grad or u.requires_grad or v.requires_grad)
-    out, _ = triton_stack(h, u, v, float(multiplier), float(pre_scale), activation, every, save, precision,
-                          weight_dtype, tiles)
-    return out
+    return stack_apply(TRITON_OPS, h, u, v, multiplier, pre_scale, activation, every, precision, weight_dtype,
+                       tiles)

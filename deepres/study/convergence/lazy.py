@@ -151,7 +151,7 @@ def linearized_training(net: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, 
 
     def forward(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         h = residual_stack(h0, u, v, multiplier=stack.multiplier, pre_scale=stack.pre_scale,
-                           activation=stack.activation, backend="reference")
+                           activation=stack.activation, backend=stack.backend)
         return net.readout(h)  # type: ignore[operator]
 
     return tangent_training(forward, stack.u.detach(), stack.v.detach(), y, steps=steps, eta=eta,

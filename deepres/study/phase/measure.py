@@ -86,13 +86,13 @@ def first_step(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: t
                                backend=backend)
             return replica_rms(phase_readout(h, readout) - f0)
 
-    # The exact linear response J·Δθ per unit η, by forward mode (the plain per-layer engine: the
-    # fused ones have no forward-mode rule). It guards the halving test, which can pass far from
-    # the linear regime: at η = 50 on a 16-layer network at (1, 1.25) two successive halvings
-    # each halved the change (ratios 2.07 and 2.05) while the change per η was 6× below J·Δθ.
+    # The exact linear response J·Δθ per unit η, by forward mode (the engine's fused jvp). It guards
+    # the halving test, which can pass far from the linear regime: at η = 50 on a 16-layer network
+    # at (1, 1.25) two successive halvings each halved the change (ratios 2.07 and 2.05) while the
+    # change per η was 6× below J·Δθ.
     _, tangent = torch.func.jvp(
         lambda uu, vv: phase_readout(phase_features(h0, uu, vv, scaling, activation=activation,
-                                               backend="reference"), readout), (u0, v0), (step_u, step_v))
+                                               backend=backend), readout), (u0, v0), (step_u, step_v))
     linear = replica_rms(tangent)
     changes = [moved(eta), moved(eta / 2), moved(eta / 4)]
 
