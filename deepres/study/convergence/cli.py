@@ -30,12 +30,13 @@ from deepres.options import (
 )
 from deepres.study.convergence.compare import SOLVERS
 from deepres.study.convergence.presets import StudyConfig, preset
-from deepres.study.convergence.report import summary
+from deepres.study.convergence.report import TABLES, summary
 from deepres.study.convergence.run import run_study
 from deepres.study.shared.data import TASKS
 from deepres.study.shared.environment import set_threads
 from deepres.study.shared.files import run_locked
-from deepres.study.shared.store import CorruptResultError, CorruptResultWarning
+from deepres.study.shared.outputs import check_outputs
+from deepres.study.shared.store import CorruptResultError, CorruptResultWarning, unit_identity
 from deepres.study.shared.sweep import Executor, LocalExecutor
 
 __all__ = ["add_arguments", "check_options", "config_from_args", "main"]
@@ -113,6 +114,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true",
                         help="if another study is writing into --out, wait for it to end (default: exit "
                              "with a message)")
+    parser.add_argument("--replace", action="store_true",
+                        help="overwrite study.json and the CSV tables in --out even when they were not "
+                             "written by a deepres study of this configuration (default: refuse, before any "
+                             "work)")
     parser.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
@@ -209,11 +214,20 @@ def main(args: argparse.Namespace) -> int:
         return print_error(_PROG, error)
     if args.device is None:
         args.device = "cuda" if getattr(executor, "has_gpus", False) else "cpu"
+    try:
+        check_outputs(args.out, TABLES, config.as_dict(), unit_identity(args.device, args.backend),
+                      replace=args.replace)
+    except ValueError as error:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
+        return print_error(_PROG, error)
     set_threads(args.threads, args.device)
 
     def study(wait: bool) -> dict[str, Any]:
         return run_study(config, args.out, device=args.device, backend=args.backend,
-                         progress=not args.no_progress, plots=not args.no_plots, executor=executor, wait=wait)
+                         progress=not args.no_progress, plots=not args.no_plots, executor=executor, wait=wait,
+                         preset=args.preset)
 
     try:
         with warnings.catch_warnings():

@@ -23,7 +23,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from deepres.study.shared.report import require_matplotlib
+from deepres.study.shared.report import require_matplotlib, save_figure
 
 __all__ = ["plot_report"]
 
@@ -89,7 +89,7 @@ def plot_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     ax.legend(fontsize=7, ncol=2)
     written.append(out / "error_vs_depth.png")
     fig.tight_layout()
-    fig.savefig(written[-1], dpi=120)
+    save_figure(fig, written[-1], dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
@@ -107,7 +107,7 @@ def plot_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     ax.legend(fontsize=7)
     written.append(out / "error_vs_width.png")
     fig.tight_layout()
-    fig.savefig(written[-1], dpi=120)
+    save_figure(fig, written[-1], dpi=120)
     plt.close(fig)
 
     fig, ax = plt.subplots(figsize=(6.4, 4.8))
@@ -130,7 +130,7 @@ def plot_report(report: dict[str, Any], out: str | Path) -> list[Path]:
     ax.legend(fontsize=7)
     written.append(out / "bias_vs_depth.png")
     fig.tight_layout()
-    fig.savefig(written[-1], dpi=120)
+    save_figure(fig, written[-1], dpi=120)
     plt.close(fig)
 
     written += _plot_lazy(plt, report, out)
@@ -141,7 +141,7 @@ def plot_report(report: dict[str, Any], out: str | Path) -> list[Path]:
 
 def _save(plt: Any, fig: Any, path: Path) -> list[Path]:
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return [path]
 

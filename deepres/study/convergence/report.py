@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
+from deepres.study.shared.outputs import write_csv
 from deepres.study.shared.report import json_safe, write_json
 
-__all__ = ["summary", "write_report", "write_tables"]
+__all__ = ["TABLES", "summary", "write_report", "write_tables"]
+
+#: The CSV tables a convergence study writes (each with its provenance sidecar).
+TABLES = ("measurements.csv", "fits.csv")
 
 
 def write_report(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
@@ -42,27 +45,21 @@ def write_tables(report: dict[str, Any], out: str | Path, *, plots: bool = True)
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "measurements.csv", out / "fits.csv"]
+    source = report.get("provenance")
+    written = []
     rows = report["measurements"]
     if rows:
-        with open(written[0], "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(json_safe(rows))
+        written += write_csv(out / "measurements.csv", rows, list(rows[0]), source)
     fits = report["fits"] + report["lazy"]["fits"]
-    with open(written[1], "w", newline="") as handle:
-        names = ["name", "space", "normalization", "fixed", "step", "slope", "ci_low", "ci_high", "theory",
-                 "bound", "within_bound", "points", "excluded"]
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        for f in fits:
-            writer.writerow({"name": f["name"], "space": f["space"],
-                             "normalization": f.get("normalization", "coordinate"),
-                             "fixed": json.dumps(json_safe(f["fixed"])), "step": f["step"],
-                             "slope": f["slope"], "ci_low": f["ci_low"], "ci_high": f["ci_high"],
-                             "theory": f["theory"], "bound": f.get("bound"),
-                             "within_bound": f.get("within_bound"), "points": f["points"],
-                             "excluded": len(f["excluded"])})
+    names = ["name", "space", "normalization", "fixed", "step", "slope", "ci_low", "ci_high", "theory",
+             "theory_in_ci", "bound", "within_bound", "points", "excluded"]
+    table = [{"name": f["name"], "space": f["space"], "normalization": f.get("normalization", "coordinate"),
+              "fixed": json.dumps(json_safe(f["fixed"])), "step": f["step"], "slope": f["slope"],
+              "ci_low": f["ci_low"], "ci_high": f["ci_high"], "theory": f["theory"],
+              "theory_in_ci": f.get("theory_in_ci"), "bound": f.get("bound"),
+              "within_bound": f.get("within_bound"), "points": f["points"], "excluded": len(f["excluded"])}
+             for f in fits]
+    written += write_csv(out / "fits.csv", table, names, source)
     if plots:
         from deepres.study.convergence.plots import plot_report
 

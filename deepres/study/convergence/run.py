@@ -18,6 +18,7 @@ from deepres.study.convergence.report import write_tables
 from deepres.study.convergence.sweep import run_units
 from deepres.study.shared.environment import study_environment
 from deepres.study.shared.files import OutputLock
+from deepres.study.shared.outputs import provenance
 from deepres.study.shared.report import write_json
 from deepres.study.shared.store import ResultStore
 from deepres.study.shared.sweep import Executor, LocalExecutor
@@ -27,7 +28,7 @@ __all__ = ["run_study"]
 
 def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
               progress: bool = True, plots: bool = True, executor: Executor | None = None,
-              estimate: bool = True, wait: bool = False) -> dict[str, Any]:
+              estimate: bool = True, wait: bool = False, preset: str | None = None) -> dict[str, Any]:
     """Run (or resume) a study, analyze it and write its report to ``out``.
 
     The output folder is locked for the whole run (:class:`~deepres.study.shared.files.OutputLock`).
@@ -44,9 +45,13 @@ def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", back
             then counts the calibrated seconds. Default True.
         wait: when another process holds the lock on ``out``, wait for it. Default
             False: raise :class:`~deepres.study.shared.files.FolderLockedError`.
+        preset: the preset's name, for the report's ``provenance``. Default None (a
+            configuration of the Python API).
 
     Returns:
-        The report dict written to ``out/study.json``, with ``unit_identity`` (the backend
+        The report dict written to ``out/study.json``, with ``provenance`` (preset,
+        command line, deepres version, git commit: :func:`~deepres.study.shared.outputs.provenance`,
+        also in each CSV table's sidecar), ``unit_identity`` (the backend
         and device type the results are keyed by) and ``corrupt_files`` (stored results
         that could not be read back: renamed to ``*.corrupt`` and recomputed). When units
         failed (see :class:`~deepres.study.shared.ray_executor.RayExecutor`), the report lists them
@@ -54,11 +59,12 @@ def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", back
     """
     with OutputLock(out).held(wait=wait):
         return _run_study_locked(config, out, device=device, backend=backend, progress=progress,
-                                 plots=plots, executor=executor, estimate=estimate)
+                                 plots=plots, executor=executor, estimate=estimate, preset=preset)
 
 
 def _run_study_locked(config: StudyConfig, out: str | Path, *, device: str, backend: str, progress: bool,
-                      plots: bool, executor: Executor | None, estimate: bool) -> dict[str, Any]:
+                      plots: bool, executor: Executor | None, estimate: bool, preset: str | None,
+                      ) -> dict[str, Any]:
     store = ResultStore(out, device=device, backend=backend)
     units = config.units()
     todo = [u for u in units if not store.has(u)]
@@ -69,6 +75,7 @@ def _run_study_locked(config: StudyConfig, out: str | Path, *, device: str, back
                        cost=cost)
     ran = time.perf_counter() - calibrated
     report = {
+        "provenance": provenance(preset, config.as_dict(), store.identity),
         "config": config.as_dict(),
         "unit_identity": store.identity,
         "limit": {"model": "MeanODENet (ODE-adjoint gradient)", "solver": config.resolved_solver,

@@ -29,10 +29,12 @@ from typing import Any
 from deepres.options import OptionError, check_backend, check_device, check_out_folder, print_error
 from deepres.study.convergence.cli import add_arguments
 from deepres.study.phase.config import PhaseConfig, PhaseConfigError
-from deepres.study.phase.report import summary
+from deepres.study.phase.report import TABLES, summary
 from deepres.study.phase.run import run_phase
 from deepres.study.shared.environment import set_threads
 from deepres.study.shared.files import run_locked
+from deepres.study.shared.outputs import check_outputs
+from deepres.study.shared.store import unit_identity
 
 __all__ = ["add_phase_arguments", "config_from_args", "main", "phase_requested"]
 
@@ -77,7 +79,7 @@ _SHARED: dict[str, tuple[str, bool]] = {
 }
 #: Options of ``deepres study`` that the phase study reads outside its config.
 _RUNTIME = {"preset", "seed", "device", "backend", "out", "no_plots", "no_progress", "threads", "wait",
-            "handler", "command"}
+            "replace", "handler", "command"}
 
 
 def _dest(flag: str) -> str:
@@ -164,6 +166,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         check_backend(args.backend, check_device(device))
         check_out_folder(args.out)
+        check_outputs(args.out, TABLES, config.as_dict(), unit_identity(device, args.backend),
+                      replace=args.replace)
     except ValueError as error:
         return print_error("deepres study", error)
     set_threads(args.threads, device)
