@@ -131,8 +131,7 @@ class MeanODE(nn.Module):
         self.solver = check_choice(solver, "solver", SOLVERS)
         self.gradient = check_choice(gradient, "gradient", GRADIENTS)
         self.particle_init = check_choice(particle_init, "particle_init", PARTICLE_INITS)
-        self.checkpoint_every = checkpoint_every
-        self._every = _resolve_every(steps, checkpoint_every, gradient)
+        self.checkpoint_every = checkpoint_every  # its setter resolves the segment length
         dtype = _check_dtype(dtype)
         tab = TABLEAUS[solver]
         self._tableau = tab
@@ -158,6 +157,71 @@ class MeanODE(nn.Module):
             ratios = torch.tensor([delta / w for w in weights], dtype=torch.float64)
             self.register_buffer("lr_multiplier", (ratios * p.lr_multiplier).to(
                 device=device, dtype=dtype).view(-1, 1, 1), persistent=False)
+
+    # Options after construction. Each is honoured exactly (the module then equals one built
+    # with the new value) or refused at assignment, naming it: solver and particle_init made
+    # the node grid, node_times, lr_multiplier and the particles, which a new value cannot
+    # remake; gradient, checkpoint_every and activation are read at every forward.
+    @property
+    def solver(self) -> str:
+        """The solver (fixed at construction: it made the node grid and ``lr_multiplier``)."""
+        return self._solver
+
+    @solver.setter
+    def solver(self, value: str) -> None:
+        value = check_choice(value, "solver", SOLVERS)
+        if "_solver" in self.__dict__ and value != self._solver:
+            raise AttributeError(f"MeanODE.solver cannot change after construction (the weights live on the "
+                                 f"{self._solver} node grid, and lr_multiplier is its); build a new "
+                                 f"MeanODE(solver={value!r}); got {value!r} for a {self._solver!r} module")
+        self._solver = value
+
+    @property
+    def particle_init(self) -> str:
+        """How the particles were drawn (fixed at construction)."""
+        return self._particle_init
+
+    @particle_init.setter
+    def particle_init(self, value: str) -> None:
+        value = check_choice(value, "particle_init", PARTICLE_INITS)
+        if "_particle_init" in self.__dict__ and value != self._particle_init:
+            raise AttributeError(f"MeanODE.particle_init cannot change after construction (the particles are "
+                                 f"drawn); build a new MeanODE(particle_init={value!r}); got {value!r} for a "
+                                 f"{self._particle_init!r} module")
+        self._particle_init = value
+
+    @property
+    def activation(self) -> str:
+        """The activation σ (may be changed: read at every forward)."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, value: str) -> None:
+        self._activation = check_choice(value, "activation", ACTIVATIONS)
+
+    @property
+    def gradient(self) -> str:
+        """The gradient route (may be changed, but not to ``"discrete"`` with ``"backsolve"``)."""
+        return self._gradient
+
+    @gradient.setter
+    def gradient(self, value: str) -> None:
+        value = check_choice(value, "gradient", GRADIENTS)
+        if self.__dict__.get("_every") == BACKSOLVE and value != "adjoint":
+            raise ValueError(f"gradient={value!r} needs the forward states, which "
+                             "checkpoint_every='backsolve' does not keep; set checkpoint_every first, or "
+                             f"build a new MeanODE; got {value!r}")
+        self._gradient = value
+
+    @property
+    def checkpoint_every(self) -> int | str | None:
+        """The backward pass's memory policy (may be changed: the segment length is resolved again)."""
+        return self._checkpoint_every
+
+    @checkpoint_every.setter
+    def checkpoint_every(self, value: int | str | None) -> None:
+        self._every = _resolve_every(self.steps, value, self.gradient)
+        self._checkpoint_every = value
 
     @property
     def dim(self) -> int:

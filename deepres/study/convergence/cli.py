@@ -32,7 +32,7 @@ from deepres.study.convergence.compare import SOLVERS
 from deepres.study.convergence.presets import StudyConfig, preset
 from deepres.study.convergence.report import TABLES, summary
 from deepres.study.convergence.run import run_study
-from deepres.study.shared.data import TASKS
+from deepres.study.shared.data import TASK_ALIASES, TASKS
 from deepres.study.shared.environment import set_threads
 from deepres.study.shared.files import run_locked
 from deepres.study.shared.outputs import check_outputs
@@ -63,7 +63,8 @@ _AXES: dict[str, tuple[str, Any, str]] = {
                  "MeanODENet)"),
     "--particle-init": ("particle_init", one_of(("sobol", "antithetic")),
                         "limit particles: sobol or antithetic (default: sobol)"),
-    "--task": ("task", one_of(TASKS), "task: paper or teacher"),
+    "--task": ("task", one_of((*TASKS, *TASK_ALIASES)),
+               "task: memorize (the companion paper's Gaussian targets; formerly called paper) or teacher"),
     "--samples": ("samples", int_at_least(1), "number of samples N"),
     "--activation": ("activation", one_of(ACTIVATIONS), f"activation σ: {', '.join(ACTIVATIONS)}"),
     "--records": ("records", int_at_least(1), "recorded steps, evenly spaced from 0 to the last"),
@@ -227,7 +228,7 @@ def main(args: argparse.Namespace) -> int:
     def study(wait: bool) -> dict[str, Any]:
         return run_study(config, args.out, device=args.device, backend=args.backend,
                          progress=not args.no_progress, plots=not args.no_plots, executor=executor, wait=wait,
-                         preset=args.preset)
+                         preset=args.preset, argv=getattr(args, "argv", None))
 
     try:
         with warnings.catch_warnings():

@@ -27,7 +27,7 @@ from typing import Any
 
 from deepres.activations import check_activation
 from deepres.study.convergence.compare import SOLVERS
-from deepres.study.shared.data import TASKS
+from deepres.study.shared.data import task_name, unit_task_name
 
 __all__ = ["PRESETS", "StudyConfig", "preset"]
 
@@ -44,7 +44,8 @@ class StudyConfig:
     """Every axis and option of a ResNet-vs-limit study.
 
     Attributes (defaults in brackets):
-        task: ``"paper"`` or ``"teacher"`` ["paper"]. samples: N [10].
+        task: ``"memorize"`` (the companion paper's task; its former name ``"paper"`` is
+            accepted) or ``"teacher"`` ["memorize"]. samples: N [10].
         depths: L values [4, 8, 16, 32, 64, 128]. widths: M values [1, 4, 16]. dims: D values [4].
         alphas: α values [1.0]. etas: η values [0.1]. steps: GD step counts [20].
         seeds: data/embedding/limit seeds [0]. replicas: R per (L, M, ...) [512].
@@ -70,7 +71,7 @@ class StudyConfig:
             standard error [3.0].
     """
 
-    task: str = "paper"
+    task: str = "memorize"
     samples: int = 10
     depths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])
     widths: list[int] = field(default_factory=lambda: [1, 4, 16])
@@ -140,8 +141,7 @@ class StudyConfig:
         if self.particle_init is not None and self.particle_init not in ("sobol", "antithetic"):
             raise ValueError(f"particle_init must be 'sobol', 'antithetic' or None; "
                              f"got {self.particle_init!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}; got {self.task!r}")
+        self.task = task_name(self.task)
         check_activation(self.activation)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
@@ -165,8 +165,9 @@ class StudyConfig:
                                            "resolved_particle_init": self.resolved_particle_init}
 
     def _base(self, seed: int, dim: int, alpha: float, eta: float, steps: int) -> dict[str, Any]:
-        return {"task": self.task, "samples": self.samples, "seed": seed, "dim": dim, "alpha": float(alpha),
-                "eta": float(eta), "steps": steps, "activation": self.activation, "dtype": self.dtype,
+        return {"task": unit_task_name(self.task), "samples": self.samples, "seed": seed, "dim": dim,
+                "alpha": float(alpha), "eta": float(eta), "steps": steps, "activation": self.activation,
+                "dtype": self.dtype,
                 "record_steps": _record_steps(steps, self.records)}
 
     def groups(self) -> list[dict[str, Any]]:

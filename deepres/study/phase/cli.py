@@ -79,7 +79,7 @@ _SHARED: dict[str, tuple[str, bool]] = {
 }
 #: Options of ``deepres study`` that the phase study reads outside its config.
 _RUNTIME = {"preset", "seed", "device", "backend", "out", "no_plots", "no_progress", "threads", "wait",
-            "replace", "handler", "command"}
+            "replace", "handler", "command", "argv"}
 
 
 def _dest(flag: str) -> str:
@@ -174,7 +174,8 @@ def main(args: argparse.Namespace) -> int:
 
     def phase(wait: bool) -> dict[str, Any]:
         return run_phase(config, args.out, device=device, backend=args.backend,
-                         progress=not args.no_progress, plots=not args.no_plots, wait=wait)
+                         progress=not args.no_progress, plots=not args.no_plots, wait=wait,
+                         argv=getattr(args, "argv", None))
 
     try:
         report = run_locked(phase, args.out, wait=args.wait, prog="deepres study")

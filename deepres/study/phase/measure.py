@@ -38,7 +38,7 @@ from deepres.study.shared.data import make_task
 from deepres.study.shared.measures import replica_rms
 from deepres.study.shared.sweep import derived_seed
 
-__all__ = ["first_step", "k_steps", "phase_unit_cost", "run_phase_unit"]
+__all__ = ["first_step", "k_steps", "phase_result_schema", "phase_unit_cost", "run_phase_unit"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -277,3 +277,23 @@ def run_phase_unit(unit: dict[str, Any], *, device: torch.device | str | None = 
     out = {k: (t.detach().cpu() if isinstance(t, torch.Tensor) else t) for k, t in (first | later).items()}
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+def phase_result_schema(unit: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`run_phase_unit` returns for ``unit``: each entry's shape (a
+    :data:`deepres.study.shared.store.Schema`), checked when a stored result is read back.
+
+    Example:
+        >>> phase_result_schema({"replicas": 8, "steps": 0})["output_step"]
+        (8,)
+    """
+    replicas = (unit["replicas"],)
+    schema: dict[str, Any] = {name: replicas for name in (
+        "output_step", "weight_step_u", "weight_step_v", "weight_step", "preact_step", "init_fluct_h",
+        "init_fluct_f", "loss0", "linear_response")}
+    schema |= {name: "number" for name in ("eta", "linearity_ratio", "jvp_gap", "halvings", "seconds")}
+    if unit["steps"] > 0:
+        schema |= {name: replicas for name in ("output_move", "weight_move", "loss_decrease", "nonlinearity",
+                                               "diverged", "nonfinite", "nonfinite_lin", "diverged_lin")}
+        schema["losses"] = (unit["steps"] + 1, unit["replicas"])
+    return schema

@@ -12,7 +12,7 @@ from typing import Any
 from deepres.benchmark.environment import load_average
 from deepres.study.phase.analysis import analyze_phase
 from deepres.study.phase.config import PhaseConfig
-from deepres.study.phase.measure import phase_unit_cost, run_phase_unit
+from deepres.study.phase.measure import phase_result_schema, phase_unit_cost, run_phase_unit
 from deepres.study.phase.report import write_tables
 from deepres.study.shared.environment import study_environment
 from deepres.study.shared.files import OutputLock
@@ -26,7 +26,7 @@ __all__ = ["run_phase"]
 
 def run_phase(config: PhaseConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
               progress: bool = True, plots: bool = True, wait: bool = False,
-              preset: str | None = "phase") -> dict[str, Any]:
+              preset: str | None = "phase", argv: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the phase study, analyze it and write its report to ``out``.
 
     Args:
@@ -35,7 +35,8 @@ def run_phase(config: PhaseConfig, out: str | Path, *, device: str = "cpu", back
         progress: tqdm bar weighted by each unit's cost. Default True. plots: write PNGs. Default True.
         wait: when another study holds ``out``'s lock, wait for it. Default False: raise
             :class:`~deepres.study.shared.files.FolderLockedError`.
-        preset: the preset's name, for the report's ``provenance``. Default ``"phase"``.
+        preset, argv: the preset's name and the full command line, for the report's
+            ``provenance`` (argv default: the interpreter and ``sys.argv``). Default ``"phase"``.
 
     Returns:
         The report written to ``out/study.json``: ``config``, ``environment``, ``units``,
@@ -43,15 +44,15 @@ def run_phase(config: PhaseConfig, out: str | Path, *, device: str = "cpu", back
     """
     with OutputLock(out).held(wait=wait):
         return _run_phase_locked(config, out, device=device, backend=backend, progress=progress, plots=plots,
-                                 preset=preset)
+                                 preset=preset, argv=argv)
 
 
 def _run_phase_locked(config: PhaseConfig, out: str | Path, *, device: str, backend: str, progress: bool,
-                      plots: bool, preset: str | None) -> dict[str, Any]:
+                      plots: bool, preset: str | None, argv: list[str] | None) -> dict[str, Any]:
     start = time.perf_counter()
-    environment = study_environment(device)
+    environment = study_environment(device, argv)
     # The device type and the backend are part of every unit's key (see ResultStore).
-    store = ResultStore(out, device=device, backend=backend)
+    store = ResultStore(out, device=device, backend=backend, schema=phase_result_schema)
     units = config.units()
 
     def work(unit: dict[str, Any]) -> dict[str, Any]:
@@ -62,7 +63,7 @@ def _run_phase_locked(config: PhaseConfig, out: str | Path, *, device: str, back
     analysis = analyze_phase(((u, store.load(u)) for u in units), tolerance=config.tolerance,
                              bootstrap=config.bootstrap, level=config.level,
                              linearity_tolerance=config.linearity_tolerance)
-    report = {"provenance": provenance(preset, config.as_dict(), store.identity),
+    report = {"provenance": provenance(preset, config.as_dict(), store.identity, argv=argv),
               "config": config.as_dict(), "environment": environment, "unit_identity": store.identity,
               "corrupt_files": store.corrupt,
               "units": {key: counts[key] for key in ("total", "resumed", "ran")},

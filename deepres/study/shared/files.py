@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, TypeVar
 
-__all__ = ["FolderLockedError", "OutputLock", "atomic_write", "file_mode", "run_locked", "write_text"]
+__all__ = ["FolderLockedError", "OutputLock", "UnsafeFileError", "atomic_write", "file_mode", "run_locked",
+           "write_text"]
 
 T = TypeVar("T")
 
@@ -129,6 +130,10 @@ class FolderLockedError(RuntimeError):
         super().__init__(f"another study is writing into {folder}{who}")
 
 
+class UnsafeFileError(OSError):
+    """A file deepres would write is a link or not a regular file: refused, nothing written."""
+
+
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 
 
@@ -139,14 +144,15 @@ def _open_lock_file(path: Path) -> IO[str]:
         fd = os.open(path, flags, file_mode())
     except OSError as error:
         if error.errno == errno.ELOOP or path.is_symlink():
-            raise OSError(errno.ELOOP, "the lock file is a symbolic link; refusing to follow it "
+            raise UnsafeFileError(errno.ELOOP, "the lock file is a symbolic link; refusing to follow it "
                                        "(remove it)", str(path)) from None
         raise
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1:
         os.close(fd)
         what = "not a regular file" if not stat.S_ISREG(info.st_mode) else "a hard link to another file"
-        raise OSError(errno.EPERM, f"the lock file is {what}; refusing to use it (remove it)", str(path))
+        raise UnsafeFileError(errno.EPERM, f"the lock file is {what}; refusing to use it (remove it)",
+                              str(path))
     return os.fdopen(fd, "r+")
 
 
@@ -190,8 +196,8 @@ class OutputLock:
 
         Raises:
             FolderLockedError: another process holds it (only without ``wait``).
-            OSError: the folder or its lock file cannot be created (e.g. read-only), or
-                ``.lock`` is a link or not a regular file.
+            UnsafeFileError: ``.lock`` is a link or not a regular file.
+            OSError: the folder or its lock file cannot be created (e.g. read-only).
         """
         if self._handle is not None:
             raise RuntimeError(f"the lock on {self.folder} is already held by this object")
@@ -270,18 +276,24 @@ def run_locked(job: Callable[[bool], T], out: str | Path, *, wait: bool, prog: s
 
     Raises:
         deepres.options.OptionError: the folder is locked and not ``wait``
-            (on ``--out``, with what to do about it).
+            (on ``--out``, with what to do about it), or its lock file is unsafe
+            (:class:`UnsafeFileError`).
     """
     from deepres.options import OptionError
 
     try:
         return job(False)
+    except UnsafeFileError as error:
+        raise OptionError("--out", out, f"{error.strerror}: {error.filename}") from None
     except FolderLockedError as error:
         if not wait:
             reason = f"{error}; wait for it with --wait, or choose another --out"
             raise OptionError("--out", out, reason) from None
         print(f"{prog}: {error}; waiting for it to end", file=sys.stderr)
-    return job(True)
+    try:
+        return job(True)
+    except UnsafeFileError as error:
+        raise OptionError("--out", out, f"{error.strerror}: {error.filename}") from None
 
 
 try:
