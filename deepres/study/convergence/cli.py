@@ -17,6 +17,7 @@ from typing import Any
 from deepres.activations import ACTIVATIONS
 from deepres.functional import BACKENDS
 from deepres.options import (
+    MAX_INT,
     OptionError,
     check_backend,
     check_device,
@@ -27,14 +28,17 @@ from deepres.options import (
     one_of,
     positive_floats,
     print_error,
+    threads_option,
 )
 from deepres.study.convergence.compare import SOLVERS
+from deepres.study.convergence.estimate import unit_bytes
 from deepres.study.convergence.presets import StudyConfig, preset
 from deepres.study.convergence.report import TABLES, summary
 from deepres.study.convergence.run import run_study
 from deepres.study.shared.data import TASK_ALIASES, TASKS
 from deepres.study.shared.environment import set_threads
 from deepres.study.shared.files import run_locked
+from deepres.study.shared.memory import check_unit_memory
 from deepres.study.shared.outputs import check_outputs
 from deepres.study.shared.store import CorruptResultError, CorruptResultWarning, unit_identity
 from deepres.study.shared.sweep import Executor, LocalExecutor
@@ -98,7 +102,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         >>> parser.parse_args(["--depths", "4,8"]).depths
         [4, 8]
     """
-    parser.add_argument("--seed", type=int, default=None, help="a single seed (same as --seeds N)")
+    parser.add_argument("--seed", type=int_at_least(-MAX_INT), default=None,
+                        help="a single seed (same as --seeds N)")
     for flag, (_, kind, text) in _AXES.items():
         parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
     parser.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
@@ -119,6 +124,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="overwrite study.json and the CSV tables in --out even when they were not "
                              "written by a deepres study of this configuration (default: refuse, before any "
                              "work)")
+    parser.add_argument("--allow-large-units", action="store_true",
+                        help="run units whose memory estimate exceeds the device's memory (default: refuse "
+                             "them before any work, naming the largest; the estimate is an upper bound)")
     parser.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
@@ -130,7 +138,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-retries", type=int_at_least(0), default=2,
                         help="with --executor ray: reruns of a unit whose worker died before it is "
                              "reported failed (default: 2)")
-    parser.add_argument("--threads", type=int_at_least(1), default=None,
+    parser.add_argument("--threads", type=threads_option(), default=None,
                         help="torch CPU threads (default: 1 on CPU, where the study's small tensors run "
                              "faster on one thread than on several; torch's default elsewhere)")
 
@@ -218,6 +226,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         check_outputs(args.out, TABLES, config.as_dict(), unit_identity(args.device, args.backend),
                       replace=args.replace)
+        if not args.allow_large_units and args.executor == "local":  # Ray's workers are other machines
+            check_unit_memory(config.units(), unit_bytes, args.device)
     except ValueError as error:
         close = getattr(executor, "close", None)
         if close is not None:

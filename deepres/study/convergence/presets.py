@@ -117,6 +117,13 @@ class StudyConfig:
         for name in ("alphas", "etas", "lazy_alphas", "alpha_axis", "alpha_fit"):
             if any(not float(v) > 0 for v in getattr(self, name)):
                 raise ValueError(f"{name} must hold numbers > 0; got {getattr(self, name)!r}")
+        for name in ("depths", "widths", "dims", "alphas", "etas", "steps", "seeds", "lazy_alphas",
+                     "alpha_axis"):
+            values = list(getattr(self, name))
+            if len(set(values)) != len(values):
+                # A repeated value would run its units once but report every measurement twice,
+                # or fit a line through two points at one x.
+                raise ValueError(f"{name} must not repeat a value; got {values!r}")
         if len(self.alpha_fit) != 2 or not self.alpha_fit[0] < self.alpha_fit[1]:
             raise ValueError(f"alpha_fit must be [low, high] with low < high; got {self.alpha_fit!r}")
         for name in ("alpha_axis_depth", "alpha_axis_hidden", "lazy_depth", "lazy_hidden", "lazy_replicas"):

@@ -15,7 +15,11 @@ from typing import Any
 from deepres.activations import check_activation
 from deepres.study.shared.data import TASKS, task_name, unit_task_name
 
-__all__ = ["PhaseConfig", "PhaseConfigError"]
+__all__ = ["MAX_EXPONENT", "PhaseConfig", "PhaseConfigError"]
+
+#: The largest size of a point's coordinate: they are exponents of L or D, and L^β for
+#: β ≫ 10 overflows float64 long before it means anything.
+MAX_EXPONENT = 10.0
 
 
 def _grid(firsts: list[float], line: Any) -> list[list[float]]:
@@ -96,6 +100,8 @@ class PhaseConfig:
 
         for name, low in (("depths", 1), ("dims", 1)):
             ints(name, getattr(self, name), low)
+            if len(set(getattr(self, name))) != len(getattr(self, name)):
+                raise PhaseConfigError(name, f"must not repeat a value; got {getattr(self, name)!r}")
         if len(set(self.depths)) < 2:
             raise PhaseConfigError("depths", f"must hold two different L or more; got {self.depths!r}")
         if self.dims and len(set(self.dims)) < 2:
@@ -110,9 +116,11 @@ class PhaseConfig:
         for name in ("points", "dim_points"):
             points = getattr(self, name)
             if not isinstance(points, (list, tuple)) or any(
-                    len(p) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in p)
+                    len(p) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                           and abs(v) <= MAX_EXPONENT for v in p)
                     for p in points):
-                raise PhaseConfigError(name, f"must be a list of pairs of finite numbers; got {points!r}")
+                raise PhaseConfigError(name, f"must be a list of pairs of numbers in [-{MAX_EXPONENT:g}, "
+                                             f"{MAX_EXPONENT:g}]; got {points!r}")
             if len({tuple(p) for p in points}) != len(points):
                 raise PhaseConfigError(name, f"must not repeat a point; got {points!r}")
         if not self.points and not (self.dims and self.dim_points):

@@ -38,7 +38,8 @@ from deepres.study.shared.data import make_task
 from deepres.study.shared.measures import replica_rms
 from deepres.study.shared.sweep import derived_seed
 
-__all__ = ["first_step", "k_steps", "phase_result_schema", "phase_unit_cost", "run_phase_unit"]
+__all__ = ["first_step", "k_steps", "phase_result_schema", "phase_unit_bytes", "phase_unit_cost",
+           "run_phase_unit"]
 
 _DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -297,3 +298,20 @@ def phase_result_schema(unit: dict[str, Any]) -> dict[str, Any]:
                                                "diverged", "nonfinite", "nonfinite_lin", "diverged_lin")}
         schema["losses"] = (unit["steps"] + 1, unit["replicas"])
     return schema
+
+
+def phase_unit_bytes(unit: dict[str, Any]) -> float:
+    """An upper estimate of a phase unit's peak memory in bytes, from its sizes (for
+    :func:`deepres.study.shared.memory.check_unit_memory`): twelve copies of its R·L·M·D
+    weights (u₀, v₀, the steps, the halvings' trial weights, gradients) and four of its
+    R·L·N·(D + M) hidden states and pre-activations.
+
+    Example:
+        >>> unit = {"dtype": "float64", "replicas": 64, "depth": 256, "hidden": 4, "dim": 4, "samples": 10}
+        >>> phase_unit_bytes(unit) < 1e9
+        True
+    """
+    itemsize = 4 if unit["dtype"] == "float32" else 8
+    weights = unit["replicas"] * unit["depth"] * unit["hidden"] * unit["dim"]
+    states = unit["replicas"] * unit["depth"] * unit["samples"] * (unit["dim"] + unit["hidden"])
+    return float(itemsize * (12 * weights + 4 * states))

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 
 from deepres._checks import check_positive_int, check_tensor
+from deepres.study.shared.store import read_torch_file
 
 __all__ = ["TASKS", "TASK_ALIASES", "Task", "load_task", "make_task", "paper_task", "task_name",
            "teacher_task", "unit_task_name"]
@@ -167,7 +168,9 @@ def load_task(source: str | Path | tuple[torch.Tensor, torch.Tensor], *,
     Args:
         source: a pair (x, y) of tensors, (N, d_in) and (N, d_out); or the path of a
             file written by ``torch.save`` holding such a pair or a dict with keys
-            ``"x"`` and ``"y"``.
+            ``"x"`` and ``"y"`` (loaded safely: a file that holds anything but tensors
+            and plain containers is refused, see
+            :func:`deepres.study.shared.store.read_torch_file`).
         dtype: converted to this dtype. Default float32. device: Default CPU.
 
     Returns:
@@ -178,7 +181,7 @@ def load_task(source: str | Path | tuple[torch.Tensor, torch.Tensor], *,
         2
     """
     if isinstance(source, (str, Path)):
-        loaded = torch.load(Path(source), map_location="cpu", weights_only=True)
+        loaded = read_torch_file(Path(source))  # refuses code in the file, and says so in our words
         if isinstance(loaded, dict):
             if "x" not in loaded or "y" not in loaded:
                 raise ValueError(f"the file {source} must hold a dict with keys 'x' and 'y'; "

@@ -24,7 +24,7 @@ from deepres.functional import BACKENDS
 from deepres.study.shared.files import UnsafeFileError, atomic_write
 
 __all__ = ["RESULT_FORMAT", "CorruptResultError", "CorruptResultWarning", "ResultStore", "Schema",
-           "result_problem", "unit_identity", "unit_key"]
+           "read_torch_file", "result_problem", "unit_identity", "unit_key"]
 
 #: The format of a stored result file, saved in each (``"format"``); a file without one is of
 #: format 1 (written before the field existed: the same layout). A file of another format is
@@ -117,6 +117,39 @@ def _describe(error: BaseException) -> str:
     return f"the file cannot be read ({type(error).__name__})"
 
 
+def read_torch_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, whose refusals are worded by deepres.
+
+    PyTorch's message for a file its safe loader refuses advises retrying with
+    ``weights_only=False``, which runs whatever code the file holds: for a file from
+    elsewhere that is the one thing not to do. The message here says what is wrong
+    with the file instead.
+
+    Args:
+        path: a file written by ``torch.save``.
+
+    Returns:
+        Its contents (tensors, numbers, strings, lists, tuples and dicts only).
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        ValueError: it is not such a file, or holds anything else (the safe loader refused it).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "x.pt"
+        >>> torch.save({"x": torch.ones(1)}, path)
+        >>> read_torch_file(path)["x"].tolist()
+        [1.0]
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:
+        raise ValueError(f"{path}: {_describe(error)}; it was not loaded") from None
+
+
 class ResultStore:
     """One file per finished unit under ``root/units/``, written atomically.
 
@@ -171,7 +204,7 @@ class ResultStore:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except OSError:
             raise  # cannot open or read the file at all (permissions, I/O): not the file's fault
-        except Exception as error:
+        except Exception as error:  # torch's words may advise unsafe loading: ours instead
             raise _Unreadable(_describe(error)) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("result"), dict):
             raise _Unreadable("the file holds no result")
