@@ -63,10 +63,9 @@ _AXES: dict[str, tuple[str, Any, str]] = {
     "--particles": ("particles", int_at_least(2), "particles K per limit set (even)"),
     "--grid-steps": ("grid_steps", int_at_least(2), "steps N of the limit's depth grid"),
     "--limit-sets": ("limit_sets", int_at_least(2), "independent particle sets averaged into the limit"),
-    "--solver": ("solver", one_of(SOLVERS), "limit solver: euler, midpoint, rk4 (default: rk4 with "
-                 "MeanODENet)"),
+    "--solver": ("solver", one_of(SOLVERS), "solver of the limit (MeanODENet): euler, midpoint or rk4"),
     "--particle-init": ("particle_init", one_of(("sobol", "antithetic")),
-                        "limit particles: sobol or antithetic (default: sobol)"),
+                        "the limit's particles: sobol or antithetic"),
     "--task": ("task", one_of((*TASKS, *TASK_ALIASES)),
                "task: memorize (the companion paper's Gaussian targets; formerly called paper) or teacher"),
     "--samples": ("samples", int_at_least(1), "number of samples N"),
@@ -104,8 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """
     parser.add_argument("--seed", type=int_at_least(-MAX_INT), default=None,
                         help="a single seed (same as --seeds N)")
-    for flag, (_, kind, text) in _AXES.items():
-        parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
+    quick = preset("quick")
+    for flag, (name, kind, text) in _AXES.items():
+        value = {"solver": quick.resolved_solver, "particle_init": quick.resolved_particle_init}.get(
+            name, getattr(quick, name))
+        shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(
+            value, list) else (f"{value:g}" if isinstance(value, float) else str(value))
+        parser.add_argument(flag, type=kind, default=None,
+                            help=f"{text} (default: the preset's; quick: {shown or 'none'})")
     parser.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
                         help="replicas in antithetic pairs (default: the preset's, on)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None,

@@ -29,7 +29,7 @@ from deepres.activations import check_activation
 from deepres.study.convergence.compare import SOLVERS
 from deepres.study.shared.data import task_name, unit_task_name
 
-__all__ = ["PRESETS", "StudyConfig", "preset"]
+__all__ = ["PRESETS", "StudyConfig", "describe_presets", "preset"]
 
 
 def _record_steps(steps: int, count: int) -> list[int]:
@@ -277,3 +277,24 @@ def preset(name: str, **overrides: Any) -> StudyConfig:
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}; got {name!r}")
     return StudyConfig(**(PRESETS[name] | overrides))
+
+
+def describe_presets() -> str:
+    """What each preset contains, one line each (for ``deepres study --help``).
+
+    Example:
+        >>> describe_presets().splitlines()[0].startswith("quick: L 4,8,16")
+        True
+    """
+    def values(items: list[Any]) -> str:
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in items) or "none"
+
+    lines = []
+    for name in PRESETS:
+        c = preset(name)
+        lines.append(f"{name}: L {values(c.depths)}; M {values(c.widths)}; D {values(c.dims)}; α "
+                     f"{values(c.alphas)}; {values(c.steps)} steps; R {c.replicas}; limit K {c.particles} × "
+                     f"{c.limit_sets} sets, {c.grid_steps} {c.resolved_solver} steps; α axis "
+                     f"{values(c.alpha_axis)} at L={c.alpha_axis_depth}, M={c.alpha_axis_hidden}; lazy α "
+                     f"{values(c.lazy_alphas)} at L={c.lazy_depth}, M={c.lazy_hidden}")
+    return "\n".join(lines)

@@ -73,6 +73,20 @@ def _ci(f: dict[str, Any]) -> str:
     return f"slope {f['slope']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]"
 
 
+def _in_ci(covered: bool | None) -> str:
+    """The stricter criterion beside the band of a check: is the theory inside the CI?"""
+    return "" if covered is None else ("  theory in CI" if covered else "  theory outside CI")
+
+
+def _check_line(c: dict[str, Any]) -> str:
+    line = f"  [{'ok' if c['holds'] else 'NO'}] {c['check']}: {c['value']:.4g}"
+    if c.get("ci") and c["ci"][0] is not None:
+        line += f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+    if c.get("theory") is not None:
+        line += f" (band; theory {c['theory']:+g} {'in' if c['theory_in_ci'] else 'outside'} the CI)"
+    return line
+
+
 def summary(report: dict[str, Any]) -> str:
     """The report's headline: units, fitted slopes with their CIs against theory, checks."""
     limit, identity = report["limit"], report["unit_identity"]
@@ -87,7 +101,7 @@ def summary(report: dict[str, Any]) -> str:
             continue
         fixed = ", ".join(f"{k}={v}" for k, v in f["fixed"].items() if k in ("hidden", "depth"))
         theory = "" if f["theory"] is None else f"  theory {f['theory']:+.1f}"
-        lines.append(f"  {f['name']:<22} {fixed:<10} {_ci(f)}{theory}"
+        lines.append(f"  {f['name']:<22} {fixed:<10} {_ci(f)}{theory}{_in_ci(f.get('theory_in_ci'))}"
                      + (f"  ({len(f['excluded'])} points excluded)" if f["excluded"] else ""))
     for f in report["fits"]:
         if f["name"] == "fluctuation_vs_alpha" and f["slope"] is not None:
@@ -116,6 +130,7 @@ def summary(report: dict[str, Any]) -> str:
         if lin["spread"] is not None:
             lines.append(f"  linearization distance over α ≥ {lin['from_alpha']:g}: spread "
                          f"{lin['spread']:.2g}, largest gap to d_inf {lin['max_gap_to_d_inf']:.2g}")
-    for c in report["checks"]:
-        lines.append(f"  [{'ok' if c['holds'] else 'NO'}] {c['check']}: {c['value']:.4g}")
+    lines.append("  checks ([ok]: within the band around the theory; the CI criterion beside it, see "
+                 "docs/study.md, 'Which criterion counts'):")
+    lines += [_check_line(c) for c in report["checks"]]
     return "\n".join(lines)
