@@ -63,7 +63,9 @@ def _mark_excluded(ax: Any, fits: list[dict[str, Any] | None]) -> None:
               if e.get("value") is not None and e["value"] > 0]
     if points:
         xs, ys = zip(*points, strict=True)
-        ax.plot(xs, ys, "x", color="0.35", ms=9, mew=1.5, ls="none", label="left out of the fit")
+        named = any(line.get_label() == "left out of the fit" for line in ax.get_lines())
+        ax.plot(xs, ys, "x", color="0.35", ms=9, mew=1.5, ls="none",
+                label="_left out" if named else "left out of the fit")  # one legend entry per plot
 
 
 def _reference(ax: Any, reference: float, data: list[float], label: str) -> None:
