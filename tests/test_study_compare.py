@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from deepres.study import compare
+from deepres.study.convergence import compare
 from deepres.study.convergence.analysis import bootstrap_errors
 from deepres.study.convergence.compare import build_limit, build_resnet, coupling_weights, decompose
 

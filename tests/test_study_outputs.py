@@ -201,3 +201,18 @@ def test_study_json_and_every_table_carry_their_provenance(finished):
 def test_the_task_cannot_be_mistaken_for_a_preset():
     assert StudyConfig().task not in PRESETS and StudyConfig().task not in ("phase",)
     assert StudyConfig(task="paper").task == StudyConfig().task  # the old name still reads
+
+
+def test_a_folder_written_before_provenance_and_the_task_rename_still_resumes(finished, tmp_path, capsys):
+    import shutil
+
+    out = tmp_path / "old"
+    shutil.copytree(finished, out)
+    report = json.loads((out / "study.json").read_text())
+    del report["provenance"]
+    report["config"]["task"] = "paper"  # as an earlier deepres wrote it
+    (out / "study.json").write_text(json.dumps(report))
+    for table in ("measurements.csv", "fits.csv"):
+        sidecar_path(out / table).unlink()
+    assert _study(out) == 0
+    assert f"0 units run, {len(StudyConfig(**TINY).units())} resumed" in capsys.readouterr().out

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from deepres.benchmark.environment import environment
+from deepres.study.shared.data import TASK_ALIASES
 from deepres.study.shared.files import write_text
 from deepres.study.shared.report import json_safe
 
@@ -96,6 +97,15 @@ def write_csv(path: Path, rows: list[dict[str, Any]], fieldnames: Sequence[str],
     return [path, side]
 
 
+def _same_config(stored: Any, config: dict[str, Any]) -> bool:
+    """Whether a stored ``config`` is ``config``, a task under a former name counting as its new one."""
+    if not isinstance(stored, dict):
+        return False
+    if stored.get("task") in TASK_ALIASES:  # written before the task was renamed
+        stored = stored | {"task": TASK_ALIASES[stored["task"]]}
+    return stored == json_safe(config)
+
+
 def _read_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text())
@@ -107,7 +117,8 @@ def check_outputs(out: str | Path, tables: Sequence[str], config: dict[str, Any]
                   *, replace: bool, option: str = "--out") -> None:
     """Refuse to overwrite report files in ``out`` that no deepres study of this configuration wrote.
 
-    ``study.json`` is this study's when it holds the same ``config`` and
+    ``study.json`` is this study's when it holds the same ``config`` (a task under its
+    former name, :data:`deepres.study.shared.data.TASK_ALIASES`, counts as renamed) and
     ``unit_identity``; a table when its sidecar holds this configuration's digest and
     the table's SHA-256 (a table written before sidecars existed counts as this
     study's when ``study.json`` is, and has no ``provenance`` either). A link is never
@@ -129,7 +140,7 @@ def check_outputs(out: str | Path, tables: Sequence[str], config: dict[str, Any]
     digest = config_digest(config, identity)
     report = folder / "study.json"
     stored = _read_json(report) if report.is_file() and not report.is_symlink() else None
-    ours = (isinstance(stored, dict) and stored.get("config") == json_safe(config)
+    ours = (isinstance(stored, dict) and _same_config(stored.get("config"), config)
             and stored.get("unit_identity") == identity)
     legacy = ours and "provenance" not in stored  # type: ignore[operator]
     foreign = [] if ours or not (report.exists() or report.is_symlink()) else ["study.json"]
