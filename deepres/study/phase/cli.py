@@ -15,8 +15,9 @@ The flags of ``deepres study`` that make sense here keep their meaning
 (``--depths``, ``--widths`` (one M), ``--dims`` (one D), ``--alphas`` (one α),
 ``--etas`` (one η for the K steps), ``--steps`` (one K), ``--seed``, ``--replicas``,
 ``--task``, ``--samples``, ``--activation``, ``--bootstrap``, ``--dtype``,
-``--device``, ``--backend``, ``--threads``, ``--out``, ``--no-plots``,
-``--no-progress``); the others are refused. The ``--phase-*`` flags set the grid.
+``--device``, ``--backend``, ``--threads``, ``--out``, ``--wait``, ``--replace``,
+``--allow-large-units``, ``--no-plots``, ``--no-progress``); the others are refused.
+The ``--phase-*`` flags set the grid.
 """
 
 from __future__ import annotations
