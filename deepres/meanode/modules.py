@@ -162,6 +162,15 @@ class MeanODE(nn.Module):
     # with the new value) or refused at assignment, naming it: solver and particle_init made
     # the node grid, node_times, lr_multiplier and the particles, which a new value cannot
     # remake; gradient, checkpoint_every and activation are read at every forward.
+    def _set_fixed(self, name: str, value: str, choices: tuple[str, ...], made: str) -> None:
+        """Set option ``name`` at construction; refuse another value afterwards (it ``made`` what)."""
+        value = check_choice(value, name, choices)
+        current = self.__dict__.get(f"_{name}")
+        if current is not None and value != current:
+            raise AttributeError(f"MeanODE.{name} cannot change after construction ({made}); build a new "
+                                 f"MeanODE({name}={value!r}); got {value!r} for a {current!r} module")
+        self.__dict__[f"_{name}"] = value
+
     @property
     def solver(self) -> str:
         """The solver (fixed at construction: it made the node grid and ``lr_multiplier``)."""
@@ -169,12 +178,8 @@ class MeanODE(nn.Module):
 
     @solver.setter
     def solver(self, value: str) -> None:
-        value = check_choice(value, "solver", SOLVERS)
-        if "_solver" in self.__dict__ and value != self._solver:
-            raise AttributeError(f"MeanODE.solver cannot change after construction (the weights live on the "
-                                 f"{self._solver} node grid, and lr_multiplier is its); build a new "
-                                 f"MeanODE(solver={value!r}); got {value!r} for a {self._solver!r} module")
-        self._solver = value
+        self._set_fixed("solver", value, SOLVERS,
+                        "the weights live on its node grid, and lr_multiplier is its")
 
     @property
     def particle_init(self) -> str:
@@ -183,12 +188,7 @@ class MeanODE(nn.Module):
 
     @particle_init.setter
     def particle_init(self, value: str) -> None:
-        value = check_choice(value, "particle_init", PARTICLE_INITS)
-        if "_particle_init" in self.__dict__ and value != self._particle_init:
-            raise AttributeError(f"MeanODE.particle_init cannot change after construction (the particles are "
-                                 f"drawn); build a new MeanODE(particle_init={value!r}); got {value!r} for a "
-                                 f"{self._particle_init!r} module")
-        self._particle_init = value
+        self._set_fixed("particle_init", value, PARTICLE_INITS, "the particles are drawn")
 
     @property
     def activation(self) -> str:
