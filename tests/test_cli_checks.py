@@ -109,8 +109,15 @@ def test_numeric_options_are_bounded(argv, flag, capsys, tmp_path):
 
 
 def test_a_huge_checkpoint_every_is_one_segment():
+    import deepres
+    from tests.helpers import random_stack_inputs
+
     assert resolve_checkpoint_every(8, 10**30) == 8
     assert resolve_checkpoint_every(8, 3) == 3
+    h, u, v = random_stack_inputs(3, 4, 2, 5)
+    options = {"multiplier": 0.1, "pre_scale": 0.25, "backend": "torch"}
+    huge = deepres.residual_stack(h, u, v, checkpoint_every=10**30, **options)  # was a cast error
+    assert torch.equal(huge, deepres.residual_stack(h, u, v, **options))
 
 
 # ---------------------------------------------------------------- 9. unwritable destinations
