@@ -216,3 +216,15 @@ def test_a_folder_written_before_provenance_and_the_task_rename_still_resumes(fi
         sidecar_path(out / table).unlink()
     assert _study(out) == 0
     assert f"0 units run, {len(StudyConfig(**TINY).units())} resumed" in capsys.readouterr().out
+
+
+def test_bench_outputs_never_write_through_a_link(tmp_path):
+    from deepres.benchmark.report import write_csv, write_json
+
+    for name, write in (("report.json", write_json), ("report.csv", write_csv)):
+        victim = tmp_path / f"victim-{name}"
+        victim.write_text("precious")
+        (tmp_path / name).symlink_to(victim)
+        write({"results": []}, tmp_path / name)
+        assert victim.read_text() == "precious" and not (tmp_path / name).is_symlink()
+        assert stat.S_IMODE((tmp_path / name).stat().st_mode) == file_mode()
