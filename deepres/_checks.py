@@ -123,7 +123,9 @@ def resolve_checkpoint_every(depth: int, checkpoint_every: object, *, backsolve:
             Default False.
 
     Returns:
-        The segment length k ≥ 1, or :data:`BACKSOLVE`.
+        The segment length k ≥ 1, or :data:`BACKSOLVE`. An int k > ``depth`` gives
+        ``depth`` (one segment either way): the ops take k as a 64-bit int, which
+        ``10**30`` would overflow.
 
     Raises:
         TypeError: not None, an int or a str.
@@ -146,4 +148,4 @@ def resolve_checkpoint_every(depth: int, checkpoint_every: object, *, backsolve:
                         f"got {type(checkpoint_every).__name__} {checkpoint_every!r}")
     if checkpoint_every < 1:
         raise ValueError(f"checkpoint_every must be {expected}; got {checkpoint_every!r}")
-    return int(checkpoint_every)
+    return int(min(checkpoint_every, max(depth, 1)))

@@ -76,6 +76,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``deepres`` console script."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # The full command line, for the provenance of what the command writes.
+    args.argv = [sys.executable, *sys.argv] if argv is None else ["deepres", *argv]
     if getattr(args, "handler", None) is None:
         parser.print_help()
         return 2

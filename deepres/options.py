@@ -20,6 +20,7 @@ import argparse
 import math
 import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
@@ -31,21 +32,73 @@ from deepres.engines.registry import unavailable_reason
 from deepres.functional import BACKENDS
 
 __all__ = [
+    "MAX_INT",
     "OneLineParser",
     "OptionError",
     "check_backend",
     "check_device",
+    "check_out_file",
     "check_out_folder",
     "finite_float",
     "float_in",
     "int_at_least",
     "ints_at_least",
+    "max_threads",
     "one_line_errors",
     "one_of",
     "positive_floats",
     "print_error",
+    "threads_option",
     "typed",
+    "unique_values",
 ]
+
+#: The largest int any option takes unless it says less: every count and size fits a 64-bit
+#: int with room to multiply (a larger one would overflow inside torch, not fail here).
+MAX_INT = 2**62
+
+
+def max_threads() -> int:
+    """The most torch threads an option may ask for: the machine's logical CPUs.
+
+    More threads than CPUs only wait on each other, and torch's thread pools crash on
+    very large counts (a segfault at 100000, a libgomp error at 20000).
+
+    Example:
+        >>> max_threads() >= 1
+        True
+    """
+    return os.cpu_count() or 1
+
+
+def threads_option() -> Callable[[str], int]:
+    """An argparse ``type`` for ``--threads``: an int in [1, :func:`max_threads`].
+
+    Example:
+        >>> threads_option()("1")
+        1
+    """
+    return int_at_least(1, max_threads(), why=f"the {max_threads()} logical CPUs of this machine")
+
+
+def unique_values(values: Sequence[object], text: str) -> None:
+    """Refuse ``values`` that repeat one (an argparse type's check: an axis holds each value once).
+
+    Raises:
+        argparse.ArgumentTypeError: naming the repeated values.
+
+    Example:
+        >>> unique_values([4, 8], "4,8")
+    """
+    seen: list[object] = []
+    repeated: list[object] = []
+    for value in values:
+        if value in seen and value not in repeated:
+            repeated.append(value)
+        seen.append(value)
+    if repeated:
+        shown = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in repeated)
+        raise argparse.ArgumentTypeError(f"every value must appear once ({shown} repeated); got {text!r}")
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -157,8 +210,12 @@ def typed(parse: Callable[[str], object], expected: str) -> Callable[[str], obje
     return convert
 
 
-def int_at_least(low: int) -> Callable[[str], int]:
-    """An argparse ``type``: an int ≥ ``low``.
+def int_at_least(low: int, high: int = MAX_INT, *, why: str = "") -> Callable[[str], int]:
+    """An argparse ``type``: an int in [``low``, ``high``].
+
+    Args:
+        low, high: the bounds (included). high: Default :data:`MAX_INT`.
+        why: what the upper bound is, for the message (e.g. ``"the CPUs of this machine"``).
 
     Example:
         >>> int_at_least(2)("3")
@@ -172,14 +229,18 @@ def int_at_least(low: int) -> Callable[[str], int]:
             raise argparse.ArgumentTypeError(f"expected an int ≥ {low}; got {text!r}") from None
         if value < low:
             raise argparse.ArgumentTypeError(f"must be ≥ {low}; got {text!r}")
+        if value > high:
+            reason = f" ({why})" if why else ""
+            raise argparse.ArgumentTypeError(f"must be ≤ {high}{reason}; got {text!r}")
         return value
 
     parse.__name__ = f"int ≥ {low}"  # argparse names the type in some messages
     return parse
 
 
-def ints_at_least(low: int | None) -> Callable[[str], list[int]]:
-    """An argparse ``type``: comma-separated ints, each ≥ ``low`` (None: any int), at least one.
+def ints_at_least(low: int | None, high: int = MAX_INT) -> Callable[[str], list[int]]:
+    """An argparse ``type``: comma-separated ints, each in [``low``, ``high``] (low None: ≥ −high),
+    at least one, none repeated.
 
     Example:
         >>> ints_at_least(1)("4,8, 16")
@@ -196,6 +257,9 @@ def ints_at_least(low: int | None) -> Callable[[str], list[int]]:
             raise argparse.ArgumentTypeError(f"expected at least one int{bound}; got {text!r}")
         if low is not None and min(values) < low:
             raise argparse.ArgumentTypeError(f"every value must be{bound}; got {text!r}")
+        if max(abs(v) for v in values) > high:
+            raise argparse.ArgumentTypeError(f"every value must be ≤ {high} in size; got {text!r}")
+        unique_values(values, text)
         return values
 
     parse.__name__ = "ints"
@@ -254,8 +318,9 @@ def float_in(low: float, high: float, *, low_open: bool = True) -> Callable[[str
     return parse
 
 
-def positive_floats(*, allow_empty: bool = False) -> Callable[[str], list[float]]:
-    """An argparse ``type``: comma-separated finite numbers > 0 (an empty list only if ``allow_empty``).
+def positive_floats(*, allow_empty: bool = False, unique: bool = True) -> Callable[[str], list[float]]:
+    """An argparse ``type``: comma-separated finite numbers > 0 (an empty list only if ``allow_empty``),
+    none repeated unless not ``unique``.
 
     Example:
         >>> positive_floats(allow_empty=True)("")
@@ -271,6 +336,8 @@ def positive_floats(*, allow_empty: bool = False) -> Callable[[str], list[float]
             raise argparse.ArgumentTypeError(f"expected at least one number > 0; got {text!r}")
         if any(not (math.isfinite(v) and v > 0) for v in values):
             raise argparse.ArgumentTypeError(f"every value must be a finite number > 0; got {text!r}")
+        if unique:
+            unique_values(values, text)
         return values
 
     parse.__name__ = "numbers"
@@ -339,10 +406,23 @@ def check_backend(backend: str, device: torch.device, option: str = "--backend")
     return backend
 
 
+def _probe(folder: Path) -> str | None:
+    """Why no file can be created in ``folder`` (None: one can): it tries, and removes it."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".deepres-probe-", dir=folder)
+    except OSError as error:
+        return error.strerror or type(error).__name__
+    os.close(fd)
+    os.unlink(name)
+    return None
+
+
 def check_out_folder(path: str | os.PathLike[str], option: str = "--out") -> Path:
     """``path`` as an output folder: it is a folder, or can be created as one, and is writable.
 
-    Nothing is created: the nearest existing folder on the path must be writable.
+    Nothing is left behind: a file is created and removed in the nearest existing folder on
+    the path (permission bits alone do not say it: root may write anywhere but in
+    ``/proc`` or ``/sys``).
 
     Raises:
         OptionError: a file is in the way, or the folder cannot be written.
@@ -359,7 +439,31 @@ def check_out_folder(path: str | os.PathLike[str], option: str = "--out") -> Pat
     if not existing.is_dir():
         where = "it" if existing == folder else str(existing)
         raise OptionError(option, path, f"not a folder: {where} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
+    reason = "no permission" if not os.access(existing, os.W_OK | os.X_OK) else _probe(existing)
+    if reason is not None:
         where = "" if existing == folder else f" ({existing})"
-        raise OptionError(option, path, f"the folder{where} is not writable")
+        raise OptionError(option, path, f"the folder{where} is not writable: {reason}")
     return folder
+
+
+def check_out_file(path: str | os.PathLike[str], option: str) -> Path:
+    """``path`` as a file to write: its folder exists and takes a new file; it is not a folder.
+
+    Raises:
+        OptionError: naming the option, before any work.
+
+    Example:
+        >>> import tempfile
+        >>> check_out_file(Path(tempfile.mkdtemp()) / "report.json", "--json").name
+        'report.json'
+    """
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if target.is_dir():
+        raise OptionError(option, path, "a file to write, not a directory")
+    if not parent.is_dir():
+        raise OptionError(option, path, f"its folder {str(parent)!r} does not exist")
+    reason = "no permission" if not os.access(parent, os.W_OK | os.X_OK) else _probe(parent)
+    if reason is not None:
+        raise OptionError(option, path, f"cannot be written: {reason}")
+    return target

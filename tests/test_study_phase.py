@@ -285,8 +285,10 @@ def test_phase_units_are_keyed_by_device_type_and_backend(tmp_path):
     assert cli.main(_parse(args)) == 0
     report = json.loads((tmp_path / "study.json").read_text())
     assert report["unit_identity"] == {"backend": "auto", "device": "cpu"} and report["corrupt_files"] == []
-    # Another backend: nothing read back (and --wait, which waits only when the folder is busy).
-    assert cli.main(_parse([*args, "--backend", "torch", "--wait"])) == 0
+    # Another backend: another configuration, whose report files replace these only with --replace;
+    # nothing read back (and --wait, which waits only when the folder is busy).
+    assert cli.main(_parse([*args, "--backend", "torch", "--wait"])) == 2
+    assert cli.main(_parse([*args, "--backend", "torch", "--wait", "--replace"])) == 0
     assert json.loads((tmp_path / "study.json").read_text())["units"]["resumed"] == 0
 
 

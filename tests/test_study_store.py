@@ -212,7 +212,10 @@ def test_a_rerun_with_another_backend_runs_its_own_units_and_records_the_backend
     assert json.loads((tmp_path / "study.json").read_text())["unit_identity"] == {"backend": "torch",
                                                                                   "device": "cpu"}
     capsys.readouterr()
-    assert deepres_main([*args, "--backend", "reference"]) == 0
+    # The report files there are another configuration's: refused before any work, unless --replace.
+    assert deepres_main([*args, "--backend", "reference"]) == 2
+    assert "--replace" in capsys.readouterr().err
+    assert deepres_main([*args, "--backend", "reference", "--replace"]) == 0
     assert f"{total} units run, 0 resumed (backend reference, cpu)" in capsys.readouterr().out
     report = json.loads((tmp_path / "study.json").read_text())
     assert report["unit_identity"] == {"backend": "reference", "device": "cpu"}

@@ -110,6 +110,7 @@ def test_checkpoint_policy():
     assert resolve_checkpoint_every(100, None) == 1
     assert resolve_checkpoint_every(100, "sqrt") == 10
     assert resolve_checkpoint_every(101, "sqrt") == 11
-    assert resolve_checkpoint_every(5, 8) == 8
+    assert resolve_checkpoint_every(5, 8) == 5  # k > L is one segment, as k = L (and 10**30 fits an int64)
+    assert resolve_checkpoint_every(5, 10**30) == 5
     assert segments(7, 3) == [(0, 3), (3, 6), (6, 7)]
     assert segments(4, 8) == [(0, 4)]

@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import math
-import os
 import sys
 from collections.abc import Callable
-from pathlib import Path
 
 import torch
 
@@ -27,7 +25,15 @@ from deepres.benchmark.presets import DEFAULTS, GENERAL, PRESETS, QUICK, QUICK_E
 from deepres.benchmark.providers import meanode_providers, stack_providers
 from deepres.benchmark.report import format_table, write_csv, write_json, write_plot
 from deepres.benchmark.timing import TimingOptions
-from deepres.options import OptionError, one_line_errors, print_error, typed
+from deepres.options import (
+    MAX_INT,
+    OptionError,
+    check_out_file,
+    one_line_errors,
+    print_error,
+    threads_option,
+    typed,
+)
 
 __all__ = ["COMPILE_BACKENDS", "PRESETS", "OptionError", "build_config", "check_options", "configure_parser",
            "main", "resolve"]
@@ -48,7 +54,7 @@ _FLAGS: dict[str, str] = {
 
 
 def _int_at_least(low: int) -> Callable[[str], int | None]:
-    return lambda text: value if (value := int(text)) >= low else None
+    return lambda text: value if low <= (value := int(text)) <= MAX_INT else None
 
 
 def _float_where(ok: Callable[[float], bool]) -> Callable[[str], float | None]:
@@ -186,7 +192,7 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
                         help="time each provider alone right after its memory step, instead of all "
                              "providers of a case together in shuffled rounds (the default, which "
                              "exposes all providers to the same load on a shared machine)")
-    timing.add_argument("--threads", type=_POSITIVE_INT, default=None,
+    timing.add_argument("--threads", type=threads_option(), default=None,
                         help="torch.set_num_threads for every provider (default: PyTorch's, one per core)")
     timing.add_argument("--provider-timeout", dest="provider_timeout", type=_POSITIVE, default=None,
                         help="seconds one provider's process may take for the whole grid (default 1800)")
@@ -228,16 +234,8 @@ def resolve(args: argparse.Namespace) -> dict[str, object]:
 
 
 def _writable(option: str, path: str | None) -> None:
-    if path is None:
-        return
-    target = Path(path)
-    parent = target.parent if str(target.parent) else Path(".")
-    if target.is_dir():
-        raise OptionError(option, path, "a file to write, not a directory")
-    if not parent.is_dir():
-        raise OptionError(option, path, f"its folder {str(parent)!r} does not exist")
-    if not os.access(parent, os.W_OK) or (target.exists() and not os.access(target, os.W_OK)):
-        raise OptionError(option, path, "cannot be written (no permission)")
+    if path is not None:
+        check_out_file(path, option)
 
 
 def check_options(options: dict[str, object], args: argparse.Namespace) -> None:

@@ -29,6 +29,8 @@ from deepres.benchmark.memory import (
 )
 from deepres.benchmark.runner import Provider
 from deepres.benchmark.timing import TimingOptions, time_interleaved, time_step, wall_time
+from deepres.study.shared.files import atomic_write
+from deepres.study.shared.store import read_torch_file
 
 __all__ = ["RESULT_FIELDS", "empty_row", "measure", "progress_line", "set_time", "time_case"]
 
@@ -71,9 +73,9 @@ def _compare(case: Case, provider: str, outputs: dict[str, torch.Tensor],
         return None, None
     path = reference_dir / f"{case.key()}.pt"
     if not path.exists():
-        torch.save({"provider": provider, "outputs": outputs}, path)
+        atomic_write(path, lambda handle: torch.save({"provider": provider, "outputs": outputs}, handle))
         return 0.0, provider
-    stored = torch.load(path, weights_only=True)
+    stored = read_torch_file(path)
     return _rel_err(outputs, stored["outputs"]), stored["provider"]
 
 

@@ -1,14 +1,19 @@
 """Output of a benchmark report: readable table, JSON, CSV and log-log PNG plots.
 
-The report is the dict returned by :func:`deepres.benchmark.harness.run_benchmark`.
+The report is the dict returned by :func:`deepres.benchmark.harness.run_benchmark`. Files are
+written by the one rule of :mod:`deepres.study.shared.files` (atomically, never through a link,
+mode 0o666 less the umask).
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Sequence
 from pathlib import Path
+
+from deepres.study.shared.files import atomic_write, write_text
 
 __all__ = ["CSV_COLUMNS", "format_table", "write_csv", "write_json", "write_plot"]
 
@@ -121,7 +126,7 @@ def format_table(report: dict[str, object]) -> str:
 
 def write_json(report: dict[str, object], path: str | Path) -> None:
     """Write the full report (environment, ceilings, config, results, growth) as JSON."""
-    Path(path).write_text(json.dumps(report, indent=1) + "\n")
+    write_text(path, json.dumps(report, indent=1) + "\n")
 
 
 def _csv_row(row: dict[str, object]) -> dict[str, object]:
@@ -139,11 +144,12 @@ def _csv_row(row: dict[str, object]) -> dict[str, object]:
 
 def write_csv(report: dict[str, object], path: str | Path) -> None:
     """Write one CSV row per (provider, case) with the columns of :data:`CSV_COLUMNS`."""
-    with open(path, "w", newline="") as sink:
-        writer = csv.DictWriter(sink, fieldnames=list(CSV_COLUMNS))
-        writer.writeheader()
-        for row in report["results"]:
-            writer.writerow(_csv_row(row))
+    sink = io.StringIO(newline="")
+    writer = csv.DictWriter(sink, fieldnames=list(CSV_COLUMNS))
+    writer.writeheader()
+    for row in report["results"]:
+        writer.writerow(_csv_row(row))
+    write_text(path, sink.getvalue())
 
 
 def _series(report: dict[str, object], metric: str) -> dict[str, tuple[Sequence[int], Sequence[float]]]:
@@ -186,5 +192,5 @@ def write_plot(report: dict[str, object], path: str | Path) -> None:
     env = report["environment"]
     fig.suptitle(f"deepres bench ({report['config']['workload']}) on {env['device_name']}", fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=110))
     plt.close(fig)

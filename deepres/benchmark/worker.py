@@ -35,6 +35,7 @@ from deepres.benchmark.measure import empty_row, measure, progress_line, time_ca
 from deepres.benchmark.providers import providers_for
 from deepres.benchmark.runner import Provider
 from deepres.benchmark.timing import TimingOptions
+from deepres.study.shared.files import file_mode
 
 __all__ = ["memory_spec", "run_worker", "timing_spec"]
 
@@ -96,7 +97,10 @@ def _providers(spec: dict[str, object], workload: str) -> dict[str, Provider]:
 def _serve(spec: dict[str, object], rows: Callable[[], object]) -> int:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))  # type: ignore[arg-type]
-    with open(str(spec["output"]), "a") as sink:
+    # A stream of rows into the harness's private temporary folder: appended as they come
+    # (no rename), but never through a link (the one rule of deepres.study.shared.files).
+    flags = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+    with os.fdopen(os.open(str(spec["output"]), flags, file_mode()), "a") as sink:
         for row in rows():  # type: ignore[attr-defined]
             sink.write(json.dumps(row) + "\n")
             sink.flush()

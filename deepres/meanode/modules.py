@@ -132,7 +132,7 @@ class MeanODE(nn.Module):
         self.solver = check_choice(solver, "solver", SOLVERS)
         self.gradient = check_choice(gradient, "gradient", GRADIENTS)
         self.particle_init = check_choice(particle_init, "particle_init", PARTICLE_INITS)
-        self.checkpoint_every = _resolve_every(steps, checkpoint_every, gradient)
+        self.checkpoint_every = checkpoint_every  # its setter resolves the policy, once
         dtype = _check_dtype(dtype)
         tab = TABLEAUS[solver]
         self._tableau = tab
@@ -158,6 +158,74 @@ class MeanODE(nn.Module):
             ratios = torch.tensor([delta / w for w in weights], dtype=torch.float64)
             self.register_buffer("lr_multiplier", (ratios * p.lr_multiplier).to(
                 device=device, dtype=dtype).view(-1, 1, 1), persistent=False)
+
+    # Options after construction. Each is honoured exactly (the module then equals one built
+    # with the new value) or refused at assignment, naming it: solver and particle_init made
+    # the node grid, node_times, lr_multiplier and the particles, which a new value cannot
+    # remake; gradient, checkpoint_every and activation are read at every forward.
+    def _set_fixed(self, name: str, value: str, choices: tuple[str, ...], made: str) -> None:
+        """Set option ``name`` at construction; refuse another value afterwards (it ``made`` what)."""
+        value = check_choice(value, name, choices)
+        current = self.__dict__.get(f"_{name}")
+        if current is not None and value != current:
+            raise AttributeError(f"MeanODE.{name} cannot change after construction ({made}); build a new "
+                                 f"MeanODE({name}={value!r}); got {value!r} for a {current!r} module")
+        self.__dict__[f"_{name}"] = value
+
+    @property
+    def solver(self) -> str:
+        """The solver (fixed at construction: it made the node grid and ``lr_multiplier``)."""
+        return self._solver
+
+    @solver.setter
+    def solver(self, value: str) -> None:
+        self._set_fixed("solver", value, SOLVERS,
+                        "the weights live on its node grid, and lr_multiplier is its")
+
+    @property
+    def particle_init(self) -> str:
+        """How the particles were drawn (fixed at construction)."""
+        return self._particle_init
+
+    @particle_init.setter
+    def particle_init(self, value: str) -> None:
+        self._set_fixed("particle_init", value, PARTICLE_INITS, "the particles are drawn")
+
+    @property
+    def activation(self) -> str:
+        """The activation σ (may be changed: read at every forward)."""
+        return self._activation
+
+    @activation.setter
+    def activation(self, value: str) -> None:
+        self._activation = check_activation(value)
+
+    @property
+    def gradient(self) -> str:
+        """The gradient route (may be changed, but not to ``"discrete"`` with ``"backsolve"``)."""
+        return self._gradient
+
+    @gradient.setter
+    def gradient(self, value: str) -> None:
+        value = check_choice(value, "gradient", GRADIENTS)
+        if self.__dict__.get("_every") == BACKSOLVE and value != "adjoint":
+            raise ValueError(f"gradient={value!r} needs the forward states, which "
+                             "checkpoint_every='backsolve' does not keep; set checkpoint_every first, or "
+                             f"build a new MeanODE; got {value!r}")
+        self._gradient = value
+
+    @property
+    def checkpoint_every(self) -> int:
+        """The resolved memory policy: the segment length k ≥ 1, or :data:`deepres._checks.BACKSOLVE`.
+
+        May be changed: a new policy (None, an int, ``"sqrt"`` or ``"backsolve"``) is
+        resolved at assignment, once.
+        """
+        return self._every
+
+    @checkpoint_every.setter
+    def checkpoint_every(self, value: int | str | None) -> None:
+        self._every = _resolve_every(self.steps, value, self.gradient)
 
     @property
     def dim(self) -> int:

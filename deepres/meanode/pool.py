@@ -11,17 +11,23 @@ its module) simply gives fresh buffers.
 
 Why reuse is safe. A buffer is handed out again only when the pool's own
 tensor is the sole owner of its storage: ``torch._C._storage_Use_Count``
-counts the tensors (views included) that share a storage, so a gradient that
-anyone can still see (``param.grad``, a tensor a user kept) is never
-overwritten. That function is private; if a PyTorch release removes it,
-:func:`_storage_use_count` returns None and the pool stops reusing buffers,
-so correctness never depends on it, only speed. CUDA's caching allocator
+counts the tensors (views included) and storage objects that share a storage,
+so a gradient that anyone can still see (``param.grad``, a tensor a user kept,
+its ``untyped_storage()``) is never overwritten. A Python storage object is
+one object per storage (PyTorch hands the same one to every caller), so the
+count cannot tell the one made to ask it from one a user kept: its Python
+reference count does, and :func:`_storage_use_count` adds it. Those
+functions are private; if a PyTorch release removes one, or the reference
+counts read differently than measured at import, :func:`_storage_use_count`
+returns None and the pool stops reusing buffers, so correctness never depends
+on them, only speed. CUDA's caching allocator
 already recycles memory, so the pool is used on CPU only.
 """
 
 from __future__ import annotations
 
 import itertools
+import sys
 import weakref
 
 import torch
@@ -33,12 +39,30 @@ _POOLS: weakref.WeakValueDictionary[int, GradientPool] = weakref.WeakValueDictio
 _IDS = itertools.count(1)
 
 
-def _storage_use_count(t: torch.Tensor) -> int | None:
+def _counts(t: torch.Tensor) -> tuple[int, int] | None:
+    """(owners of ``t``'s storage, Python references to its storage object), as seen from here."""
     count = getattr(torch._C, "_storage_Use_Count", None)
     if count is None:
         return None
-    # The temporary storage object made here holds one reference itself.
-    return int(count(t.untyped_storage()._cdata)) - 1
+    storage = t.untyped_storage()
+    return int(count(storage._cdata)), sys.getrefcount(storage)
+
+
+# What _counts reads for a tensor that owns its storage alone and whose storage object no one
+# holds: the storage object it makes counts once among the owners, and its Python references
+# are only _counts' own.
+_ALONE = _counts(torch.empty(1))
+
+
+def _storage_use_count(t: torch.Tensor) -> int | None:
+    """How many tensors and storage objects share ``t``'s storage (1: ``t`` alone); None if unknown."""
+    counts = _counts(t)
+    if counts is None or _ALONE is None or _ALONE[0] != 2:
+        return None
+    owners, references = counts
+    # A storage object someone else holds is the one _counts asked about: it counted once among
+    # the owners already (owners − 1 would miss it), so count its other Python references.
+    return owners - 1 + max(references - _ALONE[1], 0)
 
 
 class GradientPool:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import argparse
 
 from deepres.study.convergence import cli as convergence_cli
-from deepres.study.convergence.presets import PRESETS
+from deepres.study.convergence.presets import PRESETS, describe_presets
 from deepres.study.phase import cli as phase_cli
 from deepres.study.shapes import cli as shapes_cli
 
@@ -40,9 +40,12 @@ def configure_parser(parser: argparse.ArgumentParser) -> None:
         'phase'
     """
     parser.add_argument("--preset", choices=sorted([*PRESETS, "phase", "shapes"]), default="quick",
-                        help="base configuration (default: quick); phase: the phase diagram of residual "
-                             "multiplier and learning rate (deepres.study.phase.cli); shapes: the joint "
-                             "(L, M, D) limit (deepres.study.shapes.cli)")
+                        help="base configuration (default: quick). " + "; ".join(
+                            f"{line}" for line in describe_presets().splitlines())
+                        + "; phase: the phase diagram of residual multiplier and learning rate, β:γ points "
+                          "at L 16..256 and δ:λ points at D 32..256 (see its --phase-* options); shapes: "
+                          "the joint (L, M, D) limit against a large reference network (see its "
+                          "--shapes-* options)")
     convergence_cli.add_arguments(parser)
     phase_cli.add_phase_arguments(parser)
     shapes_cli.add_shapes_arguments(parser)

@@ -17,6 +17,7 @@ from typing import Any
 from deepres.activations import ACTIVATIONS
 from deepres.functional import BACKENDS
 from deepres.options import (
+    MAX_INT,
     OptionError,
     check_backend,
     check_device,
@@ -27,15 +28,19 @@ from deepres.options import (
     one_of,
     positive_floats,
     print_error,
+    threads_option,
 )
 from deepres.study.convergence.compare import SOLVERS
+from deepres.study.convergence.estimate import unit_bytes
 from deepres.study.convergence.presets import StudyConfig, preset
-from deepres.study.convergence.report import summary
+from deepres.study.convergence.report import TABLES, summary
 from deepres.study.convergence.run import run_study
-from deepres.study.shared.data import TASKS
+from deepres.study.shared.data import TASK_ALIASES, TASKS
 from deepres.study.shared.environment import set_threads
 from deepres.study.shared.files import run_locked
-from deepres.study.shared.store import CorruptResultError, CorruptResultWarning
+from deepres.study.shared.memory import check_unit_memory
+from deepres.study.shared.outputs import check_outputs
+from deepres.study.shared.store import CorruptResultError, CorruptResultWarning, unit_identity
 from deepres.study.shared.sweep import Executor, LocalExecutor
 
 __all__ = ["add_arguments", "check_options", "config_from_args", "main"]
@@ -58,11 +63,11 @@ _AXES: dict[str, tuple[str, Any, str]] = {
     "--particles": ("particles", int_at_least(2), "particles K per limit set (even)"),
     "--grid-steps": ("grid_steps", int_at_least(2), "steps N of the limit's depth grid"),
     "--limit-sets": ("limit_sets", int_at_least(2), "independent particle sets averaged into the limit"),
-    "--solver": ("solver", one_of(SOLVERS), "limit solver: euler, midpoint, rk4 (default: rk4 with "
-                 "MeanODENet)"),
+    "--solver": ("solver", one_of(SOLVERS), "solver of the limit (MeanODENet): euler, midpoint or rk4"),
     "--particle-init": ("particle_init", one_of(("sobol", "antithetic")),
-                        "limit particles: sobol or antithetic (default: sobol)"),
-    "--task": ("task", one_of(TASKS), "task: paper or teacher"),
+                        "the limit's particles: sobol or antithetic"),
+    "--task": ("task", one_of((*TASKS, *TASK_ALIASES)),
+               "task: memorize (the companion paper's Gaussian targets; formerly called paper) or teacher"),
     "--samples": ("samples", int_at_least(1), "number of samples N"),
     "--activation": ("activation", one_of(ACTIVATIONS), f"activation σ: {', '.join(ACTIVATIONS)}"),
     "--records": ("records", int_at_least(1), "recorded steps, evenly spaced from 0 to the last"),
@@ -96,9 +101,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         >>> parser.parse_args(["--depths", "4,8"]).depths
         [4, 8]
     """
-    parser.add_argument("--seed", type=int, default=None, help="a single seed (same as --seeds N)")
-    for flag, (_, kind, text) in _AXES.items():
-        parser.add_argument(flag, type=kind, default=None, help=f"{text} (default: the preset's)")
+    parser.add_argument("--seed", type=int_at_least(-MAX_INT), default=None,
+                        help="a single seed (same as --seeds N)")
+    quick = preset("quick")
+    for flag, (name, kind, text) in _AXES.items():
+        value = {"solver": quick.resolved_solver, "particle_init": quick.resolved_particle_init}.get(
+            name, getattr(quick, name))
+        shown = ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value) if isinstance(
+            value, list) else (f"{value:g}" if isinstance(value, float) else str(value))
+        parser.add_argument(flag, type=kind, default=None,
+                            help=f"{text} (default: the preset's; quick: {shown or 'none'})")
     parser.add_argument("--antithetic", action=argparse.BooleanOptionalAction, default=None,
                         help="replicas in antithetic pairs (default: the preset's, on)")
     parser.add_argument("--dtype", choices=["float32", "float64"], default=None,
@@ -113,6 +125,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--wait", action="store_true",
                         help="if another study is writing into --out, wait for it to end (default: exit "
                              "with a message)")
+    parser.add_argument("--replace", action="store_true",
+                        help="overwrite study.json and the CSV tables in --out even when they were not "
+                             "written by a deepres study of this configuration (default: refuse, before any "
+                             "work)")
+    parser.add_argument("--allow-large-units", action="store_true",
+                        help="run units whose memory estimate exceeds the device's memory (default: refuse "
+                             "them before any work, naming the largest; the estimate is an upper bound)")
     parser.add_argument("--no-plots", action="store_true", help="do not write PNG plots")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
     parser.add_argument("--executor", choices=["local", "ray"], default="local",
@@ -124,7 +143,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-retries", type=int_at_least(0), default=2,
                         help="with --executor ray: reruns of a unit whose worker died before it is "
                              "reported failed (default: 2)")
-    parser.add_argument("--threads", type=int_at_least(1), default=None,
+    parser.add_argument("--threads", type=threads_option(), default=None,
                         help="torch CPU threads (default: 1 on CPU, where the study's small tensors run "
                              "faster on one thread than on several; torch's default elsewhere)")
 
@@ -210,11 +229,22 @@ def main(args: argparse.Namespace) -> int:
         return print_error(_PROG, error)
     if args.device is None:
         args.device = "cuda" if getattr(executor, "has_gpus", False) else "cpu"
+    try:
+        check_outputs(args.out, TABLES, config.as_dict(), unit_identity(args.device, args.backend),
+                      replace=args.replace)
+        if not args.allow_large_units and args.executor == "local":  # Ray's workers are other machines
+            check_unit_memory(config.units(), unit_bytes, args.device)
+    except ValueError as error:
+        close = getattr(executor, "close", None)
+        if close is not None:
+            close()
+        return print_error(_PROG, error)
     set_threads(args.threads, args.device)
 
     def study(wait: bool) -> dict[str, Any]:
         return run_study(config, args.out, device=args.device, backend=args.backend,
-                         progress=not args.no_progress, plots=not args.no_plots, executor=executor, wait=wait)
+                         progress=not args.no_progress, plots=not args.no_plots, executor=executor, wait=wait,
+                         preset=args.preset, argv=getattr(args, "argv", None))
 
     try:
         with warnings.catch_warnings():

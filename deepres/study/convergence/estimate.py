@@ -28,7 +28,7 @@ import torch
 
 from deepres.study.convergence.units import run_unit
 
-__all__ = ["MODEL", "calibrate", "estimate", "format_seconds", "model_seconds", "probe_unit"]
+__all__ = ["MODEL", "calibrate", "estimate", "format_seconds", "model_seconds", "probe_unit", "unit_bytes"]
 
 #: Per kind: (c0 [s], a [s per layer-step], b [s per layer-step per unit of work]) on the 2-core
 #: reference CPU (one torch thread, load 2–3). NOTE: read off units timed there: a ResNet layer-step
@@ -144,3 +144,37 @@ def format_seconds(seconds: float) -> str:
     if seconds >= 60:
         return f"{seconds // 60} min {seconds % 60:02d} s"
     return f"{seconds} s"
+
+
+def unit_bytes(unit: dict[str, Any]) -> float:
+    """An upper estimate of a unit's peak memory in bytes, from its sizes (for
+    :func:`deepres.study.shared.memory.check_unit_memory`).
+
+    Counted, in the unit's dtype (float64 for the lazy sweep): for a ResNet, its R·L·M·D
+    weights eight times (u and v, their gradients, the copies that measure how far they
+    moved) and its activations R·L·N·(D + M) three times (kept for the backward pass);
+    for a limit, each set's nodes·K·D particles six times and its nodes·N·K field
+    evaluations twice; for the lazy sweep, twelve copies of the weights (the ODE, its
+    tangent model, their gradients) and four of the activations.
+
+    Example:
+        >>> unit = {"kind": "resnet", "dtype": "float32", "replicas": 512, "depth": 100000,
+        ...         "hidden": 1024, "dim": 64, "samples": 10, "steps": 20, "record_steps": [0, 20]}
+        >>> unit_bytes(unit) > 1e14
+        True
+    """
+    kind, samples, dim = unit["kind"], unit["samples"], unit["dim"]
+    if kind == "limit":
+        itemsize = 4 if unit["dtype"] == "float32" else 8
+        nodes = 2 * unit["grid_steps"] + 1  # rk4's; euler and midpoint have fewer
+        particles = unit["particles"]
+        per_set = 6 * nodes * particles * dim + 2 * nodes * samples * particles
+        return float(itemsize * unit["sets"] * per_set)
+    itemsize = 8 if kind in ("lazy", "lazy_limit") or unit["dtype"] == "float64" else 4
+    weights = unit["replicas"] * unit["depth"] * unit["hidden"] * dim
+    activations = unit["replicas"] * unit["depth"] * samples * (dim + unit["hidden"])
+    if kind == "resnet":
+        records = len(unit["record_steps"]) * unit["replicas"] * samples * (dim + 5)
+        losses = (unit["steps"] + 1) * unit["replicas"]
+        return float(itemsize * (8 * weights + 3 * activations + records + losses))
+    return float(itemsize * (12 * weights + 4 * activations))

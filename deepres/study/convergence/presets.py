@@ -27,9 +27,9 @@ from typing import Any
 
 from deepres.activations import check_activation
 from deepres.study.convergence.compare import SOLVERS
-from deepres.study.shared.data import TASKS
+from deepres.study.shared.data import task_name, unit_task_name
 
-__all__ = ["PRESETS", "StudyConfig", "preset"]
+__all__ = ["PRESETS", "StudyConfig", "describe_presets", "preset"]
 
 
 def _record_steps(steps: int, count: int) -> list[int]:
@@ -44,7 +44,8 @@ class StudyConfig:
     """Every axis and option of a ResNet-vs-limit study.
 
     Attributes (defaults in brackets):
-        task: ``"paper"`` or ``"teacher"`` ["paper"]. samples: N [10].
+        task: ``"memorize"`` (the companion paper's task; its former name ``"paper"`` is
+            accepted) or ``"teacher"`` ["memorize"]. samples: N [10].
         depths: L values [4, 8, 16, 32, 64, 128]. widths: M values [1, 4, 16]. dims: D values [4].
         alphas: α values [1.0]. etas: η values [0.1]. steps: GD step counts [20].
         seeds: data/embedding/limit seeds [0]. replicas: R per (L, M, ...) [512].
@@ -70,7 +71,7 @@ class StudyConfig:
             standard error [3.0].
     """
 
-    task: str = "paper"
+    task: str = "memorize"
     samples: int = 10
     depths: list[int] = field(default_factory=lambda: [4, 8, 16, 32, 64, 128])
     widths: list[int] = field(default_factory=lambda: [1, 4, 16])
@@ -116,6 +117,13 @@ class StudyConfig:
         for name in ("alphas", "etas", "lazy_alphas", "alpha_axis", "alpha_fit"):
             if any(not float(v) > 0 for v in getattr(self, name)):
                 raise ValueError(f"{name} must hold numbers > 0; got {getattr(self, name)!r}")
+        for name in ("depths", "widths", "dims", "alphas", "etas", "steps", "seeds", "lazy_alphas",
+                     "alpha_axis"):
+            values = list(getattr(self, name))
+            if len(set(values)) != len(values):
+                # A repeated value would run its units once but report every measurement twice,
+                # or fit a line through two points at one x.
+                raise ValueError(f"{name} must not repeat a value; got {values!r}")
         if len(self.alpha_fit) != 2 or not self.alpha_fit[0] < self.alpha_fit[1]:
             raise ValueError(f"alpha_fit must be [low, high] with low < high; got {self.alpha_fit!r}")
         for name in ("alpha_axis_depth", "alpha_axis_hidden", "lazy_depth", "lazy_hidden", "lazy_replicas"):
@@ -140,8 +148,7 @@ class StudyConfig:
         if self.particle_init is not None and self.particle_init not in ("sobol", "antithetic"):
             raise ValueError(f"particle_init must be 'sobol', 'antithetic' or None; "
                              f"got {self.particle_init!r}")
-        if self.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}; got {self.task!r}")
+        self.task = task_name(self.task)
         check_activation(self.activation)
         if self.dtype not in ("float32", "float64"):
             raise ValueError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
@@ -165,8 +172,9 @@ class StudyConfig:
                                            "resolved_particle_init": self.resolved_particle_init}
 
     def _base(self, seed: int, dim: int, alpha: float, eta: float, steps: int) -> dict[str, Any]:
-        return {"task": self.task, "samples": self.samples, "seed": seed, "dim": dim, "alpha": float(alpha),
-                "eta": float(eta), "steps": steps, "activation": self.activation, "dtype": self.dtype,
+        return {"task": unit_task_name(self.task), "samples": self.samples, "seed": seed, "dim": dim,
+                "alpha": float(alpha), "eta": float(eta), "steps": steps, "activation": self.activation,
+                "dtype": self.dtype,
                 "record_steps": _record_steps(steps, self.records)}
 
     def groups(self) -> list[dict[str, Any]]:
@@ -269,3 +277,24 @@ def preset(name: str, **overrides: Any) -> StudyConfig:
     if name not in PRESETS:
         raise ValueError(f"preset must be one of {tuple(PRESETS)}; got {name!r}")
     return StudyConfig(**(PRESETS[name] | overrides))
+
+
+def describe_presets() -> str:
+    """What each preset contains, one line each (for ``deepres study --help``).
+
+    Example:
+        >>> describe_presets().splitlines()[0].startswith("quick: L 4,8,16")
+        True
+    """
+    def values(items: list[Any]) -> str:
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in items) or "none"
+
+    lines = []
+    for name in PRESETS:
+        c = preset(name)
+        lines.append(f"{name}: L {values(c.depths)}; M {values(c.widths)}; D {values(c.dims)}; α "
+                     f"{values(c.alphas)}; {values(c.steps)} steps; R {c.replicas}; limit K {c.particles} × "
+                     f"{c.limit_sets} sets, {c.grid_steps} {c.resolved_solver} steps; α axis "
+                     f"{values(c.alpha_axis)} at L={c.alpha_axis_depth}, M={c.alpha_axis_hidden}; lazy α "
+                     f"{values(c.lazy_alphas)} at L={c.lazy_depth}, M={c.lazy_hidden}")
+    return "\n".join(lines)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
 
+from deepres.study.shared.outputs import write_csv
 from deepres.study.shared.report import json_safe, write_study_json
 
-__all__ = ["summary", "write_report", "write_tables"]
+__all__ = ["TABLES", "summary", "write_report", "write_tables"]
+
+#: The CSV tables a convergence study writes (each with its provenance sidecar).
+TABLES = ("measurements.csv", "fits.csv")
 
 
 def write_report(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
@@ -38,27 +41,21 @@ def write_tables(report: dict[str, Any], out: str | Path, *, plots: bool = True)
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "measurements.csv", out / "fits.csv"]
+    source = report.get("provenance")
+    written = []
     rows = report["measurements"]
     if rows:
-        with open(written[0], "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(json_safe(rows))
+        written += write_csv(out / "measurements.csv", rows, list(rows[0]), source)
     fits = report["fits"] + report["lazy"]["fits"]
-    with open(written[1], "w", newline="") as handle:
-        names = ["name", "space", "normalization", "fixed", "step", "slope", "ci_low", "ci_high", "theory",
-                 "bound", "within_bound", "points", "excluded"]
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        for f in fits:
-            writer.writerow({"name": f["name"], "space": f["space"],
-                             "normalization": f.get("normalization", "coordinate"),
-                             "fixed": json.dumps(json_safe(f["fixed"])), "step": f["step"],
-                             "slope": f["slope"], "ci_low": f["ci_low"], "ci_high": f["ci_high"],
-                             "theory": f["theory"], "bound": f.get("bound"),
-                             "within_bound": f.get("within_bound"), "points": f["points"],
-                             "excluded": len(f["excluded"])})
+    names = ["name", "space", "normalization", "fixed", "step", "slope", "ci_low", "ci_high", "theory",
+             "theory_in_ci", "bound", "within_bound", "points", "excluded"]
+    table = [{"name": f["name"], "space": f["space"], "normalization": f.get("normalization", "coordinate"),
+              "fixed": json.dumps(json_safe(f["fixed"])), "step": f["step"], "slope": f["slope"],
+              "ci_low": f["ci_low"], "ci_high": f["ci_high"], "theory": f["theory"],
+              "theory_in_ci": f.get("theory_in_ci"), "bound": f.get("bound"),
+              "within_bound": f.get("within_bound"), "points": f["points"], "excluded": len(f["excluded"])}
+             for f in fits]
+    written += write_csv(out / "fits.csv", table, names, source)
     if plots:
         from deepres.study.convergence.plots import plot_report
 
@@ -70,6 +67,20 @@ def _ci(f: dict[str, Any]) -> str:
     if f["ci_low"] is None:
         return f"slope {f['slope']:+.3f}"
     return f"slope {f['slope']:+.3f} [{f['ci_low']:+.3f}, {f['ci_high']:+.3f}]"
+
+
+def _in_ci(covered: bool | None) -> str:
+    """The stricter criterion beside the band of a check: is the theory inside the CI?"""
+    return "" if covered is None else ("  theory in CI" if covered else "  theory outside CI")
+
+
+def _check_line(c: dict[str, Any]) -> str:
+    line = f"  [{'ok' if c['holds'] else 'NO'}] {c['check']}: {c['value']:.4g}"
+    if c.get("ci") and c["ci"][0] is not None:
+        line += f" [{c['ci'][0]:+.3f}, {c['ci'][1]:+.3f}]"
+    if c.get("theory") is not None:
+        line += f" (band; theory {c['theory']:+g} {'in' if c['theory_in_ci'] else 'outside'} the CI)"
+    return line
 
 
 def summary(report: dict[str, Any]) -> str:
@@ -86,7 +97,7 @@ def summary(report: dict[str, Any]) -> str:
             continue
         fixed = ", ".join(f"{k}={v}" for k, v in f["fixed"].items() if k in ("hidden", "depth"))
         theory = "" if f["theory"] is None else f"  theory {f['theory']:+.1f}"
-        lines.append(f"  {f['name']:<22} {fixed:<10} {_ci(f)}{theory}"
+        lines.append(f"  {f['name']:<22} {fixed:<10} {_ci(f)}{theory}{_in_ci(f.get('theory_in_ci'))}"
                      + (f"  ({len(f['excluded'])} points excluded)" if f["excluded"] else ""))
     for f in report["fits"]:
         if f["name"] == "fluctuation_vs_alpha" and f["slope"] is not None:
@@ -115,6 +126,7 @@ def summary(report: dict[str, Any]) -> str:
         if lin["spread"] is not None:
             lines.append(f"  linearization distance over α ≥ {lin['from_alpha']:g}: spread "
                          f"{lin['spread']:.2g}, largest gap to d_inf {lin['max_gap_to_d_inf']:.2g}")
-    for c in report["checks"]:
-        lines.append(f"  [{'ok' if c['holds'] else 'NO'}] {c['check']}: {c['value']:.4g}")
+    lines.append("  checks ([ok]: within the band around the theory; the CI criterion beside it, see "
+                 "docs/study.md, 'Which criterion counts'):")
+    lines += [_check_line(c) for c in report["checks"]]
     return "\n".join(lines)

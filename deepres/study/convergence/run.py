@@ -16,8 +16,10 @@ from deepres.study.convergence.estimate import calibrate, estimate, format_secon
 from deepres.study.convergence.presets import StudyConfig
 from deepres.study.convergence.report import write_tables
 from deepres.study.convergence.sweep import run_units
+from deepres.study.convergence.units import result_schema
 from deepres.study.shared.environment import study_environment
 from deepres.study.shared.files import OutputLock
+from deepres.study.shared.outputs import provenance
 from deepres.study.shared.report import write_json
 from deepres.study.shared.store import ResultStore
 from deepres.study.shared.sweep import Executor, LocalExecutor
@@ -27,7 +29,8 @@ __all__ = ["run_study"]
 
 def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
               progress: bool = True, plots: bool = True, executor: Executor | None = None,
-              estimate: bool = True, wait: bool = False) -> dict[str, Any]:
+              estimate: bool = True, wait: bool = False, preset: str | None = None,
+              argv: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) a study, analyze it and write its report to ``out``.
 
     The output folder is locked for the whole run (:class:`~deepres.study.shared.files.OutputLock`).
@@ -44,9 +47,14 @@ def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", back
             then counts the calibrated seconds. Default True.
         wait: when another process holds the lock on ``out``, wait for it. Default
             False: raise :class:`~deepres.study.shared.files.FolderLockedError`.
+        preset, argv: the preset's name and the full command line, for the report's
+            ``provenance``. Defaults: None (a configuration given through the Python API),
+            and the interpreter and ``sys.argv``.
 
     Returns:
-        The report dict written to ``out/study.json``, with ``unit_identity`` (the backend
+        The report dict written to ``out/study.json``, with ``provenance`` (preset,
+        command line, deepres version, git commit: :func:`~deepres.study.shared.outputs.provenance`,
+        also in each CSV table's sidecar), ``unit_identity`` (the backend
         and device type the results are keyed by) and ``corrupt_files`` (stored results
         that could not be read back: renamed to ``*.corrupt`` and recomputed). When units
         failed (see :class:`~deepres.study.shared.ray_executor.RayExecutor`), the report lists them
@@ -54,12 +62,14 @@ def run_study(config: StudyConfig, out: str | Path, *, device: str = "cpu", back
     """
     with OutputLock(out).held(wait=wait):
         return _run_study_locked(config, out, device=device, backend=backend, progress=progress,
-                                 plots=plots, executor=executor, estimate=estimate)
+                                 plots=plots, executor=executor, estimate=estimate, preset=preset,
+                                 argv=argv)
 
 
 def _run_study_locked(config: StudyConfig, out: str | Path, *, device: str, backend: str, progress: bool,
-                      plots: bool, executor: Executor | None, estimate: bool) -> dict[str, Any]:
-    store = ResultStore(out, device=device, backend=backend)
+                      plots: bool, executor: Executor | None, estimate: bool, preset: str | None,
+                      argv: list[str] | None) -> dict[str, Any]:
+    store = ResultStore(out, device=device, backend=backend, schema=result_schema)
     units = config.units()
     todo = [u for u in units if not store.has(u)]
     start = time.perf_counter()
@@ -69,12 +79,14 @@ def _run_study_locked(config: StudyConfig, out: str | Path, *, device: str, back
                        cost=cost)
     ran = time.perf_counter() - calibrated
     report = {
+        "provenance": provenance(preset, config.as_dict(), store.identity, argv=argv),
         "config": config.as_dict(),
         "unit_identity": store.identity,
         "limit": {"model": "MeanODENet (ODE-adjoint gradient)", "solver": config.resolved_solver,
                   "particle_init": config.resolved_particle_init, "particles": config.particles,
                   "grid_steps": config.grid_steps, "sets": config.limit_sets},
-        "environment": study_environment(device) | {"executor": type(executor or LocalExecutor()).__name__},
+        "environment": study_environment(device, argv)
+        | {"executor": type(executor or LocalExecutor()).__name__},
         "units": counts,
         "corrupt_files": store.corrupt,
         "wall_seconds": {"run": ran, "total": time.perf_counter() - start},

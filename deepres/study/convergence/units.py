@@ -27,7 +27,7 @@ from deepres.study.shared.data import unit_task
 from deepres.study.shared.sweep import derived_seed
 from deepres.training import train
 
-__all__ = ["lazy_weight_seed", "run_unit"]
+__all__ = ["lazy_weight_seed", "result_schema", "run_unit"]
 
 def lazy_weight_seed(unit: dict[str, Any]) -> int:
     """Seed of the initial weights of a ``lazy`` or ``lazy_limit`` unit: the same for every α.
@@ -109,3 +109,30 @@ def run_unit(unit: dict[str, Any], *, device: torch.device | str | None = None,
         raise ValueError(f"unit kind must be 'resnet', 'limit', 'lazy' or 'lazy_limit'; got {kind!r}")
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+def result_schema(unit: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`run_unit` returns for ``unit``: each entry's shape (a
+    :data:`deepres.study.shared.store.Schema`), checked when a stored result is read back.
+
+    Example:
+        >>> result_schema({"kind": "lazy_limit", "replicas": 4})["d_inf"]
+        (4,)
+    """
+    kind = unit["kind"]
+    schema: dict[str, Any] = {"seconds": "number"}
+    if kind in ("resnet", "limit"):
+        records, samples = len(unit["record_steps"]), unit["samples"]
+        width = unit["replicas"] if kind == "resnet" else unit["sets"]
+        schema |= {"outputs": (records, width, samples, None),
+                   "features": (records, width, samples, unit["dim"]),
+                   "losses": (unit["steps"] + 1, width), "nonfinite": (width,)}
+        if kind == "resnet":
+            schema |= {"nonfinite_step": (width,), "weight_movement": (width,)}
+    elif kind == "lazy":
+        schema |= {name: (unit["replicas"],) for name in ("weight_movement", "lazy_ode_distance",
+                                                          "linearization_distance", "output_movement",
+                                                          "final_loss", "nonfinite")}
+    elif kind == "lazy_limit":
+        schema |= {name: (unit["replicas"],) for name in ("d_inf", "ode_movement", "nonfinite")}
+    return schema

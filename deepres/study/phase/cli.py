@@ -15,24 +15,40 @@ The flags of ``deepres study`` that make sense here keep their meaning
 (``--depths``, ``--widths`` (one M), ``--dims`` (one D), ``--alphas`` (one α),
 ``--etas`` (one η for the K steps), ``--steps`` (one K), ``--seed``, ``--replicas``,
 ``--task``, ``--samples``, ``--activation``, ``--bootstrap``, ``--dtype``,
-``--device``, ``--backend``, ``--threads``, ``--out``, ``--no-plots``,
-``--no-progress``); the others are refused. The ``--phase-*`` flags set the grid.
+``--device``, ``--backend``, ``--threads``, ``--out``, ``--wait``, ``--replace``,
+``--allow-large-units``, ``--no-plots``, ``--no-progress``); the others are refused.
+The ``--phase-*`` flags set the grid.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
 
-from deepres.options import OptionError, check_backend, check_device, check_out_folder, print_error
+from deepres.options import (
+    OptionError,
+    check_backend,
+    check_device,
+    check_out_folder,
+    finite_float,
+    int_at_least,
+    ints_at_least,
+    print_error,
+    unique_values,
+)
 from deepres.study.convergence.cli import add_arguments
-from deepres.study.phase.config import PhaseConfig, PhaseConfigError
-from deepres.study.phase.report import summary
+from deepres.study.phase.config import MAX_EXPONENT, PhaseConfig, PhaseConfigError
+from deepres.study.phase.measure import phase_unit_bytes
+from deepres.study.phase.report import TABLES, summary
 from deepres.study.phase.run import run_phase
 from deepres.study.shared.environment import set_threads
 from deepres.study.shared.files import run_locked
+from deepres.study.shared.memory import check_unit_memory
+from deepres.study.shared.outputs import check_outputs
+from deepres.study.shared.store import unit_identity
 
 __all__ = ["add_phase_arguments", "config_from_args", "main", "phase_requested"]
 
@@ -42,31 +58,39 @@ __all__ = ["add_phase_arguments", "config_from_args", "main", "phase_requested"]
 def _pairs(text: str) -> list[list[float]]:
     try:
         items = [item.split(":") for item in text.split(",") if item.strip()]
-        return [[float(a), float(b)] for a, b in items]
+        pairs = [[float(a), float(b)] for a, b in items]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated pairs x:y, e.g. 1:1,0.5:0; got {text!r}"
                                          ) from None
+    if any(not (math.isfinite(v) and abs(v) <= MAX_EXPONENT) for pair in pairs for v in pair):
+        raise argparse.ArgumentTypeError(f"every coordinate must be a number in [-{MAX_EXPONENT:g}, "
+                                         f"{MAX_EXPONENT:g}] (an exponent of L or D); got {text!r}")
+    unique_values([tuple(pair) for pair in pairs], text)
+    return pairs
 
 
 def _ints(text: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        values = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated ints; got {text!r}") from None
+    if values:
+        values = ints_at_least(1)(text)
+    return values
 
 
 #: --phase-* flag → (PhaseConfig field, parser, help).
 _PHASE_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--phase-points": ("points", _pairs, "points β:γ of the depth diagram, e.g. 1:1,0.5:0 (empty: skip it)"),
-    "--phase-first-eta": ("first_eta", float, "first η tried for the first step, halved until the step is "
-                                               "linear in η"),
-    "--phase-tolerance": ("tolerance", float, "τ of the classification rule: an exponent's sign counts only "
-                                              "if its CI clears ±τ"),
+    "--phase-first-eta": ("first_eta", finite_float,
+                          "first η tried for the first step, halved until the step is linear in η"),
+    "--phase-tolerance": ("tolerance", finite_float,
+                          "τ of the classification rule: an exponent's sign counts only if its CI clears ±τ"),
     "--phase-dims": ("dims", _ints, "D values of the dimension diagram (empty: skip it)"),
     "--phase-dim-points": ("dim_points", _pairs, "points δ:λ of the dimension diagram"),
-    "--phase-dim-depth": ("dim_depth", int, "fixed L of the dimension diagram"),
-    "--phase-dim-hidden": ("dim_hidden", int, "fixed M of the dimension diagram"),
-    "--phase-dim-replicas": ("dim_replicas", int, "replicas of the dimension diagram"),
+    "--phase-dim-depth": ("dim_depth", int_at_least(1), "fixed L of the dimension diagram"),
+    "--phase-dim-hidden": ("dim_hidden", int_at_least(1), "fixed M of the dimension diagram"),
+    "--phase-dim-replicas": ("dim_replicas", int_at_least(2), "replicas of the dimension diagram"),
 }
 #: ``deepres study`` flag → (PhaseConfig field, takes one value).
 _SHARED: dict[str, tuple[str, bool]] = {
@@ -77,7 +101,7 @@ _SHARED: dict[str, tuple[str, bool]] = {
 }
 #: Options of ``deepres study`` that the phase study reads outside its config.
 _RUNTIME = {"preset", "seed", "device", "backend", "out", "no_plots", "no_progress", "threads", "wait",
-            "handler", "command"}
+            "replace", "allow_large_units", "handler", "command", "argv"}
 
 
 def _dest(flag: str) -> str:
@@ -164,13 +188,18 @@ def main(args: argparse.Namespace) -> int:
     try:
         check_backend(args.backend, check_device(device))
         check_out_folder(args.out)
+        check_outputs(args.out, TABLES, config.as_dict(), unit_identity(device, args.backend),
+                      replace=args.replace)
+        if not args.allow_large_units:
+            check_unit_memory(config.units(), phase_unit_bytes, device)
     except ValueError as error:
         return print_error("deepres study", error)
     set_threads(args.threads, device)
 
     def phase(wait: bool) -> dict[str, Any]:
         return run_phase(config, args.out, device=device, backend=args.backend,
-                         progress=not args.no_progress, plots=not args.no_plots, wait=wait)
+                         progress=not args.no_progress, plots=not args.no_plots, wait=wait,
+                         argv=getattr(args, "argv", None))
 
     try:
         report = run_locked(phase, args.out, wait=args.wait, prog="deepres study")

@@ -13,9 +13,13 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from deepres.activations import check_activation
-from deepres.study.shared.data import TASKS
+from deepres.study.shared.data import TASKS, task_name, unit_task_name
 
-__all__ = ["PhaseConfig", "PhaseConfigError"]
+__all__ = ["MAX_EXPONENT", "PhaseConfig", "PhaseConfigError"]
+
+#: The largest size of a point's coordinate: they are exponents of L or D, and L^β for
+#: β ≫ 10 overflows float64 long before it means anything.
+MAX_EXPONENT = 10.0
 
 
 def _grid(firsts: list[float], line: Any) -> list[list[float]]:
@@ -46,7 +50,8 @@ class PhaseConfig:
     """Everything the phase study does (defaults: the ``phase`` preset).
 
     Attributes (defaults in brackets):
-        task: ["paper"]. samples: N [10]. seed: of data, embedding, weights [0].
+        task: ["memorize"] (see :data:`deepres.study.shared.data.TASKS`). samples: N [10].
+        seed: of data, embedding, weights [0].
         depths: L of the depth diagram [16, 32, 64, 128, 256]. hidden: its M [4]. dim: its D [4].
         points: its (β, γ) [(1/4, −1/2), and β ∈ {1/2, 3/4, 1, 5/4} with γ = 2β − 1 + {−1/4, 0, 1/4}].
         alpha: α [1.0]. replicas: R per (point, L) [64].
@@ -61,7 +66,7 @@ class PhaseConfig:
         level: CI coverage [0.95]. activation: ["tanh"]. dtype: ["float64"].
     """
 
-    task: str = "paper"
+    task: str = "memorize"
     samples: int = 10
     seed: int = 0
     depths: list[int] = field(default_factory=lambda: [16, 32, 64, 128, 256])
@@ -95,6 +100,8 @@ class PhaseConfig:
 
         for name, low in (("depths", 1), ("dims", 1)):
             ints(name, getattr(self, name), low)
+            if len(set(getattr(self, name))) != len(getattr(self, name)):
+                raise PhaseConfigError(name, f"must not repeat a value; got {getattr(self, name)!r}")
         if len(set(self.depths)) < 2:
             raise PhaseConfigError("depths", f"must hold two different L or more; got {self.depths!r}")
         if self.dims and len(set(self.dims)) < 2:
@@ -109,9 +116,11 @@ class PhaseConfig:
         for name in ("points", "dim_points"):
             points = getattr(self, name)
             if not isinstance(points, (list, tuple)) or any(
-                    len(p) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in p)
+                    len(p) != 2 or not all(isinstance(v, (int, float)) and math.isfinite(v)
+                                           and abs(v) <= MAX_EXPONENT for v in p)
                     for p in points):
-                raise PhaseConfigError(name, f"must be a list of pairs of finite numbers; got {points!r}")
+                raise PhaseConfigError(name, f"must be a list of pairs of numbers in [-{MAX_EXPONENT:g}, "
+                                             f"{MAX_EXPONENT:g}]; got {points!r}")
             if len({tuple(p) for p in points}) != len(points):
                 raise PhaseConfigError(name, f"must not repeat a point; got {points!r}")
         if not self.points and not (self.dims and self.dim_points):
@@ -122,8 +131,10 @@ class PhaseConfig:
                 raise PhaseConfigError(name, f"must be a finite number > 0; got {value!r}")
         if not 0 < self.level < 1:
             raise PhaseConfigError("level", f"must be in (0, 1); got {self.level!r}")
-        if self.task not in TASKS:
-            raise PhaseConfigError("task", f"must be one of {TASKS}; got {self.task!r}")
+        try:
+            self.task = task_name(self.task)
+        except ValueError:
+            raise PhaseConfigError("task", f"must be one of {TASKS}; got {self.task!r}") from None
         try:
             check_activation(self.activation)
         except (TypeError, ValueError) as error:
@@ -138,7 +149,8 @@ class PhaseConfig:
 
     def units(self) -> list[dict[str, Any]]:
         """One unit per (diagram, point, L or D)."""
-        base = {"kind": "phase", "task": self.task, "samples": self.samples, "seed": self.seed,
+        base = {"kind": "phase", "task": unit_task_name(self.task), "samples": self.samples,
+                "seed": self.seed,
                 "alpha": float(self.alpha), "first_eta": float(self.first_eta),
                 "linearity_tolerance": float(self.linearity_tolerance), "max_halvings": self.max_halvings,
                 "eta": float(self.eta), "activation": self.activation, "dtype": self.dtype}

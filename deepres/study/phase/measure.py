@@ -37,7 +37,8 @@ from deepres.study.shared.data import unit_task
 from deepres.study.shared.measures import replica_rms
 from deepres.study.shared.sweep import derived_seed
 
-__all__ = ["first_step", "k_steps", "phase_unit_cost", "run_phase_unit"]
+__all__ = ["first_step", "k_steps", "phase_result_schema", "phase_unit_bytes", "phase_unit_cost",
+           "run_phase_unit"]
 
 def first_step(x: torch.Tensor, y: torch.Tensor, embed: torch.Tensor, readout: torch.Tensor,
                u0: torch.Tensor, v0: torch.Tensor, scaling: PhaseScaling, *, eta: float,
@@ -270,3 +271,40 @@ def run_phase_unit(unit: dict[str, Any], *, device: torch.device | str | None = 
     out = {k: (t.detach().cpu() if isinstance(t, torch.Tensor) else t) for k, t in (first | later).items()}
     out["seconds"] = time.perf_counter() - start
     return out
+
+
+def phase_result_schema(unit: dict[str, Any]) -> dict[str, Any]:
+    """What :func:`run_phase_unit` returns for ``unit``: each entry's shape (a
+    :data:`deepres.study.shared.store.Schema`), checked when a stored result is read back.
+
+    Example:
+        >>> phase_result_schema({"replicas": 8, "steps": 0})["output_step"]
+        (8,)
+    """
+    replicas = (unit["replicas"],)
+    schema: dict[str, Any] = {name: replicas for name in (
+        "output_step", "weight_step_u", "weight_step_v", "weight_step", "preact_step", "init_fluct_h",
+        "init_fluct_f", "loss0", "linear_response")}
+    schema |= {name: "number" for name in ("eta", "linearity_ratio", "jvp_gap", "halvings", "seconds")}
+    if unit["steps"] > 0:
+        schema |= {name: replicas for name in ("output_move", "weight_move", "loss_decrease", "nonlinearity",
+                                               "diverged", "nonfinite", "nonfinite_lin", "diverged_lin")}
+        schema["losses"] = (unit["steps"] + 1, unit["replicas"])
+    return schema
+
+
+def phase_unit_bytes(unit: dict[str, Any]) -> float:
+    """An upper estimate of a phase unit's peak memory in bytes, from its sizes (for
+    :func:`deepres.study.shared.memory.check_unit_memory`): twelve copies of its R·L·M·D
+    weights (u₀, v₀, the steps, the halvings' trial weights, gradients) and four of its
+    R·L·N·(D + M) hidden states and pre-activations.
+
+    Example:
+        >>> unit = {"dtype": "float64", "replicas": 64, "depth": 256, "hidden": 4, "dim": 4, "samples": 10}
+        >>> phase_unit_bytes(unit) < 1e9
+        True
+    """
+    itemsize = 4 if unit["dtype"] == "float32" else 8
+    weights = unit["replicas"] * unit["depth"] * unit["hidden"] * unit["dim"]
+    states = unit["replicas"] * unit["depth"] * unit["samples"] * (unit["dim"] + unit["hidden"])
+    return float(itemsize * (12 * weights + 4 * states))

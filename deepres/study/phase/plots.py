@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from deepres.study.phase.family import AXES
-from deepres.study.shared.report import require_matplotlib
+from deepres.study.shared.report import require_matplotlib, save_figure
 
 __all__ = ["REGIME_COLORS", "plot_phase"]
 
@@ -110,7 +110,7 @@ def _diagram(plt: Any, points: list[dict[str, Any]], diagram: str, path: Path, t
     else:
         ax.legend(fontsize=7, loc="lower left")
     fig.tight_layout()
-    fig.savefig(path, dpi=130)
+    save_figure(fig, path, dpi=130)
     plt.close(fig)
     return path
 
@@ -139,7 +139,7 @@ def _coordinate_check(plt: Any, points: list[dict[str, Any]], rows: list[dict[st
            title=title)
     ax.legend(fontsize=6, ncol=2, title="point, fitted exponent (colour: regime)", title_fontsize=6)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_figure(fig, path, dpi=120)
     plt.close(fig)
     return path
 
@@ -187,6 +187,6 @@ def plot_phase(report: dict[str, Any], out: str | Path) -> list[Path]:
         fig.suptitle(f"Coordinate check in D (colour: regime)\n{setting}", fontsize=9)
         fig.tight_layout()
         written.append(out / "coord_dim.png")
-        fig.savefig(written[-1], dpi=110)
+        save_figure(fig, written[-1], dpi=110)
         plt.close(fig)
     return written

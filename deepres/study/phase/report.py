@@ -3,14 +3,17 @@ figures) and its text summary."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 from deepres.study.phase.family import AXES
-from deepres.study.shared.report import json_safe, write_study_json
+from deepres.study.shared.outputs import write_csv
+from deepres.study.shared.report import write_study_json
 
-__all__ = ["summary", "write_phase_report", "write_tables"]
+__all__ = ["TABLES", "summary", "write_phase_report", "write_tables"]
+
+#: The CSV tables the phase study writes (each with its provenance sidecar).
+TABLES = ("phase_points.csv", "phase_measurements.csv")
 
 
 def write_phase_report(report: dict[str, Any], out: str | Path, *, plots: bool = True) -> list[Path]:
@@ -35,7 +38,7 @@ def write_tables(report: dict[str, Any], out: str | Path, *, plots: bool = True)
     """
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    written = [out / "phase_points.csv", out / "phase_measurements.csv"]
+    source = report.get("provenance")
     phase = report["phase"]
     points = [p for d in ("depth", "dim") for p in phase.get(d, {}).get("points", [])]
     rows = []
@@ -48,10 +51,10 @@ def write_tables(report: dict[str, Any], out: str | Path, *, plots: bool = True)
             row |= {name: fit["slope"], f"{name}_ci_low": fit["ci_low"],
                     f"{name}_ci_high": fit["ci_high"], f"{name}_theory": fit["theory"]}
         rows.append(row)
-    _write_csv(written[0], rows)
+    written = _write_csv(out / TABLES[0], rows, source)
     measurements = [{k: v for k, v in r.items() if k != "loss_curve"}
                     for d in ("depth", "dim") for r in phase.get(d, {}).get("measurements", [])]
-    _write_csv(written[1], measurements)
+    written += _write_csv(out / TABLES[1], measurements, source)
     if plots:
         from deepres.study.phase.plots import plot_phase
 
@@ -59,14 +62,11 @@ def write_tables(report: dict[str, Any], out: str | Path, *, plots: bool = True)
     return written
 
 
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+def _write_csv(path: Path, rows: list[dict[str, Any]], source: dict[str, Any] | None) -> list[Path]:
     names: list[str] = []
     for row in rows:
         names += [k for k in row if k not in names]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(json_safe(rows))
+    return write_csv(path, rows, names, source)
 
 
 def summary(report: dict[str, Any]) -> str:

@@ -15,13 +15,51 @@ from typing import Any
 import torch
 
 from deepres._checks import check_positive_int, check_tensor
+from deepres.study.shared.store import read_torch_file
 from deepres.study.shared.sweep import derived_seed
 
-__all__ = ["TASKS", "Task", "coupling_weights", "load_task", "make_task", "paper_task", "teacher_task",
-           "unit_task"]
+__all__ = ["TASKS", "TASK_ALIASES", "Task", "coupling_weights", "load_task", "make_task", "paper_task",
+           "task_name", "teacher_task", "unit_task", "unit_task_name"]
 
-#: Names accepted by :func:`make_task`.
-TASKS: tuple[str, ...] = ("paper", "teacher")
+#: Names of the tasks: ``"memorize"`` (:func:`paper_task`, the companion paper's pure
+#: memorization of Gaussian targets) and ``"teacher"`` (:func:`teacher_task`).
+TASKS: tuple[str, ...] = ("memorize", "teacher")
+
+#: Former names, still accepted: ``"paper"`` was renamed ``"memorize"``, since it is also
+#: the name of a study preset.
+TASK_ALIASES: dict[str, str] = {"paper": "memorize"}
+
+# A unit dict keeps the name a task had when results were first stored: a unit's key (its
+# result file) and the seeds derived from it hash the unit's contents, so the stored results
+# still resume and every computation stays the same.
+_UNIT_NAMES = {"memorize": "paper"}
+
+
+def task_name(name: str) -> str:
+    """The task's name in :data:`TASKS` (a former name, :data:`TASK_ALIASES`, is mapped).
+
+    Raises:
+        ValueError: not a task name.
+
+    Example:
+        >>> task_name("paper")
+        'memorize'
+    """
+    name = TASK_ALIASES.get(name, name) if isinstance(name, str) else name
+    if name not in TASKS:
+        raise ValueError(f"task must be one of {TASKS}; got {name!r}")
+    return name
+
+
+def unit_task_name(name: str) -> str:
+    """How a unit dict spells task ``name``: the name it had when results were first stored.
+
+    Example:
+        >>> unit_task_name("memorize"), unit_task_name("teacher")
+        ('paper', 'teacher')
+    """
+    name = task_name(name)
+    return _UNIT_NAMES.get(name, name)
 
 
 @dataclass(frozen=True)
@@ -76,7 +114,7 @@ def paper_task(seed: int = 0, *, samples: int = 10, in_features: int = 5, out_fe
     """
     gen, x = _inputs(seed, samples, in_features, out_features)
     y = torch.randn(samples, out_features, generator=gen, dtype=torch.float64)
-    return Task(x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype), "paper")
+    return Task(x.to(device=device, dtype=dtype), y.to(device=device, dtype=dtype), "memorize")
 
 
 def teacher_task(seed: int = 0, *, samples: int = 10, in_features: int = 5, out_features: int = 5,
@@ -110,13 +148,16 @@ def teacher_task(seed: int = 0, *, samples: int = 10, in_features: int = 5, out_
 
 
 def make_task(name: str, seed: int = 0, **options: object) -> Task:
-    """Build a task by name: ``"paper"`` (:func:`paper_task`) or ``"teacher"`` (:func:`teacher_task`).
+    """Build a task by name: ``"memorize"`` (:func:`paper_task`) or ``"teacher"`` (:func:`teacher_task`).
+
+    A former name (:data:`TASK_ALIASES`, e.g. ``"paper"``, as unit dicts spell it) is accepted.
 
     Example:
-        >>> make_task("paper", 3).name
-        'paper'
+        >>> make_task("memorize", 3).name
+        'memorize'
     """
-    if name == "paper":
+    name = task_name(name)
+    if name == "memorize":
         return paper_task(seed, **options)  # type: ignore[arg-type]
     if name == "teacher":
         return teacher_task(seed, **options)  # type: ignore[arg-type]
@@ -130,7 +171,9 @@ def load_task(source: str | Path | tuple[torch.Tensor, torch.Tensor], *,
     Args:
         source: a pair (x, y) of tensors, (N, d_in) and (N, d_out); or the path of a
             file written by ``torch.save`` holding such a pair or a dict with keys
-            ``"x"`` and ``"y"``.
+            ``"x"`` and ``"y"`` (loaded safely: a file that holds anything but tensors
+            and plain containers is refused, see
+            :func:`deepres.study.shared.store.read_torch_file`).
         dtype: converted to this dtype. Default float32. device: Default CPU.
 
     Returns:
@@ -141,7 +184,7 @@ def load_task(source: str | Path | tuple[torch.Tensor, torch.Tensor], *,
         2
     """
     if isinstance(source, (str, Path)):
-        loaded = torch.load(Path(source), map_location="cpu", weights_only=True)
+        loaded = read_torch_file(Path(source))  # refuses code in the file, and says so in our words
         if isinstance(loaded, dict):
             if "x" not in loaded or "y" not in loaded:
                 raise ValueError(f"the file {source} must hold a dict with keys 'x' and 'y'; "

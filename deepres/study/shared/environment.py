@@ -37,11 +37,12 @@ def set_threads(threads: int | None, device: str) -> None:
         torch.set_num_threads(threads)
 
 
-def study_environment(device: str) -> dict[str, Any]:
+def study_environment(device: str, argv: list[str] | None = None) -> dict[str, Any]:
     """The environment of a study that runs on ``device`` (a torch device name).
 
     Args:
-        device: e.g. ``"cpu"``, ``"cuda:1"``.
+        device: e.g. ``"cpu"``, ``"cuda:1"``. argv: the full command line. Default: the
+            interpreter and ``sys.argv``.
 
     Returns:
         :func:`deepres.benchmark.environment.environment` of the device's type, with
@@ -52,4 +53,4 @@ def study_environment(device: str) -> dict[str, Any]:
         >>> env["device"], "torch" in env["versions"]
         ('cpu', True)
     """
-    return environment(device=torch.device(device).type) | {"device": str(device)}
+    return environment(argv, device=torch.device(device).type) | {"device": str(device)}

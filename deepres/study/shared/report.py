@@ -18,7 +18,7 @@ import torch
 
 from deepres.study.shared.files import atomic_write
 
-__all__ = ["json_safe", "require_matplotlib", "write_json", "write_study_json"]
+__all__ = ["json_safe", "require_matplotlib", "save_figure", "write_json", "write_study_json"]
 
 
 def json_safe(value: Any) -> Any:
@@ -67,3 +67,13 @@ def require_matplotlib() -> Any:
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def save_figure(fig: Any, path: str | Path, *, dpi: int) -> None:
+    """Save a matplotlib figure as PNG by the one rule of :mod:`deepres.study.shared.files` (atomic,
+    never through a link).
+
+    Args:
+        fig: a matplotlib ``Figure``. path: the PNG to write. dpi: its resolution.
+    """
+    atomic_write(path, lambda handle: fig.savefig(handle, format="png", dpi=dpi))

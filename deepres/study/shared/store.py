@@ -9,19 +9,63 @@ results of the first.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import pickle
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from deepres.functional import BACKENDS
-from deepres.study.shared.files import atomic_write
+from deepres.study.shared.files import UnsafeFileError, atomic_write
 
-__all__ = ["CorruptResultError", "CorruptResultWarning", "ResultStore", "unit_identity", "unit_key"]
+__all__ = ["RESULT_FORMAT", "CorruptResultError", "CorruptResultWarning", "ResultStore", "Schema",
+           "read_torch_file", "result_problem", "unit_identity", "unit_key"]
+
+#: The format of a stored result file, saved in each (``"format"``); a file without one is of
+#: format 1 (written before the field existed: the same layout). A file of another format is
+#: set aside and recomputed, as an unreadable one.
+RESULT_FORMAT = 1
+
+#: What a unit's result must hold: name → the tensor's shape (an int per axis, None for any
+#: size) or ``"number"`` (an int or float).
+Schema = dict[str, "tuple[int | None, ...] | str"]
+
+
+def result_problem(result: dict[str, Any], schema: Schema) -> str | None:
+    """What is wrong with a stored ``result`` against ``schema`` (None: nothing).
+
+    Args:
+        result: a unit's result dict. schema: see :data:`Schema`.
+
+    Returns:
+        None, or one sentence naming the first missing or misshapen entry.
+
+    Example:
+        >>> result_problem({"x": torch.zeros(3, 2), "seconds": 1.0}, {"x": (3, None), "seconds": "number"})
+        >>> result_problem({"x": torch.zeros(3)}, {"x": (3, None)})
+        'its x has shape (3,), not (3, any)'
+    """
+    for name, expected in schema.items():
+        if name not in result:
+            return f"it has no {name}"
+        value = result[name]
+        if expected == "number":
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                return f"its {name} is a {type(value).__name__}, not a number"
+            continue
+        sizes = ", ".join("any" if n is None else str(n) for n in expected)
+        shown = f"({sizes}{',' if len(expected) == 1 else ''})"
+        if not isinstance(value, torch.Tensor):
+            return f"its {name} is a {type(value).__name__}, not a tensor of shape {shown}"
+        if value.dim() != len(expected) or any(
+                n is not None and n != m for n, m in zip(expected, value.shape, strict=False)):
+            return f"its {name} has shape {tuple(value.shape)}, not {shown}"
+    return None
 
 
 def unit_key(unit: dict[str, Any]) -> str:
@@ -73,12 +117,47 @@ def _describe(error: BaseException) -> str:
     return f"the file cannot be read ({type(error).__name__})"
 
 
+def read_torch_file(path: str | Path) -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, whose refusals are worded by deepres.
+
+    PyTorch's message for a file its safe loader refuses advises retrying with
+    ``weights_only=False``, which runs whatever code the file holds: for a file from
+    elsewhere that is the one thing not to do. The message here says what is wrong
+    with the file instead.
+
+    Args:
+        path: a file written by ``torch.save``.
+
+    Returns:
+        Its contents (tensors, numbers, strings, lists, tuples and dicts only).
+
+    Raises:
+        OSError: the file cannot be opened or read.
+        ValueError: it is not such a file, or holds anything else (the safe loader refused it).
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "x.pt"
+        >>> torch.save({"x": torch.ones(1)}, path)
+        >>> read_torch_file(path)["x"].tolist()
+        [1.0]
+    """
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:
+        raise ValueError(f"{path}: {_describe(error)}; it was not loaded") from None
+
+
 class ResultStore:
     """One file per finished unit under ``root/units/``, written atomically.
 
     Results are read back with ``torch.load(..., weights_only=True)`` (plain tensors,
-    numbers, lists and dicts only) and checked: a file that cannot be read, or that
-    holds another unit, is renamed to ``<name>.corrupt`` with a
+    numbers, lists and dicts only) and checked: a file that cannot be read, that
+    holds another unit, that is of another :data:`RESULT_FORMAT`, or whose result does
+    not match the study's ``schema`` (hand-edited, or written by another deepres
+    version) is renamed to ``<name>.corrupt`` with a
     :class:`CorruptResultWarning` (listed in :attr:`corrupt`), and counts as missing.
 
     Args:
@@ -87,6 +166,8 @@ class ResultStore:
         backend: the stack backend they are computed with. Default ``"auto"``.
             Both go into every result's key (:func:`unit_identity`), so results of
             another device type or backend are never read back as this store's.
+        schema: ``schema(unit)`` → the :data:`Schema` of that unit's result, checked on
+            every read. Default None: any dict.
 
     Example:
         >>> import tempfile
@@ -98,10 +179,15 @@ class ResultStore:
     """
 
     def __init__(self, root: str | Path, *, device: torch.device | str | None = None,
-                 backend: str = "auto") -> None:
+                 backend: str = "auto", schema: Callable[[dict[str, Any]], Schema] | None = None) -> None:
         self.root = Path(root)
         self.units_dir = self.root / "units"
+        if self.units_dir.is_symlink():
+            # Results written there would land wherever the link points.
+            raise UnsafeFileError(errno.ELOOP, "the results folder is a symbolic link; refusing to write "
+                                               "through it", str(self.units_dir))
         self.units_dir.mkdir(parents=True, exist_ok=True)
+        self.schema = schema
         self.identity = unit_identity(device, backend)
         self.device, self.backend = device, backend
         #: The unreadable files found, ``{"file", "renamed_to", "reason"}`` each, in order.
@@ -118,12 +204,20 @@ class ResultStore:
             payload = torch.load(path, map_location="cpu", weights_only=True)
         except OSError:
             raise  # cannot open or read the file at all (permissions, I/O): not the file's fault
-        except Exception as error:
+        except Exception as error:  # torch's words may advise unsafe loading: ours instead
             raise _Unreadable(_describe(error)) from None
         if not isinstance(payload, dict) or not isinstance(payload.get("result"), dict):
             raise _Unreadable("the file holds no result")
         if payload.get("unit") != self._stored_unit(unit):
             raise _Unreadable("the file holds the result of another unit")
+        version = payload.get("format", 1)
+        if version != RESULT_FORMAT:
+            raise _Unreadable(f"the file is of result format {version!r}, written by another deepres "
+                              f"version (this one reads format {RESULT_FORMAT})")
+        if self.schema is not None:
+            problem = result_problem(payload["result"], self.schema(unit))
+            if problem is not None:
+                raise _Unreadable(f"the file holds an incomplete result: {problem}")
         return payload["result"]
 
     def _set_aside(self, path: Path, reason: str) -> Path:
@@ -203,6 +297,6 @@ class ResultStore:
         ``os.replace`` is atomic on one file system, so a reader (or a rerun after a
         kill) sees either no file or the whole file, never a partial one.
         """
-        payload = {"unit": self._stored_unit(unit), "result": result}
+        payload = {"unit": self._stored_unit(unit), "result": result, "format": RESULT_FORMAT}
         atomic_write(self.path(unit), lambda handle: torch.save(payload, handle), durable=True)
         self.failure_path(unit).unlink(missing_ok=True)
