@@ -15,7 +15,7 @@ import time
 
 import torch
 
-from deepres.engines.triton_support import unavailable_reason
+from deepres.engines.registry import unavailable_reason
 from deepres.modules import DeepResNet
 
 __all__ = ["run_demo"]
@@ -41,7 +41,7 @@ def _saved_bytes_and_grads(net: DeepResNet, x: torch.Tensor, y: torch.Tensor):
 
 
 def _triton_skip_reason(device: torch.device) -> str | None:
-    reason = unavailable_reason(device)
+    reason = unavailable_reason("triton", device)
     if reason is None and device.type != "cuda":
         return "Triton's interpreter on the CPU is far too slow for a timing demo"
     return reason

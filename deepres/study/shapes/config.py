@@ -20,7 +20,7 @@ from typing import Any
 
 from deepres.activations import check_activation
 from deepres.study.shapes.network import STEP_IMPLS
-from deepres.study.shared.data import TASKS
+from deepres.study.shared.data import TASK_ALIASES, TASKS, unit_task_name
 
 __all__ = ["SWEEPS", "ShapesConfig", "ShapesConfigError", "shapes_unit_work"]
 
@@ -52,7 +52,9 @@ class ShapesConfig:
     """Everything the shapes study does (defaults: the ``shapes`` preset; docs/study.md, "All shapes").
 
     Attributes (defaults in brackets):
-        task: ["paper"]. samples: N [10]. seed: of the data and of every draw [0].
+        task: ["memorize"] (the companion paper's memorization task; its
+            former name "paper" is accepted). samples: N [10]. seed: of the data and of
+            every draw [0].
         repetitions: draws of the coupled W_E, W_U (the data stay) [3].
         activation: ["tanh"]. alpha: α of ``mlu`` [1.0].
         eta: η in deepres's convention, w ← w − η·(L·M·D/α²)·∂loss/∂w [0.2 = 1/d_in].
@@ -71,7 +73,7 @@ class ShapesConfig:
         ref_ratio: a point enters a fit only where the reference's error ≤ ratio × its error [1/3].
     """
 
-    task: str = "paper"
+    task: str = "memorize"
     samples: int = 10
     seed: int = 0
     repetitions: int = 3
@@ -117,7 +119,7 @@ class ShapesConfig:
             raise ShapesConfigError("level", f"must be in (0, 1); got {self.level!r}")
         if not 0 < self.ref_ratio <= 1:
             raise ShapesConfigError("ref_ratio", f"must be in (0, 1]; got {self.ref_ratio!r}")
-        if self.task not in TASKS:
+        if TASK_ALIASES.get(self.task, self.task) not in TASKS:
             raise ShapesConfigError("task", f"must be one of {TASKS}; got {self.task!r}")
         try:
             check_activation(self.activation)
@@ -169,7 +171,9 @@ class ShapesConfig:
         return list(dict.fromkeys(s for shapes in self.sweep_shapes().values() for s in shapes))
 
     def _common(self) -> dict[str, Any]:
-        return {"task": self.task, "samples": self.samples, "seed": self.seed, "activation": self.activation,
+        # A unit spells the task as results were first stored (shared.data.unit_task_name).
+        return {"task": unit_task_name(self.task), "samples": self.samples, "seed": self.seed,
+                "activation": self.activation,
                 "alpha": float(self.alpha), "eta": float(self.eta), "steps": self.steps,
                 "record_steps": list(self.record_steps), "dtype": self.dtype, "step": self.step,
                 "dim_max": self.reference[2]}
