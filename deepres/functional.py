@@ -23,6 +23,8 @@ from deepres._checks import (
     resolve_checkpoint_every,
 )
 from deepres.activations import ACTIVATIONS
+from deepres.engines.cpp_build import cpp_unavailable_reason, warn_unavailable_once
+from deepres.engines.cpp_engine import cpp_refusal, cpp_residual_stack
 from deepres.engines.reference import reference_residual_stack
 from deepres.engines.torch_engine import torch_residual_stack
 from deepres.engines.triton_support import fallback_reason, triton_importable, unavailable_reason
@@ -30,7 +32,7 @@ from deepres.engines.triton_support import fallback_reason, triton_importable, u
 __all__ = ["BACKENDS", "check_backend", "residual_stack", "select_engine"]
 
 #: Names accepted by the ``backend`` argument.
-BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "reference")
+BACKENDS: tuple[str, ...] = ("auto", "torch", "triton", "cpp", "reference")
 
 _HALF = (torch.float16, torch.bfloat16)
 
@@ -51,6 +53,12 @@ def check_backend(backend: object, device: torch.device) -> str:
         'auto'
     """
     backend = check_choice(backend, "backend", BACKENDS)
+    if backend == "cpp":  # the C++ CPU engine (built at its first use)
+        if device.type != "cpu":
+            raise ValueError(f"backend='cpp' runs on CPU tensors; got device {device}")
+        reason = cpp_unavailable_reason()
+        if reason is not None:
+            raise ValueError(f"backend='cpp' cannot run here: {reason}")
     if backend == "triton":
         reason = unavailable_reason(device)
         if reason is not None:
@@ -63,8 +71,12 @@ def select_engine(backend: object, h: torch.Tensor, u: torch.Tensor) -> str:
 
     * ``"torch"`` and ``"reference"`` are taken as they are.
     * ``"auto"`` is ``"triton"`` for CUDA tensors when triton is installed and
-      the kernels take these tensors (D ≤ 256, float32 h), else ``"torch"``,
-      without a word.
+      the kernels take these tensors (D ≤ 256, float32 h); ``"cpp"`` for CPU
+      tensors when the C++ engine takes them (h, u, v all float32 or all
+      float64) and could be built (if not: one warning per process); else
+      ``"torch"``.
+    * ``"cpp"`` raises a ValueError where the C++ engine cannot be built, or
+      does not take these tensors (half-precision weights).
     * ``"triton"`` raises a ValueError saying why where the kernels cannot run
       at all (no triton; CPU tensors without ``TRITON_INTERPRET=1``); where
       they cannot take these tensors (D > 256, float64 h) it warns and
@@ -75,15 +87,28 @@ def select_engine(backend: object, h: torch.Tensor, u: torch.Tensor) -> str:
         h: (B, D) or (R, B, D). u: (L, M, D) or (R, L, M, D).
 
     Returns:
-        ``"torch"``, ``"triton"`` or ``"reference"``.
+        ``"torch"``, ``"triton"``, ``"cpp"`` or ``"reference"``.
 
     Example:
-        >>> select_engine("auto", torch.zeros(2, 3), torch.zeros(4, 5, 3))
+        >>> select_engine("auto", torch.zeros(2, 3), torch.zeros(4, 5, 3).half())
         'torch'
     """
     backend = check_backend(backend, h.device)
     if backend in ("torch", "reference"):
         return backend
+    # --- the C++ CPU engine ---
+    if backend == "cpp":
+        refusal = cpp_refusal(h, u)
+        if refusal is not None:
+            raise ValueError(f"backend='cpp' cannot take these tensors: {refusal} (backend='auto' runs the "
+                             f"PyTorch engine for them)")
+        return "cpp"
+    if backend == "auto" and h.device.type == "cpu" and cpp_refusal(h, u) is None:
+        if cpp_unavailable_reason() is None:
+            return "cpp"
+        warn_unavailable_once()
+        return "torch"
+    # ---
     if backend == "auto":
         if h.device.type != "cuda" or not triton_importable():
             return "torch"
@@ -153,7 +178,7 @@ def residual_stack(
     For l = 1..L: ``h ← h + c · Σ_j v_{l,j} σ(a · u_{l,j}ᵀ h)``, returning h_L.
     Differentiable in h, u and v; the backward pass keeps only h at
     checkpoints and recomputes the rest. The stack is one ``torch.library``
-    custom op (``deepres::torch_stack`` or ``deepres::triton_stack``), so
+    custom op (``deepres::torch_stack``, ``deepres::cpp_stack`` or ``deepres::triton_stack``), so
     ``torch.compile`` and ``torch.export`` see one node whatever L is.
 
     Args:
@@ -170,8 +195,11 @@ def residual_stack(
             ``"silu"``, ``"identity"``. Default ``"tanh"``.
         backend: which engine runs the stack (chosen by :func:`select_engine`):
             ``"auto"`` (default: Triton for CUDA tensors when triton is
-            installed and the kernels take them, else the PyTorch engine),
+            installed and the kernels take them, the C++ engine for CPU
+            tensors, else the PyTorch engine),
             ``"torch"`` (pure-PyTorch engine, any device and dtype),
+            ``"cpp"`` (compiled C++ loops on CPU, float32 or float64; the
+            ``"auto"`` choice for CPU tensors where it builds),
             ``"triton"`` (fused kernels: CUDA, or CPU under
             ``TRITON_INTERPRET=1``) or ``"reference"`` (plain per-layer
             autograd, memory-hungry; for tests).
@@ -230,7 +258,7 @@ def residual_stack(
     check_bool(allow_tf32, "allow_tf32")
     check_bool(deterministic, "deterministic")
     engine = select_engine(backend, h, u)
-    if allow_tf32 and backend in ("torch", "reference"):
+    if allow_tf32 and backend in ("torch", "cpp", "reference"):
         raise ValueError(f"allow_tf32=True applies to the Triton engine only; backend={backend!r} computes "
                          f"in IEEE {h.dtype} (for cuBLAS, torch.backends.cuda.matmul.allow_tf32 decides)")
 
@@ -246,6 +274,8 @@ def residual_stack(
             half = torch.get_autocast_dtype(device_type)
             u, v = u.to(half), v.to(half)
         out = triton_residual_stack(h, u, v, c, a, activation, every, allow_tf32=allow_tf32)
+    elif engine == "cpp":
+        out = cpp_residual_stack(h, u, v, c, a, activation, every)
     else:
         out = torch_residual_stack(h, u, v, c, a, activation, every)
     return out.squeeze(0) if unbatched else out

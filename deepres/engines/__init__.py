@@ -1,6 +1,8 @@
 """Engines: autograd Functions that evaluate a stack of residual blocks.
 
 * :mod:`deepres.engines.torch_engine` — pure PyTorch, any device and dtype.
+* :mod:`deepres.engines.cpp_engine` — compiled C++ loops on CPU (float32, float64),
+  built at first use by :mod:`deepres.engines.cpp_build`.
 * :mod:`deepres.engines.triton_engine` — fused Triton kernels (CUDA, or CPU
   under ``TRITON_INTERPRET=1``).
 * :mod:`deepres.engines.reference` — the plain per-layer autograd oracle.
