@@ -50,8 +50,8 @@ def cpp_refusal(h: torch.Tensor, u: torch.Tensor) -> str | None:
     Example:
         >>> cpp_refusal(torch.zeros(2, 3), torch.zeros(4, 5, 3)) is None
         True
-        >>> cpp_refusal(torch.zeros(2, 3), torch.zeros(4, 5, 3, dtype=torch.bfloat16))
-        'the C++ engine takes u and v in h's dtype (float32 or float64); got torch.bfloat16 weights'
+        >>> print(cpp_refusal(torch.zeros(2, 3), torch.zeros(4, 5, 3, dtype=torch.bfloat16)))
+        the C++ engine takes u and v in h's dtype (float32 or float64); got torch.bfloat16 weights
     """
     if h.device.type != "cpu":
         return f"the C++ engine runs on CPU tensors; got tensors on {h.device}"

@@ -218,7 +218,7 @@ inline void outer(const T* __restrict S, const T* __restrict Yt, T* __restrict o
         V y[NV];
         for (int n = 0; n < NV; ++n) std::memcpy(&y[n], Yt + i * DC + n * W, sizeof(V));
         for (int k = 0; k < JB; ++k) {
-          const V b = V{} + S[(j + k) * RB + i];
+          const V b = S[(j + k) * RB + i] - V{};
           for (int n = 0; n < NV; ++n) acc[k][n] += b * y[n];
         }
       }
@@ -232,7 +232,7 @@ inline void outer(const T* __restrict S, const T* __restrict Yt, T* __restrict o
       V acc[NV];
       for (int n = 0; n < NV; ++n) acc[n] = V{};
       for (int i = 0; i < RB; ++i) {
-        const V b = V{} + S[j * RB + i];
+        const V b = S[j * RB + i] - V{};
         for (int n = 0; n < NV; ++n) {
           V y;
           std::memcpy(&y, Yt + i * DC + n * W, sizeof(V));
