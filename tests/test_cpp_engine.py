@@ -212,3 +212,16 @@ def test_import_does_not_build():
     code = ("import deepres, deepres.engines.cpp_build as b; "
             "assert b._load.cache_info().currsize == 0, 'built at import'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120)
+
+
+def test_cpu_engine_benchmark_reports_ratios_and_peak_share():
+    from deepres.benchmark.cpu_engine import run
+
+    result = run(["study-L16-M1"], [1], repeats=1, clock="thread")
+    (row,) = result["results"]
+    assert row["flops_per_step"] == 16 * 512 * 16 * 10 * 1 * 4
+    assert set(row["median_s"]) == set(row["percent_of_gemm_peak"]) == {"cpp", "torch", "eager"}
+    assert row["cpp_vs_torch"] == row["median_s"]["torch"] / row["median_s"]["cpp"]
+    assert result["gemm_peak_gflops_1_thread"] > 0
+    with pytest.raises(ValueError, match="one thread only"):
+        run(["study-L16-M1"], [2], repeats=1, clock="thread")

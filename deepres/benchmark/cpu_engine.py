@@ -68,18 +68,28 @@ def _gemm() -> Callable[[], None]:
     return lambda: torch.mm(left, right)
 
 
-def _time(call: Callable[[], None]) -> float:
-    start = time.perf_counter()
-    call()
-    return time.perf_counter() - start
+#: ``--clock``: wall time, or the CPU time of the calling thread (one thread only: on a machine other
+#: processes share, it leaves out the time the process waits for a core).
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "thread": time.thread_time}
 
 
-def run(shapes: Sequence[str], threads: Sequence[int], repeats: int) -> dict[str, object]:
+def run(shapes: Sequence[str], threads: Sequence[int], repeats: int,
+        clock: str = "wall") -> dict[str, object]:
     """Measure; returns the JSON-able result (see the module docstring).
 
     Args:
         shapes: names of :data:`SHAPES`. threads: thread counts. repeats: interleaved rounds.
+        clock: a name of :data:`CLOCKS`; ``"thread"`` only with ``threads == [1]``.
     """
+    if clock == "thread" and list(threads) != [1]:
+        raise ValueError(f"clock='thread' measures one thread only; got threads {list(threads)}")
+    now = CLOCKS[clock]
+
+    def _time(call: Callable[[], None]) -> float:
+        start = now()
+        call()
+        return now() - start
+
     before = torch.get_num_threads()
     results: list[dict[str, object]] = []
     gemm_seconds: list[float] = []
@@ -120,7 +130,7 @@ def run(shapes: Sequence[str], threads: Sequence[int], repeats: int) -> dict[str
     for row in results:
         if row["threads"] != 1 and (row["shape"], 1) in by_shape:
             row["cpp_speedup_vs_1_thread"] = by_shape[(row["shape"], 1)] / row["median_s"]["cpp"]
-    return {"gemm_peak_gflops_1_thread": peak / 1e9,
+    return {"clock": clock, "gemm_peak_gflops_1_thread": peak / 1e9,
             "flop_count": "16·R·L·B·M·D per step (forward 4·B·M·D per layer and replica, backward with "
                           "recompute 3× that)",
             "results": results}
@@ -133,6 +143,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--shapes", default=",".join(SHAPES), help="comma-separated names (default: all)")
     parser.add_argument("--threads", default="1,2", help="comma-separated thread counts (default: 1,2)")
     parser.add_argument("--repeats", type=int, default=7, help="interleaved rounds (default: 7)")
+    parser.add_argument("--clock", choices=list(CLOCKS), default="wall",
+                        help="wall (default), or thread: the CPU time of the calling thread, with "
+                             "--threads 1, for a machine other processes share")
     parser.add_argument("--out", type=Path, default=None, help="JSON file to write")
     args = parser.parse_args(argv)
     shapes = [s for s in args.shapes.split(",") if s]
@@ -140,10 +153,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown:
         parser.error(f"--shapes: unknown {unknown}; choose from {list(SHAPES)}")
     threads = [int(t) for t in args.threads.split(",") if t]
+    if args.clock == "thread" and threads != [1]:
+        parser.error("--clock thread measures one thread: use it with --threads 1")
     given = sys.argv[1:] if argv is None else list(argv)
     command = [sys.executable, "-m", "deepres.benchmark.cpu_engine", *given]
     result = {"environment": environment(command),
-              **run(shapes, threads, args.repeats)}
+              **run(shapes, threads, args.repeats, args.clock)}
     for row in result["results"]:
         percent = row["percent_of_gemm_peak"]
         print(f"{row['shape']:>15} {row['threads']} thr: cpp {row['median_s']['cpp'] * 1e3:8.1f} ms "

@@ -45,8 +45,9 @@ _SOURCE = Path(__file__).with_name("csrc") / "stack.cpp"
 BUILD_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-std=c++20")
 _LINK_FLAGS: tuple[str, ...] = ("-fopenmp",)
 
-# Measured: a first build takes about 50 s on one core of a 2-core EPYC (docs/engines.md).
-_BUILD_SECONDS = "about a minute"
+# Measured: a first build took 88–125 s of CPU time (one compiler process) on a 2-core EPYC,
+# 166–250 s of wall time while other processes shared the cores (docs/engines.md).
+_BUILD_SECONDS = "about 2 minutes"
 
 
 def _cpu_signature() -> str:
