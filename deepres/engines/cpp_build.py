@@ -1,4 +1,4 @@
-"""Build, cache and load the C++ CPU engine (``deepres/engines/csrc/stack.cpp``).
+"""Build, cache and load the C++ CPU engine (``deepres/engines/csrc/``).
 
 The extension is compiled just in time, at its first use (never at ``import
 deepres``), with ``torch.utils.cpp_extension.load`` and ninja, at ``-O3
@@ -40,6 +40,7 @@ import torch
 __all__ = ["BUILD_FLAGS", "cpp_module", "cpp_unavailable_reason", "extension_name", "main"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "stack.cpp"
+_HEADERS = (_SOURCE.with_name("stack_blocks.h"),)
 
 #: Compiler flags of the extension (OpenMP for ATen's parallel_for; C++20 for templated lambdas).
 BUILD_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-std=c++20")
@@ -74,7 +75,7 @@ def extension_name() -> str:
         True
     """
     key = "\n".join([
-        _SOURCE.read_text() if _SOURCE.exists() else "",
+        *(path.read_text() if path.exists() else "" for path in (_SOURCE, *_HEADERS)),
         torch.__version__, sys.version, sysconfig.get_platform(),
         os.environ.get("CXX", "c++"), " ".join(BUILD_FLAGS + _LINK_FLAGS), _cpu_signature(),
     ])
@@ -113,8 +114,9 @@ def _build(name: str, directory: Path, announce: bool) -> ModuleType:
 
     if os.environ.get("DEEPRES_CPP", "1") == "0":
         raise RuntimeError("DEEPRES_CPP=0 is set in the environment")
-    if not _SOURCE.exists():
-        raise RuntimeError(f"the engine's source {_SOURCE.name} is not installed")
+    missing = [path.name for path in (_SOURCE, *_HEADERS) if not path.exists()]
+    if missing:
+        raise RuntimeError(f"the engine's sources {missing} are not installed")
     library = directory / f"{name}{sysconfig.get_config_var('EXT_SUFFIX') or '.so'}"
     plain = directory / f"{name}.so"
     for candidate in (plain, library):
