@@ -46,7 +46,7 @@ _HEADERS = (_SOURCE.with_name("stack_blocks.h"),)
 BUILD_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-std=c++20")
 _LINK_FLAGS: tuple[str, ...] = ("-fopenmp",)
 
-# Measured: a first build took 88–125 s of CPU time (one compiler process) on a 2-core EPYC,
+# Measured: a first build took 75 s on a nearly idle 2-core EPYC (one compiler process),
 # 166–250 s of wall time while other processes shared the cores (docs/engines.md).
 _BUILD_SECONDS = "about 2 minutes"
 
