@@ -43,6 +43,8 @@ _SOURCE = Path(__file__).with_name("csrc") / "stack.cpp"
 _HEADERS = (_SOURCE.with_name("stack_blocks.h"),)
 
 #: Compiler flags of the extension (OpenMP for ATen's parallel_for; C++20 for templated lambdas).
+#: -march=native: built for the x86-64 baseline instead, a training step took 5-10x longer
+#: (docs/engines.md); the cache key holds the CPU's flags, so a build is reused only where it runs.
 BUILD_FLAGS: tuple[str, ...] = ("-O3", "-march=native", "-fopenmp", "-std=c++20")
 _LINK_FLAGS: tuple[str, ...] = ("-fopenmp",)
 
