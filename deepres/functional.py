@@ -33,6 +33,7 @@ from deepres._checks import (
 )
 from deepres.activations import check_activation
 from deepres.engines.common import HALF_DTYPES, autocast_enabled
+from deepres.engines.cpp_build import cpp_unavailable_reason, warn_unavailable_once
 from deepres.engines.registry import ENGINES, PRECISIONS, unavailable_reason
 from deepres.engines.triton.support import triton_importable
 
@@ -74,9 +75,13 @@ def select_engine(backend: object, h: torch.Tensor, u: torch.Tensor) -> str:
     """The engine that runs the stack: the only place where this is decided.
 
     * ``"torch"`` and ``"reference"`` are taken as they are.
-    * ``"auto"`` is ``"triton"`` for CUDA tensors when triton is installed and
-      the kernels take these tensors (D ≤ 256, float32 h), else ``"torch"``,
-      without a word.
+    * ``"auto"`` is ``"cpp"`` for float32/float64 CPU tensors with weights in
+      h's dtype when the C++ engine could be built (one warning per process
+      when it could not, then ``"torch"``); ``"triton"`` for CUDA tensors when
+      triton is installed and the kernels take these tensors (D ≤ 256,
+      float32 h); else ``"torch"``, without a word.
+    * ``"cpp"`` raises a ValueError saying why where it cannot run (not CPU
+      tensors, no build) or cannot take the tensors (half-precision weights).
     * ``"triton"`` raises a ValueError saying why where the kernels cannot run
       at all (no triton; CPU tensors without ``TRITON_INTERPRET=1``); where
       they cannot take these tensors (D > 256, float64 h) it warns and
@@ -87,10 +92,10 @@ def select_engine(backend: object, h: torch.Tensor, u: torch.Tensor) -> str:
         h: (B, D) or (R, B, D). u: (L, M, D) or (R, L, M, D).
 
     Returns:
-        ``"torch"``, ``"triton"`` or ``"reference"``.
+        ``"torch"``, ``"triton"``, ``"cpp"`` or ``"reference"``.
 
     Example:
-        >>> select_engine("auto", torch.zeros(2, 3), torch.zeros(4, 5, 3))
+        >>> select_engine("auto", torch.zeros(2, 3), torch.zeros(4, 5, 3).half())
         'torch'
     """
     return _select(check_choice(backend, "backend", BACKENDS), h, u)
@@ -99,17 +104,32 @@ def select_engine(backend: object, h: torch.Tensor, u: torch.Tensor) -> str:
 def _select(backend: str, h: torch.Tensor, u: torch.Tensor) -> str:
     """:func:`select_engine` for a ``backend`` already checked to be a name of :data:`BACKENDS`."""
     if backend == "auto":
+        if h.device.type == "cpu":
+            return _auto_on_cpu(h, u)
         if h.device.type != "cuda" or not triton_importable():
             return "torch"
         return "torch" if ENGINES["triton"].fallback_reason(h, u) is not None else "triton"
     _check_runs_on(backend, h.device)
-    fallback = ENGINES[backend].fallback_reason
-    reason = None if fallback is None else fallback(h, u)
+    engine = ENGINES[backend]
+    reason = None if engine.fallback_reason is None else engine.fallback_reason(h, u)
+    if reason is not None and engine.refuses_unfit:
+        raise ValueError(f"backend={backend!r} cannot take these tensors: {reason} (backend='auto' runs "
+                         f"the PyTorch engine for them)")
     if reason is not None:
         warnings.warn(f"backend={backend!r} runs the PyTorch engine instead of the fused kernels: {reason}",
                       UserWarning, stacklevel=4)
         return "torch"
     return backend
+
+
+def _auto_on_cpu(h: torch.Tensor, u: torch.Tensor) -> str:
+    """``"auto"`` on the CPU: the C++ engine where it takes the tensors and could be built, else torch."""
+    if ENGINES["cpp"].fallback_reason(h, u) is not None:  # e.g. half-precision weights
+        return "torch"
+    if cpp_unavailable_reason() is not None:  # no compiler, a failed build or DEEPRES_CPP=0
+        warn_unavailable_once()
+        return "torch"
+    return "cpp"
 
 
 @dataclass(frozen=True)
@@ -257,10 +277,12 @@ def residual_stack(
         activation: one of ``"tanh"``, ``"relu"``, ``"gelu"`` (exact erf),
             ``"silu"``, ``"identity"``. Default ``"tanh"``.
         backend: which engine runs the stack (chosen by :func:`select_engine`):
-            ``"auto"`` (default: Triton for CUDA tensors when triton is
-            installed and the kernels take them, else the PyTorch engine),
-            ``"torch"`` (pure-PyTorch engine, any device and dtype),
-            ``"triton"`` (fused kernels: CUDA, or CPU under
+            ``"auto"`` (default: the C++ engine for float32/float64 CPU
+            tensors, Triton for CUDA tensors when triton is installed and the
+            kernels take them, else the PyTorch engine), ``"torch"``
+            (pure-PyTorch engine, any device and dtype), ``"cpp"`` (compiled
+            C++ loops over the whole stack: CPU, float32/float64, built at
+            first use), ``"triton"`` (fused kernels: CUDA, or CPU under
             ``TRITON_INTERPRET=1``) or ``"reference"`` (plain per-layer
             autograd, memory-hungry; for tests).
         checkpoint_every: memory policy of the backward pass. ``None``
@@ -273,8 +295,8 @@ def residual_stack(
             ``"ieee"`` (FFMA; float32 weights only) or ``"tf32"`` (one TF32
             product, faster, about 1e-3 relative error); see docs/engines.md.
             Default None: the engine's default (``"tf32x3"`` for Triton). The
-            PyTorch engine and the reference compute ``"ieee"`` only: with
-            ``backend="torch"`` or ``"reference"`` any other precision is an
+            PyTorch engine, the C++ engine and the reference compute ``"ieee"``
+            only: with ``backend="torch"``, ``"cpp"`` or ``"reference"`` any other precision is an
             error; where ``"auto"`` picks the PyTorch engine (or
             ``"triton"`` falls back to it) the request does not apply.
 

@@ -62,7 +62,7 @@ def test_devices_must_match():
         ({"pre_scale": True}, TypeError, "pre_scale must be a real number; got bool"),
         ({"activation": "softplus"}, ValueError, r"activation must be one of \('tanh'"),
         ({"activation": None}, TypeError, "activation must be a str"),
-        ({"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'torch', 'triton', 'reference'\); got 'cuda'"),
+        ({"backend": "cuda"}, ValueError, r"backend must be one of \('auto', 'torch', 'triton', 'cpp', 'reference'\); got 'cuda'"),
         ({"checkpoint_every": 0}, ValueError, "checkpoint_every must be None, a positive int or 'sqrt'; got 0"),
         ({"checkpoint_every": "log"}, ValueError, "checkpoint_every must be .* got 'log'"),
         ({"checkpoint_every": 2.0}, TypeError, "checkpoint_every must be .* got float 2.0"),

@@ -37,15 +37,18 @@ def saved_activation_bytes(backend, hidden, checkpoint_every=None, depth=L):
     return sum(seen.values())
 
 
-def test_engine_keeps_h_per_layer_and_nothing_m_wide():
-    narrow = saved_activation_bytes("torch", hidden=2)
-    wide = saved_activation_bytes("torch", hidden=64)
+@pytest.mark.parametrize("engine", ["torch", "cpp"])
+def test_engine_keeps_h_per_layer_and_nothing_m_wide(engine):
+    narrow = saved_activation_bytes(engine, hidden=2)
+    wide = saved_activation_bytes(engine, hidden=64)
     assert narrow == wide == (L - 1) * B * D * 4
 
 
+@pytest.mark.parametrize("engine", ["torch", "cpp"])
 @pytest.mark.parametrize(("every", "checkpoints"), [(8, 8), ("sqrt", 8), (5, 13), (100, 1)])
-def test_checkpointing_keeps_one_h_per_segment(every, checkpoints):
-    assert saved_activation_bytes("torch", hidden=16, checkpoint_every=every) == (checkpoints - 1) * B * D * 4
+def test_checkpointing_keeps_one_h_per_segment(engine, every, checkpoints):
+    # The C++ engine keeps exactly what the PyTorch engine keeps: h_0 itself and ⌈L/k⌉ − 1 copies of h.
+    assert saved_activation_bytes(engine, hidden=16, checkpoint_every=every) == (checkpoints - 1) * B * D * 4
 
 
 def test_reference_grows_with_width_and_engine_saves_less():

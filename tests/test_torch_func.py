@@ -59,18 +59,20 @@ def _close(got, want, tol=1e-12):
     assert relative_error(got, want) <= tol
 
 
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 @pytest.mark.parametrize("replicas", [None, 2])
-def test_gradcheck_forward_and_batched(activation, replicas):
+def test_gradcheck_forward_and_batched(activation, replicas, backend):
     h, u, v, c, a = _problem(replicas, batch=2, dim=3, hidden=2, depth=3, seed=len(activation))
-    engine, _ = _stacks(c, a, activation, "torch")
+    engine, _ = _stacks(c, a, activation, backend)
     inputs = tuple(t.clone().requires_grad_() for t in (h, u, v))
     assert torch.autograd.gradcheck(engine, inputs, check_forward_ad=True, check_batched_grad=True,
                                     check_batched_forward_grad=True)
 
 
 @pytest.mark.parametrize(("activation", "backend"), [*((name, "auto") for name in ACTIVATIONS),
-                                                     ("tanh", "torch"), ("silu", "reference")])
+                                                     ("tanh", "torch"), ("silu", "reference"),
+                                                     ("tanh", "cpp"), ("gelu", "cpp")])
 def test_every_transform_matches_the_reference(activation, backend):
     h, u, v, c, a = _problem(2, seed=7 + len(activation))
     engine, reference = _stacks(c, a, activation, backend)
@@ -90,9 +92,10 @@ def test_every_transform_matches_the_reference(activation, backend):
            grad(lambda *p: jvp(reference, p, tangents)[1].pow(2).sum(), argnums=(0, 1, 2))(h, u, v))
 
 
-def test_forward_ad_dual_tensors_and_none_tangents():
+@pytest.mark.parametrize("backend", ["torch", "cpp"])
+def test_forward_ad_dual_tensors_and_none_tangents(backend):
     h, u, v, c, a = _problem(None, seed=3)
-    engine, reference = _stacks(c, a, "gelu", "torch", every=1)
+    engine, reference = _stacks(c, a, "gelu", backend, every=1)
     h_dot, v_dot = torch.randn_like(h), torch.randn_like(v)
     want = jvp(reference, (h, u, v), (h_dot, torch.zeros_like(u), v_dot))[1]
     with fwAD.dual_level():

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 import torch
 
 from deepres.engines import triton as triton_engine
+from deepres.engines.cpp_build import cpp_unavailable_reason
+from deepres.engines.cpp_engine import cpp_refusal, cpp_residual_stack
 from deepres.engines.reference import reference_residual_stack
 from deepres.engines.torch_engine import torch_residual_stack
 from deepres.kernels.plan import DEFAULT_PRECISION, PRECISIONS
@@ -40,6 +42,9 @@ class Engine:
             PyTorch engine runs them instead), or None.
         half_weights: it reads float32 weights in the autocast dtype inside
             an autocast region (tensor cores); the others compute in float32.
+        refuses_unfit: asked for by name, it refuses tensors it cannot take
+            (a ValueError naming ``fallback_reason``'s reason) instead of
+            running the PyTorch engine with a warning.
     """
 
     name: str
@@ -48,6 +53,7 @@ class Engine:
     unavailable_reason: Callable[[torch.device], str | None] = _anywhere
     fallback_reason: Callable[[torch.Tensor, torch.Tensor], str | None] | None = None
     half_weights: bool = False
+    refuses_unfit: bool = False
 
     @property
     def default_precision(self) -> str:
@@ -57,6 +63,16 @@ class Engine:
 
 def _torch(h, u, v, c, a, activation, every, precision):
     return torch_residual_stack(h, u, v, c, a, activation, every)
+
+
+def _cpp(h, u, v, c, a, activation, every, precision):
+    return cpp_residual_stack(h, u, v, c, a, activation, every)
+
+
+def _cpp_unavailable(device: torch.device) -> str | None:
+    if device.type != "cpu":
+        return f"the C++ engine runs on CPU tensors; the tensors are on {device.type}"
+    return cpp_unavailable_reason()  # builds the engine at its first use
 
 
 def _reference(h, u, v, c, a, activation, every, precision):
@@ -70,6 +86,8 @@ ENGINES: dict[str, Engine] = {
     "triton": Engine("triton", triton_engine.triton_residual_stack,
                      (DEFAULT_PRECISION, *(p for p in PRECISIONS if p != DEFAULT_PRECISION)),
                      triton_engine.unavailable_reason, triton_engine.fallback_reason, half_weights=True),
+    # The compiled CPU loops (float32/float64 CPU tensors; deepres.engines.cpp_engine).
+    "cpp": Engine("cpp", _cpp, ("ieee",), _cpp_unavailable, cpp_refusal, refuses_unfit=True),
     "reference": Engine("reference", _reference, ("ieee",)),
 }
 

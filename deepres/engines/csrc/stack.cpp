@@ -1,0 +1,352 @@
+// The C++ CPU engine of deepres: eq. (1) of docs/design.md as compiled loops.
+//
+// Layout. The work unit is one replica r and one chunk of RB rows of h (RB = 8 or 16, fixed by B
+// alone). A unit walks all L layers with its rows held "rows in lanes": H[d*RB + i] is h[row0+i][d],
+// so every inner loop runs over the RB rows of the chunk with compile-time length and vectorizes
+// (tanh included), and each layer's u, v (M·D numbers, in L1) are reused by all RB rows.
+//
+// Per layer (forward):  Z = a·u H (M×RB), S = σ(Z), A = vᵀ S (D×RB), H += c·A.
+// The M-term sum A is formed apart and added to h once: adding term by term loses accuracy.
+//
+// Backward of one layer (x = layer input, g = ∂loss/∂h_l):
+//   S = σ(a·u x), P = σ'(a·u x) ⊙ (v g),   ∂v = c·S gᵀ,   ∂u = c·a·P xᵀ,   g += c·a·uᵀ P.
+// The weight gradients are reductions over the rows of the chunk (lanes), done against a
+// transposed copy of g and x so that they vectorize over D.
+//
+// Determinism. The partition into units depends on (R, B) only, never on the thread count; a unit
+// runs on one thread in a fixed order; when a replica has several chunks their weight-gradient
+// partials are summed chunk by chunk in order. Results are therefore bitwise identical whatever
+// torch.set_num_threads says.
+
+#include <torch/extension.h>
+#include <ATen/Parallel.h>
+
+#include "stack_blocks.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+#include <vector>
+
+namespace {
+
+using namespace deepres_cpp;
+
+struct Shape {
+  int64_t R, B, D, L, M, chunks;
+};
+
+// One layer forward on a chunk: H += c · vᵀ σ(a · u H). Z, S: M·RB scratch; A: D·RB scratch.
+template <typename T, int RB, int DC>
+inline void layer_forward(const T* u, const T* v, T* H, T* Z, T* S, T* A, int64_t M, int64_t D, T c, T a,
+                          int64_t act) {
+  project<T, RB, DC, false>(u, H, Z, M, D, a);
+  activate(act, Z, S, M * RB);
+  expand<T, RB, DC, false>(v, S, A, M, D);
+  for (int64_t e = 0; e < D * RB; ++e) H[e] += c * A[e];
+}
+
+template <typename T, int RB, int DC>
+void forward_kernel(const T* h0, const T* u, const T* v, T* out, T* ckpt, const Shape& s, T c, T a, int64_t act,
+                    int64_t every, bool save) {
+  const int64_t units = s.R * s.chunks;
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer(s.D * RB * 2 + s.M * RB * 2);
+    T* H = buffer.data();
+    T* A = H + s.D * RB;
+    T* Z = A + s.D * RB;
+    T* S = Z + s.M * RB;
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t r = unit / s.chunks, row0 = (unit % s.chunks) * RB;
+      const int64_t n = std::min<int64_t>(RB, s.B - row0);
+      const int64_t offset = (r * s.B + row0) * s.D;
+      load_rows<T, RB>(h0 + offset, n, s.D, H);
+      const T* ur = u + r * s.L * s.M * s.D;
+      const T* vr = v + r * s.L * s.M * s.D;
+      for (int64_t l = 0; l < s.L; ++l) {
+        if (save && l > 0 && l % every == 0)
+          store_rows<T, RB>(H, n, s.D, ckpt + (l / every - 1) * s.R * s.B * s.D + offset);
+        layer_forward<T, RB, DC>(ur + l * s.M * s.D, vr + l * s.M * s.D, H, Z, S, A, s.M, s.D, c, a, act);
+      }
+      store_rows<T, RB>(H, n, s.D, out + offset);
+    }
+  });
+}
+
+template <typename T, int RB, int DC>
+void backward_kernel(const T* h0, const T* ckpt, const T* u, const T* v, T* G_all, T* du, T* dv, const Shape& s,
+                     T c, T a, int64_t act, int64_t every, bool need_u, bool need_v) {
+  const int64_t units = s.R * s.chunks;
+  const int64_t MD = s.M * s.D;
+  const int64_t segs = (s.L + every - 1) / every;
+  // Several chunks per replica: each writes its weight-gradient share into a private partial slot,
+  // summed over chunks in a fixed order afterwards. Segments are taken in groups so that the partials
+  // stay under 2^18 numbers per gradient (at least one segment): in cache between the walk and the sum
+  // (2^22 numbers, out of cache, cost about 30 ms at A = (L 4096, B 64, D 16, M 64)), with few enough
+  // groups that the two parallel regions per group cost little (with 2^16, A took 512 regions).
+  const bool partial = s.chunks > 1 && (need_u || need_v);
+  int64_t group = segs;
+  if (partial) group = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, units * every * MD));
+  group = std::min(group, segs);
+  const int64_t group_layers = std::min(s.L, group * every);
+  std::vector<T> part_u, part_v;
+  if (partial && need_u) part_u.resize(units * group_layers * MD);
+  if (partial && need_v) part_v.resize(units * group_layers * MD);
+  const T ca = c * a;
+
+  for (int64_t g_hi = segs; g_hi > 0; g_hi -= group) {
+    const int64_t g_lo = std::max<int64_t>(0, g_hi - group);
+    const int64_t layer_lo = g_lo * every;
+    const int64_t layer_hi = std::min(s.L, g_hi * every);
+    at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+      const int64_t k = std::min(every, s.L);
+      std::vector<T> buffer(k * s.D * RB + s.D * RB * 4 + s.M * RB * 3);
+      T* Xs = buffer.data();
+      T* G = Xs + k * s.D * RB;
+      T* A = G + s.D * RB;
+      T* Gt = A + s.D * RB;
+      T* Xt = Gt + s.D * RB;
+      T* Z = Xt + s.D * RB;
+      T* S = Z + s.M * RB;
+      T* Q = S + s.M * RB;
+      for (int64_t unit = begin; unit < end; ++unit) {
+        const int64_t r = unit / s.chunks, row0 = (unit % s.chunks) * RB;
+        const int64_t n = std::min<int64_t>(RB, s.B - row0);
+        const int64_t offset = (r * s.B + row0) * s.D;
+        const T* ur = u + r * s.L * MD;
+        const T* vr = v + r * s.L * MD;
+        load_rows<T, RB>(G_all + offset, n, s.D, G);
+        for (int64_t seg = g_hi - 1; seg >= g_lo; --seg) {
+          const int64_t start = seg * every, stop = std::min(s.L, start + every);
+          const T* checkpoint = seg == 0 ? h0 : ckpt + (seg - 1) * s.R * s.B * s.D;
+          load_rows<T, RB>(checkpoint + offset, n, s.D, Xs);
+          for (int64_t l = start; l + 1 < stop; ++l) {
+            T* next = Xs + (l - start + 1) * s.D * RB;
+            std::copy(Xs + (l - start) * s.D * RB, next, next);
+            layer_forward<T, RB, DC>(ur + l * MD, vr + l * MD, next, Z, S, A, s.M, s.D, c, a, act);
+          }
+          for (int64_t l = stop - 1; l >= start; --l) {
+            const T* X = Xs + (l - start) * s.D * RB;
+            const T* ul = ur + l * MD;
+            const T* vl = vr + l * MD;
+            project<T, RB, DC, false>(ul, X, Z, s.M, s.D, a);
+            activate_pair(act, Z, S, s.M * RB);  // S = σ(z), Z = σ'(z)
+            project<T, RB, DC, false>(vl, G, Q, s.M, s.D, T(1));
+            for (int64_t e = 0; e < s.M * RB; ++e) Q[e] *= Z[e];  // P = σ'(z) ⊙ (v g)
+            if (need_v) {
+              T* dst = partial ? part_v.data() + (unit * group_layers + (l - layer_lo)) * MD
+                               : dv + (r * s.L + l) * MD;
+              transpose_block<T, RB, DC>(G, s.D, Gt);
+              outer<T, RB, DC>(S, Gt, dst, s.M, s.D, c);
+            }
+            if (need_u) {
+              T* dst = partial ? part_u.data() + (unit * group_layers + (l - layer_lo)) * MD
+                               : du + (r * s.L + l) * MD;
+              transpose_block<T, RB, DC>(X, s.D, Xt);
+              outer<T, RB, DC>(Q, Xt, dst, s.M, s.D, ca);
+            }
+            expand<T, RB, DC, false>(ul, Q, A, s.M, s.D);
+            for (int64_t e = 0; e < s.D * RB; ++e) G[e] += ca * A[e];
+          }
+        }
+        store_rows<T, RB>(G, n, s.D, G_all + offset);
+      }
+    });
+    if (partial) {
+      // Sum the chunks' partials in chunk order: one (replica, layer, unit j) row of D numbers per task.
+      const int64_t layers = layer_hi - layer_lo;
+      const int64_t rows = s.R * layers * s.M;
+      for (int which = 0; which < 2; ++which) {
+        if ((which == 0 && !need_u) || (which == 1 && !need_v)) continue;
+        const T* parts = which == 0 ? part_u.data() : part_v.data();
+        T* dst_all = which == 0 ? du : dv;
+        at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
+          for (int64_t row = begin; row < end; ++row) {
+            const int64_t r = row / (layers * s.M), rest = row % (layers * s.M);
+            const int64_t l = rest / s.M, j = rest % s.M;
+            T* dst = dst_all + ((r * s.L + layer_lo + l) * s.M + j) * s.D;
+            const T* first = parts + ((r * s.chunks) * group_layers + l) * MD + j * s.D;
+            std::copy(first, first + s.D, dst);
+            for (int64_t chunk = 1; chunk < s.chunks; ++chunk) {
+              const T* src = parts + ((r * s.chunks + chunk) * group_layers + l) * MD + j * s.D;
+              for (int64_t d = 0; d < s.D; ++d) dst[d] += src[d];
+            }
+          }
+        });
+      }
+    }
+  }
+}
+
+template <typename T, int RB, int DC>
+void jvp_kernel(const T* h0, const T* u, const T* v, const T* h0d, const T* ud, const T* vd, T* out, T* outd,
+                const Shape& s, T c, T a, int64_t act) {
+  const int64_t units = s.R * s.chunks;
+  const int64_t MD = s.M * s.D;
+  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> buffer(s.D * RB * 4 + s.M * RB * 3);
+    T* H = buffer.data();
+    T* Hd = H + s.D * RB;
+    T* A = Hd + s.D * RB;
+    T* Ad = A + s.D * RB;
+    T* Z = Ad + s.D * RB;
+    T* Zd = Z + s.M * RB;
+    T* S = Zd + s.M * RB;
+    for (int64_t unit = begin; unit < end; ++unit) {
+      const int64_t r = unit / s.chunks, row0 = (unit % s.chunks) * RB;
+      const int64_t n = std::min<int64_t>(RB, s.B - row0);
+      const int64_t offset = (r * s.B + row0) * s.D;
+      load_rows<T, RB>(h0 + offset, n, s.D, H);
+      load_rows<T, RB>(h0d + offset, n, s.D, Hd);
+      for (int64_t l = 0; l < s.L; ++l) {
+        const int64_t w = (r * s.L + l) * MD;
+        project<T, RB, DC, false>(u + w, H, Z, s.M, s.D, a);     // z
+        project<T, RB, DC, false>(ud + w, H, Zd, s.M, s.D, a);   // ż = a·(u̇ h + u ḣ)
+        project<T, RB, DC, true>(u + w, Hd, Zd, s.M, s.D, a);
+        activate_pair(act, Z, S, s.M * RB);                      // S = σ(z), Z = σ'(z)
+        for (int64_t e = 0; e < s.M * RB; ++e) Zd[e] *= Z[e];    // σ'(z) ż
+        expand<T, RB, DC, false>(v + w, S, A, s.M, s.D);         // Σ v σ(z)
+        expand<T, RB, DC, false>(vd + w, S, Ad, s.M, s.D);       // Σ v̇ σ(z) + v σ'(z) ż
+        expand<T, RB, DC, true>(v + w, Zd, Ad, s.M, s.D);
+        for (int64_t e = 0; e < s.D * RB; ++e) {
+          H[e] += c * A[e];
+          Hd[e] += c * Ad[e];
+        }
+      }
+      store_rows<T, RB>(H, n, s.D, out + offset);
+      store_rows<T, RB>(Hd, n, s.D, outd + offset);
+    }
+  });
+}
+
+// Calls body.template operator()<RB, DC>() with the row block and, for float32, the D specialization
+// for this shape (float64 takes the general path: it is the accuracy engine, and fewer instances
+// build faster).
+template <typename T, typename F>
+void dispatch_shape(int64_t B, int64_t D, F&& body) {
+  auto with_rb = [&](auto rb) {
+    constexpr int RB = decltype(rb)::value;
+    if constexpr (std::is_same_v<T, float>) {
+      switch (D) {
+        case 4: body.template operator()<RB, 4>(); return;
+        case 8: body.template operator()<RB, 8>(); return;
+        case 16: body.template operator()<RB, 16>(); return;
+        case 32: body.template operator()<RB, 32>(); return;
+        default: break;
+      }
+    }
+    body.template operator()<RB, 0>();
+  };
+  if (B <= 8)
+    with_rb(std::integral_constant<int, 8>{});
+  else
+    with_rb(std::integral_constant<int, 16>{});
+}
+
+int64_t row_block(int64_t B) { return B <= 8 ? 8 : 16; }
+
+void check_inputs(const torch::Tensor& h0, const torch::Tensor& u, const torch::Tensor& v, int64_t act) {
+  TORCH_CHECK(h0.device().is_cpu() && u.device().is_cpu() && v.device().is_cpu(),
+              "the C++ engine takes CPU tensors");
+  TORCH_CHECK(h0.scalar_type() == at::kFloat || h0.scalar_type() == at::kDouble,
+              "the C++ engine takes float32 or float64 h; got ", h0.scalar_type());
+  TORCH_CHECK(u.scalar_type() == h0.scalar_type() && v.scalar_type() == h0.scalar_type(),
+              "the C++ engine takes u and v in h's dtype ", h0.scalar_type(), "; got ", u.scalar_type());
+  TORCH_CHECK(h0.dim() == 3 && u.dim() == 4 && v.sizes() == u.sizes() && h0.size(0) == u.size(0) &&
+                  h0.size(2) == u.size(3),
+              "the C++ engine takes h (R, B, D) and u, v (R, L, M, D)");
+  TORCH_CHECK(act >= 0 && act <= 4, "unknown activation code ", act);
+}
+
+Shape shape_of(const torch::Tensor& h0, const torch::Tensor& u) {
+  Shape s{h0.size(0), h0.size(1), h0.size(2), u.size(1), u.size(2), 0};
+  s.chunks = (s.B + row_block(s.B) - 1) / row_block(s.B);
+  return s;
+}
+
+std::vector<torch::Tensor> stack_forward(torch::Tensor h0, torch::Tensor u, torch::Tensor v, double c, double a,
+                                         int64_t act, int64_t every, bool save) {
+  check_inputs(h0, u, v, act);
+  TORCH_CHECK(every >= 1, "every must be >= 1");
+  h0 = h0.contiguous(), u = u.contiguous(), v = v.contiguous();
+  const Shape s = shape_of(h0, u);
+  auto out = torch::empty_like(h0);
+  const int64_t count = (s.L + every - 1) / every - 1;
+  auto ckpt = save ? h0.new_empty({count, s.R, s.B, s.D}) : h0.new_empty({0});
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "deepres_cpp_forward", [&] {
+    dispatch_shape<scalar_t>(s.B, s.D, [&]<int RB, int DC>() {
+      forward_kernel<scalar_t, RB, DC>(h0.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                                       out.data_ptr<scalar_t>(), save ? ckpt.data_ptr<scalar_t>() : nullptr, s,
+                                       scalar_t(c), scalar_t(a), act, every, save);
+    });
+  });
+  return {out, ckpt};
+}
+
+std::vector<torch::Tensor> stack_backward(torch::Tensor grad_out, torch::Tensor h0, torch::Tensor ckpt,
+                                          torch::Tensor u, torch::Tensor v, double c, double a, int64_t act,
+                                          int64_t every, bool need_h, bool need_u, bool need_v) {
+  check_inputs(h0, u, v, act);
+  TORCH_CHECK(every >= 1, "every must be >= 1");
+  h0 = h0.contiguous(), u = u.contiguous(), v = v.contiguous(), ckpt = ckpt.contiguous();
+  const Shape s = shape_of(h0, u);
+  TORCH_CHECK(ckpt.numel() == ((s.L + every - 1) / every - 1) * s.R * s.B * s.D,
+              "checkpoints do not match the shapes and every");
+  auto grad_h = grad_out.to(h0.scalar_type()).contiguous().clone();
+  auto grad_u = need_u ? torch::empty_like(u) : u.new_empty({0});
+  auto grad_v = need_v ? torch::empty_like(v) : v.new_empty({0});
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "deepres_cpp_backward", [&] {
+    dispatch_shape<scalar_t>(s.B, s.D, [&]<int RB, int DC>() {
+      backward_kernel<scalar_t, RB, DC>(h0.data_ptr<scalar_t>(), ckpt.numel() ? ckpt.data_ptr<scalar_t>() : nullptr,
+                                        u.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(), grad_h.data_ptr<scalar_t>(),
+                                        need_u ? grad_u.data_ptr<scalar_t>() : nullptr,
+                                        need_v ? grad_v.data_ptr<scalar_t>() : nullptr, s, scalar_t(c),
+                                        scalar_t(a), act, every, need_u, need_v);
+    });
+  });
+  if (!need_h) grad_h = h0.new_empty({0});
+  return {grad_h, grad_u, grad_v};
+}
+
+std::vector<torch::Tensor> stack_jvp(torch::Tensor h0, torch::Tensor u, torch::Tensor v, torch::Tensor h0d,
+                                     torch::Tensor ud, torch::Tensor vd, double c, double a, int64_t act) {
+  check_inputs(h0, u, v, act);
+  check_inputs(h0d, ud, vd, act);
+  TORCH_CHECK(h0d.sizes() == h0.sizes() && ud.sizes() == u.sizes() && h0d.scalar_type() == h0.scalar_type(),
+              "tangents must have the shapes and dtype of their primals");
+  h0 = h0.contiguous(), u = u.contiguous(), v = v.contiguous();
+  h0d = h0d.contiguous(), ud = ud.contiguous(), vd = vd.contiguous();
+  const Shape s = shape_of(h0, u);
+  auto out = torch::empty_like(h0);
+  auto outd = torch::empty_like(h0);
+  AT_DISPATCH_FLOATING_TYPES(h0.scalar_type(), "deepres_cpp_jvp", [&] {
+    dispatch_shape<scalar_t>(s.B, s.D, [&]<int RB, int DC>() {
+      jvp_kernel<scalar_t, RB, DC>(h0.data_ptr<scalar_t>(), u.data_ptr<scalar_t>(), v.data_ptr<scalar_t>(),
+                                   h0d.data_ptr<scalar_t>(), ud.data_ptr<scalar_t>(), vd.data_ptr<scalar_t>(),
+                                   out.data_ptr<scalar_t>(), outd.data_ptr<scalar_t>(), s, scalar_t(c),
+                                   scalar_t(a), act);
+    });
+  });
+  return {out, outd};
+}
+
+// σ over a tensor with the engine's own activation code (for measuring the approximations).
+torch::Tensor activation_values(torch::Tensor z, int64_t act) {
+  z = z.contiguous();
+  auto s = torch::empty_like(z);
+  AT_DISPATCH_FLOATING_TYPES(z.scalar_type(), "deepres_cpp_activation", [&] {
+    activate(act, z.data_ptr<scalar_t>(), s.data_ptr<scalar_t>(), z.numel());
+  });
+  return s;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("forward", &stack_forward, "deepres stack forward (h_L, checkpoints)");
+  m.def("backward", &stack_backward, "deepres stack backward (grad_h0, grad_u, grad_v)");
+  m.def("jvp", &stack_jvp, "deepres stack forward-mode derivative (h_L, h_L_dot)");
+  m.def("activation", &activation_values, "the engine's sigma(z)");
+}

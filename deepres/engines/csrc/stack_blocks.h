@@ -1,0 +1,266 @@
+// Building blocks of the C++ CPU engine (stack.cpp): activations and the rows-in-lanes loops.
+//
+// A block of RB rows is held "rows in lanes": X[d*RB + i] is row i's entry d, so every loop over
+// i has a compile-time length and vectorizes. DC is D when it is a compile-time constant, else 0.
+
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <type_traits>
+
+namespace deepres_cpp {
+
+enum Act : int64_t { kTanh = 0, kRelu = 1, kGelu = 2, kSilu = 3, kIdentity = 4 };
+
+// tanh for float32: Eigen's rational approximation (odd degree-13 over even degree-6 polynomial on
+// [-7.905, 7.905], ±1 beyond). Branch-free, so the lane loops vectorize; its measured maximum error
+// is in docs/engines.md. NaN propagates (every comparison with NaN is false).
+inline float tanh_approx(float a) {
+  constexpr float kClamp = 7.90531110763549805f;
+  float x = a > kClamp ? kClamp : a;
+  x = x < -kClamp ? -kClamp : x;
+  const float x2 = x * x;
+  float p = x2 * -2.76076847742355e-16f + 2.00018790482477e-13f;
+  p = x2 * p + -8.60467152213735e-11f;
+  p = x2 * p + 5.12229709037114e-08f;
+  p = x2 * p + 1.48572235717979e-05f;
+  p = x2 * p + 6.37261928875436e-04f;
+  p = x2 * p + 4.89352455891786e-03f;
+  p = x * p;
+  float q = x2 * 1.19825839466702e-06f + 1.18534705686654e-04f;
+  q = x2 * q + 2.26843463243900e-03f;
+  q = x2 * q + 4.89352518554385e-03f;
+  const float r = p / q;
+  return (x < 0.0004f && x > -0.0004f) ? x : r;
+}
+inline double tanh_approx(double a) { return std::tanh(a); }  // float64: the exact library function
+
+template <typename T>
+inline T inv_sqrt2() { return static_cast<T>(0.70710678118654752440); }
+template <typename T>
+inline T inv_sqrt_2pi() { return static_cast<T>(0.39894228040143267794); }
+
+// s = σ(z) over n contiguous values (the activation switch is outside the loops).
+template <typename T>
+void activate(int64_t act, const T* __restrict z, T* __restrict s, int64_t n) {
+  switch (act) {
+    case kTanh:
+      for (int64_t i = 0; i < n; ++i) s[i] = tanh_approx(z[i]);
+      break;
+    case kRelu:
+      for (int64_t i = 0; i < n; ++i) s[i] = z[i] <= T(0) ? T(0) : z[i];  // NaN stays NaN
+      break;
+    case kGelu:
+      for (int64_t i = 0; i < n; ++i) s[i] = z[i] * (T(0.5) * (T(1) + std::erf(z[i] * inv_sqrt2<T>())));
+      break;
+    case kSilu:
+      for (int64_t i = 0; i < n; ++i) s[i] = z[i] / (T(1) + std::exp(-z[i]));
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) s[i] = z[i];
+  }
+}
+
+// s = σ(z) and, in place of z, σ'(z).
+template <typename T>
+void activate_pair(int64_t act, T* __restrict z, T* __restrict s, int64_t n) {
+  switch (act) {
+    case kTanh:
+      for (int64_t i = 0; i < n; ++i) {
+        const T t = tanh_approx(z[i]);
+        s[i] = t;
+        z[i] = T(1) - t * t;
+      }
+      break;
+    case kRelu:
+      for (int64_t i = 0; i < n; ++i) {
+        const bool off = z[i] <= T(0);
+        s[i] = off ? T(0) : z[i];
+        z[i] = off ? T(0) : T(1);
+      }
+      break;
+    case kGelu:
+      for (int64_t i = 0; i < n; ++i) {
+        const T x = z[i];
+        const T cdf = T(0.5) * (T(1) + std::erf(x * inv_sqrt2<T>()));
+        s[i] = x * cdf;
+        z[i] = cdf + x * std::exp(T(-0.5) * x * x) * inv_sqrt_2pi<T>();
+      }
+      break;
+    case kSilu:
+      for (int64_t i = 0; i < n; ++i) {
+        const T x = z[i];
+        const T sig = T(1) / (T(1) + std::exp(-x));
+        s[i] = x * sig;
+        z[i] = sig * (T(1) + x * (T(1) - sig));
+      }
+      break;
+    default:
+      for (int64_t i = 0; i < n; ++i) {
+        s[i] = z[i];
+        z[i] = T(1);
+      }
+  }
+}
+
+// Z[j][:] (+)= scale · Σ_d w[j][d] X[d][:]  for j < M; w is (M, D) row-major, X and Z rows in lanes.
+// DC is D when it is a compile-time constant, 0 otherwise.
+template <typename T, int RB, int DC, bool ACC>
+inline void project(const T* __restrict w, const T* __restrict X, T* __restrict Z, int64_t M, int64_t Drt,
+                    T scale) {
+  const int64_t D = DC ? DC : Drt;
+  int64_t j = 0;
+  for (; j + 4 <= M; j += 4) {
+    T acc[4][RB] = {};
+    const T* w0 = w + j * D;
+    for (int64_t d = 0; d < D; ++d) {
+      const T* x = X + d * RB;
+      const T a0 = w0[d], a1 = w0[D + d], a2 = w0[2 * D + d], a3 = w0[3 * D + d];
+      for (int i = 0; i < RB; ++i) {
+        acc[0][i] += a0 * x[i];
+        acc[1][i] += a1 * x[i];
+        acc[2][i] += a2 * x[i];
+        acc[3][i] += a3 * x[i];
+      }
+    }
+    for (int k = 0; k < 4; ++k)
+      for (int i = 0; i < RB; ++i) {
+        T* z = Z + (j + k) * RB;
+        z[i] = ACC ? z[i] + scale * acc[k][i] : scale * acc[k][i];
+      }
+  }
+  for (; j < M; ++j) {
+    T acc[RB] = {};
+    const T* w0 = w + j * D;
+    for (int64_t d = 0; d < D; ++d)
+      for (int i = 0; i < RB; ++i) acc[i] += w0[d] * X[d * RB + i];
+    T* z = Z + j * RB;
+    for (int i = 0; i < RB; ++i) z[i] = ACC ? z[i] + scale * acc[i] : scale * acc[i];
+  }
+}
+
+// Y[d][:] (+)= Σ_j w[j][d] S[j][:]  for d < D (no scale: the caller scales once, when adding to h).
+template <typename T, int RB, int DC, bool ACC>
+inline void expand(const T* __restrict w, const T* __restrict S, T* __restrict Y, int64_t M, int64_t Drt) {
+  const int64_t D = DC ? DC : Drt;
+  int64_t d = 0;
+  for (; d + 4 <= D; d += 4) {
+    T acc[4][RB] = {};
+    for (int64_t j = 0; j < M; ++j) {
+      const T* s = S + j * RB;
+      const T* wj = w + j * D + d;
+      const T a0 = wj[0], a1 = wj[1], a2 = wj[2], a3 = wj[3];
+      for (int i = 0; i < RB; ++i) {
+        acc[0][i] += a0 * s[i];
+        acc[1][i] += a1 * s[i];
+        acc[2][i] += a2 * s[i];
+        acc[3][i] += a3 * s[i];
+      }
+    }
+    for (int k = 0; k < 4; ++k)
+      for (int i = 0; i < RB; ++i) {
+        T* y = Y + (d + k) * RB;
+        y[i] = ACC ? y[i] + acc[k][i] : acc[k][i];
+      }
+  }
+  for (; d < D; ++d) {
+    T acc[RB] = {};
+    for (int64_t j = 0; j < M; ++j)
+      for (int i = 0; i < RB; ++i) acc[i] += w[j * D + d] * S[j * RB + i];
+    T* y = Y + d * RB;
+    for (int i = 0; i < RB; ++i) y[i] = ACC ? y[i] + acc[i] : acc[i];
+  }
+}
+
+// A GCC/Clang vector of float32 for rows of DC numbers: 4 wide for D = 4, else 8 wide.
+template <int DC>
+struct FloatVec {
+  static constexpr int width = DC == 4 ? 4 : 8;
+  typedef float type __attribute__((vector_size(width * sizeof(float))));
+};
+
+// out[j][d] = scale · Σ_i S[j][i] Yt[i][d]: a reduction over the chunk's rows, with Yt the
+// transposed (RB, D) copy of a rows-in-lanes block, so that it vectorizes over d. With a
+// compile-time D, a block of JB units keeps JB·D accumulators in registers.
+template <typename T, int RB, int DC>
+inline void outer(const T* __restrict S, const T* __restrict Yt, T* __restrict out, int64_t M, int64_t Drt,
+                  T scale) {
+  if constexpr (DC != 0) {  // float32 only (dispatch_shape): explicit vectors, broadcast s, load y
+    using V = typename FloatVec<DC>::type;
+    constexpr int W = FloatVec<DC>::width, NV = DC / W;
+    constexpr int JB = DC <= 8 ? 8 : (DC <= 16 ? 4 : 2);
+    int64_t j = 0;
+    for (; j + JB <= M; j += JB) {
+      V acc[JB][NV];
+      for (int k = 0; k < JB; ++k)
+        for (int n = 0; n < NV; ++n) acc[k][n] = V{};
+      for (int i = 0; i < RB; ++i) {
+        V y[NV];
+        for (int n = 0; n < NV; ++n) std::memcpy(&y[n], Yt + i * DC + n * W, sizeof(V));
+        for (int k = 0; k < JB; ++k) {
+          const V b = S[(j + k) * RB + i] - V{};
+          for (int n = 0; n < NV; ++n) acc[k][n] += b * y[n];
+        }
+      }
+      for (int k = 0; k < JB; ++k)
+        for (int n = 0; n < NV; ++n) {
+          const V r = acc[k][n] * scale;
+          std::memcpy(out + (j + k) * DC + n * W, &r, sizeof(V));
+        }
+    }
+    for (; j < M; ++j) {
+      V acc[NV];
+      for (int n = 0; n < NV; ++n) acc[n] = V{};
+      for (int i = 0; i < RB; ++i) {
+        const V b = S[j * RB + i] - V{};
+        for (int n = 0; n < NV; ++n) {
+          V y;
+          std::memcpy(&y, Yt + i * DC + n * W, sizeof(V));
+          acc[n] += b * y;
+        }
+      }
+      for (int n = 0; n < NV; ++n) {
+        const V r = acc[n] * scale;
+        std::memcpy(out + j * DC + n * W, &r, sizeof(V));
+      }
+    }
+  } else {
+    const int64_t D = Drt;
+    for (int64_t j = 0; j < M; ++j) {
+      T* o = out + j * D;
+      std::fill(o, o + D, T(0));
+      for (int i = 0; i < RB; ++i) {
+        const T b = S[j * RB + i];
+        const T* y = Yt + i * D;
+        for (int64_t e = 0; e < D; ++e) o[e] += b * y[e];
+      }
+      for (int64_t e = 0; e < D; ++e) o[e] *= scale;
+    }
+  }
+}
+
+// Rows [row0, row0 + n) of a (B, D) row-major block into rows-in-lanes form (zero lanes past n).
+template <typename T, int RB>
+inline void load_rows(const T* __restrict src, int64_t n, int64_t D, T* __restrict dst) {
+  std::fill(dst, dst + D * RB, T(0));
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t d = 0; d < D; ++d) dst[d * RB + i] = src[i * D + d];
+}
+
+template <typename T, int RB>
+inline void store_rows(const T* __restrict src, int64_t n, int64_t D, T* __restrict dst) {
+  for (int64_t i = 0; i < n; ++i)
+    for (int64_t d = 0; d < D; ++d) dst[i * D + d] = src[d * RB + i];
+}
+
+template <typename T, int RB, int DC>
+inline void transpose_block(const T* __restrict src, int64_t Drt, T* __restrict dst) {
+  const int64_t D = DC ? DC : Drt;
+  for (int i = 0; i < RB; ++i)
+    for (int64_t d = 0; d < D; ++d) dst[i * D + d] = src[d * RB + i];
+}
+
+}  // namespace deepres_cpp
