@@ -12,8 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deepres.activations import check_activation
-from deepres.study.shared.data import TASKS
+from deepres.study.shared.data import bad_network_field
 
 __all__ = ["PhaseConfig", "PhaseConfigError"]
 
@@ -122,14 +121,8 @@ class PhaseConfig:
                 raise PhaseConfigError(name, f"must be a finite number > 0; got {value!r}")
         if not 0 < self.level < 1:
             raise PhaseConfigError("level", f"must be in (0, 1); got {self.level!r}")
-        if self.task not in TASKS:
-            raise PhaseConfigError("task", f"must be one of {TASKS}; got {self.task!r}")
-        try:
-            check_activation(self.activation)
-        except (TypeError, ValueError) as error:
-            raise PhaseConfigError("activation", str(error)) from None
-        if self.dtype not in ("float32", "float64"):
-            raise PhaseConfigError("dtype", f"must be 'float32' or 'float64'; got {self.dtype!r}")
+        if (bad := bad_network_field(self.task, self.activation, self.dtype)) is not None:
+            raise PhaseConfigError(*bad)
         self.points = [[float(a), float(b)] for a, b in self.points]
         self.dim_points = [[float(a), float(b)] for a, b in self.dim_points]
 

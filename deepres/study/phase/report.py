@@ -3,12 +3,12 @@ figures) and its text summary."""
 
 from __future__ import annotations
 
-import csv
 from pathlib import Path
 from typing import Any
 
 from deepres.study.phase.family import AXES
-from deepres.study.shared.report import json_safe, write_study_json
+from deepres.study.shared.report import write_study_json
+from deepres.study.shared.tables import write_csv
 
 __all__ = ["summary", "write_phase_report", "write_tables"]
 
@@ -48,25 +48,15 @@ def write_tables(report: dict[str, Any], out: str | Path, *, plots: bool = True)
             row |= {name: fit["slope"], f"{name}_ci_low": fit["ci_low"],
                     f"{name}_ci_high": fit["ci_high"], f"{name}_theory": fit["theory"]}
         rows.append(row)
-    _write_csv(written[0], rows)
+    write_csv(written[0], rows)
     measurements = [{k: v for k, v in r.items() if k != "loss_curve"}
                     for d in ("depth", "dim") for r in phase.get(d, {}).get("measurements", [])]
-    _write_csv(written[1], measurements)
+    write_csv(written[1], measurements)
     if plots:
         from deepres.study.phase.plots import plot_phase
 
         written += plot_phase(report, out)
     return written
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    names: list[str] = []
-    for row in rows:
-        names += [k for k in row if k not in names]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=names)
-        writer.writeheader()
-        writer.writerows(json_safe(rows))
 
 
 def summary(report: dict[str, Any]) -> str:

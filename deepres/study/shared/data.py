@@ -15,10 +15,11 @@ from typing import Any
 import torch
 
 from deepres._checks import check_positive_int, check_tensor
+from deepres.activations import check_activation
 from deepres.study.shared.sweep import derived_seed
 
-__all__ = ["TASKS", "Task", "coupling_weights", "load_task", "make_task", "paper_task", "teacher_task",
-           "unit_task"]
+__all__ = ["TASKS", "Task", "bad_network_field", "coupling_weights", "load_task", "make_task", "paper_task",
+           "teacher_task", "unit_task"]
 
 #: Names accepted by :func:`make_task`.
 TASKS: tuple[str, ...] = ("paper", "teacher")
@@ -39,6 +40,31 @@ class Task:
     @property
     def out_features(self) -> int:
         return int(self.y.shape[1])
+
+
+def bad_network_field(task: str, activation: str, dtype: str) -> tuple[str, str] | None:
+    """The first bad one of a study config's ``task``, ``activation`` and ``dtype``, or None.
+
+    Args:
+        task: one of :data:`TASKS`. activation: a name of :mod:`deepres.activations`.
+        dtype: ``"float32"`` or ``"float64"``.
+
+    Returns:
+        ``(field, what is wrong with it)``, for the config's own error type; None if all three are good.
+
+    Example:
+        >>> bad_network_field("paper", "tanh", "float16")
+        ('dtype', "must be 'float32' or 'float64'; got 'float16'")
+    """
+    if task not in TASKS:
+        return "task", f"must be one of {TASKS}; got {task!r}"
+    try:
+        check_activation(activation)
+    except (TypeError, ValueError) as error:
+        return "activation", str(error)
+    if dtype not in ("float32", "float64"):
+        return "dtype", f"must be 'float32' or 'float64'; got {dtype!r}"
+    return None
 
 
 def _generator(seed: int) -> torch.Generator:
