@@ -22,7 +22,7 @@ from deepres.options import (
     print_error,
 )
 from deepres.study.convergence.compare import SOLVERS
-from deepres.study.convergence.presets import StudyConfig, preset
+from deepres.study.convergence.presets import StudyConfig, StudyConfigError, preset
 from deepres.study.convergence.report import summary
 from deepres.study.convergence.run import run_study
 from deepres.study.shared.command import check_run_options, executor_from_args, run_command
@@ -140,8 +140,10 @@ _PROG = "deepres study"
 
 
 def _name_the_option(error: Exception) -> Exception:
-    """A StudyConfig error with the flag of its field (its messages start with the field's name)."""
-    flag = "--" + str(error).split(" ", 1)[0].replace("_", "-")
+    """A StudyConfig error said on the flag that sets its field, when a flag sets it."""
+    if not isinstance(error, StudyConfigError):
+        return error
+    flag = "--" + error.field.replace("_", "-")
     if flag in _AXES or flag in ("--antithetic", "--dtype"):
         return ValueError(f"argument {flag}: {error}")
     return error

@@ -12,7 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deepres.study.shared.data import bad_network_field
+from deepres.study.shared.data import ConfigFieldError, bad_network_field
 
 __all__ = ["PhaseConfig", "PhaseConfigError"]
 
@@ -31,13 +31,8 @@ def _default_dim_points() -> list[list[float]]:
     return _grid([0.25, 0.5, 0.75], lambda d: 1 - 2 * d)
 
 
-class PhaseConfigError(ValueError):
+class PhaseConfigError(ConfigFieldError):
     """A bad :class:`PhaseConfig` field; ``field`` names it."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{name} {message}")
-        self.field = name
-        self.detail = message
 
 
 @dataclass

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from deepres.study.shapes.network import STEP_IMPLS
-from deepres.study.shared.data import bad_network_field
+from deepres.study.shared.data import ConfigFieldError, bad_network_field
 
 __all__ = ["SWEEPS", "ShapesConfig", "ShapesConfigError", "shapes_unit_work"]
 
@@ -27,13 +27,8 @@ __all__ = ["SWEEPS", "ShapesConfig", "ShapesConfigError", "shapes_unit_work"]
 SWEEPS: tuple[str, ...] = ("dim", "width", "balanced", "contrast")
 
 
-class ShapesConfigError(ValueError):
+class ShapesConfigError(ConfigFieldError):
     """A bad :class:`ShapesConfig` field; ``field`` names it."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{name} {message}")
-        self.field = name
-        self.detail = message
 
 
 def _positive_ints(name: str, values: Any, *, allow_empty: bool = False) -> list[int]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from deepres.options import OptionError, check_backend, check_device, check_out_folder, print_error
+from deepres.study.shared.data import ConfigFieldError
 from deepres.study.shared.files import run_locked
 from deepres.study.shared.store import CorruptResultError, CorruptResultWarning
 from deepres.study.shared.sweep import Executor, LocalExecutor
@@ -155,7 +156,7 @@ class PresetOptions:
         return overrides, flag_of
 
     def build(self, make: Callable[..., C], overrides: dict[str, Any], flag_of: dict[str, str],
-              error_type: type[Exception]) -> C:
+              error_type: type[ConfigFieldError]) -> C:
         """``make(**overrides)``, its config error (with ``field`` and ``detail``) said on the flag.
 
         Raises:
@@ -164,8 +165,7 @@ class PresetOptions:
         try:
             return make(**overrides)
         except error_type as error:
-            field, detail = error.field, error.detail  # type: ignore[attr-defined]
-            raise ValueError(self.say(flag_of.get(field, "--" + field), detail)) from None
+            raise ValueError(self.say(flag_of.get(error.field, "--" + error.field), error.detail)) from None
         except TypeError as error:
             raise ValueError(str(error)) from None
 

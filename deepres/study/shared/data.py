@@ -18,8 +18,8 @@ from deepres._checks import check_positive_int, check_tensor
 from deepres.activations import check_activation
 from deepres.study.shared.sweep import derived_seed
 
-__all__ = ["TASKS", "Task", "bad_network_field", "coupling_weights", "load_task", "make_task", "paper_task",
-           "teacher_task", "unit_task"]
+__all__ = ["TASKS", "ConfigFieldError", "Task", "bad_network_field", "coupling_weights", "load_task",
+           "make_task", "paper_task", "teacher_task", "unit_task"]
 
 #: Names accepted by :func:`make_task`.
 TASKS: tuple[str, ...] = ("paper", "teacher")
@@ -40,6 +40,24 @@ class Task:
     @property
     def out_features(self) -> int:
         return int(self.y.shape[1])
+
+
+class ConfigFieldError(ValueError):
+    """A bad field of a study's config: ``field`` names it, ``detail`` says what is wrong with it.
+
+    The message is ``"FIELD DETAIL"``; a command line names the option that set the field
+    from ``field`` (never by reading the message).
+
+    Example:
+        >>> error = ConfigFieldError("replicas", "must be ≥ 2; got 1")
+        >>> str(error), error.field
+        ('replicas must be ≥ 2; got 1', 'replicas')
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name} {message}")
+        self.field = name
+        self.detail = message
 
 
 def bad_network_field(task: str, activation: str, dtype: str) -> tuple[str, str] | None:
