@@ -10,9 +10,9 @@ import torch
 
 from deepres._checks import resolve_checkpoint_every
 from deepres.cli import main as deepres_main
-from deepres.study.convergence import cli as convergence_cli
 from deepres.study.convergence.presets import StudyConfig
 from deepres.study.phase.config import PhaseConfig, PhaseConfigError
+from deepres.study.shared import command
 from deepres.study.shared.data import load_task
 from deepres.study.shared.memory import UnitTooLargeError, check_unit_memory
 from deepres.study.shared.store import read_torch_file
@@ -80,7 +80,7 @@ def test_allow_large_units_skips_the_memory_check(capsys, tmp_path, monkeypatch)
     def run_locked(*args, **kwargs):
         raise Reached
 
-    monkeypatch.setattr(convergence_cli, "run_locked", run_locked)
+    monkeypatch.setattr(command, "run_locked", run_locked)
     argv = ["study", "--depths", "4,100000", "--widths", "1024", "--dims", "64", "--replicas", "512",
             "--out", str(tmp_path / "out"), "--no-progress", "--allow-large-units"]
     with pytest.raises(Reached):  # past every check, where the work would start

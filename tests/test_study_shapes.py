@@ -14,10 +14,10 @@ import torch
 import deepres
 from deepres.study import cli
 from deepres.study.shapes.analysis import analyze_shapes, fit_two_terms, point_errors, reference_error
-from deepres.study.shapes.cli import run_shapes
 from deepres.study.shapes.config import ShapesConfig, ShapesConfigError
 from deepres.study.shapes.measure import run_shapes_unit, unit_embedding
 from deepres.study.shapes.network import coupled_embedding, draw_weights, prefix, train_engine, train_inplace
+from deepres.study.shapes.run import run_shapes
 from deepres.study.shared.fit import bootstrap_slope
 from tests.helpers import relative_error
 from tests.test_study_sweep import _DiesAfter, _Killed

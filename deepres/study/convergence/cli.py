@@ -9,19 +9,12 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
-import warnings
-from pathlib import Path
 from typing import Any
 
 from deepres.activations import ACTIVATIONS
 from deepres.functional import BACKENDS
 from deepres.options import (
     MAX_INT,
-    OptionError,
-    check_backend,
-    check_device,
-    check_out_folder,
     float_in,
     int_at_least,
     ints_at_least,
@@ -32,16 +25,15 @@ from deepres.options import (
 )
 from deepres.study.convergence.compare import SOLVERS
 from deepres.study.convergence.estimate import unit_bytes
-from deepres.study.convergence.presets import StudyConfig, preset
+from deepres.study.convergence.presets import StudyConfig, StudyConfigError, preset
 from deepres.study.convergence.report import TABLES, summary
 from deepres.study.convergence.run import run_study
+from deepres.study.shared.command import check_run_options, executor_from_args, run_command
 from deepres.study.shared.data import TASK_ALIASES, TASKS
 from deepres.study.shared.environment import set_threads
-from deepres.study.shared.files import run_locked
 from deepres.study.shared.memory import check_unit_memory
 from deepres.study.shared.outputs import check_outputs
-from deepres.study.shared.store import CorruptResultError, CorruptResultWarning, unit_identity
-from deepres.study.shared.sweep import Executor, LocalExecutor
+from deepres.study.shared.store import unit_identity
 
 __all__ = ["add_arguments", "check_options", "config_from_args", "main"]
 
@@ -167,18 +159,11 @@ def config_from_args(args: argparse.Namespace) -> StudyConfig:
 _PROG = "deepres study"
 
 
-def executor_from_args(args: argparse.Namespace) -> Executor:
-    """The executor ``--executor`` (with ``--address``, ``--max-retries``) names: local or Ray."""
-    if args.executor == "local":
-        return LocalExecutor()
-    from deepres.study.shared.ray_executor import RayExecutor
-
-    return RayExecutor(args.address, max_retries=args.max_retries)
-
-
 def _name_the_option(error: Exception) -> Exception:
-    """A StudyConfig error with the flag of its field (its messages start with the field's name)."""
-    flag = "--" + str(error).split(" ", 1)[0].replace("_", "-")
+    """A StudyConfig error said on the flag that sets its field, when a flag sets it."""
+    if not isinstance(error, StudyConfigError):
+        return error
+    flag = "--" + error.field.replace("_", "-")
     if flag in _AXES or flag in ("--antithetic", "--dtype"):
         return ValueError(f"argument {flag}: {error}")
     return error
@@ -199,21 +184,8 @@ def check_options(args: argparse.Namespace) -> StudyConfig:
         config = config_from_args(args)
     except (TypeError, ValueError) as error:
         raise _name_the_option(error) from None
-    if args.executor == "local" and args.address is not None:
-        raise OptionError("--address", args.address, "needs --executor ray")
-    if args.executor == "local":
-        device = check_device(args.device or "cpu")
-        check_backend(args.backend, device)
-    elif args.device is not None:
-        check_device(args.device, here=False)
-    check_out_folder(args.out)
+    check_run_options(args)
     return config
-
-
-def _report_corrupt(report: dict[str, Any]) -> None:
-    for entry in report.get("corrupt_files", []):
-        print(f"{_PROG}: unreadable result file {entry['file']}: {entry['reason']}; renamed to "
-              f"{Path(entry['renamed_to']).name}, its unit was computed again", file=sys.stderr)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -246,32 +218,4 @@ def main(args: argparse.Namespace) -> int:
                          progress=not args.no_progress, plots=not args.no_plots, executor=executor, wait=wait,
                          preset=args.preset, argv=getattr(args, "argv", None))
 
-    try:
-        with warnings.catch_warnings():
-            # Reported below, from the report, once each.
-            warnings.simplefilter("ignore", CorruptResultWarning)
-            result = run_locked(study, args.out, wait=args.wait, prog=_PROG)
-    except OptionError as error:
-        return print_error(_PROG, error)
-    except KeyboardInterrupt:
-        print(f"\n{_PROG}: interrupted; the finished units are stored in {args.out}/units, "
-              "rerun the same command to resume", file=sys.stderr)
-        return 130
-    except CorruptResultError as error:
-        print(f"{_PROG}: {error}", file=sys.stderr)
-        return 1
-    finally:
-        close = getattr(executor, "close", None)
-        if close is not None:
-            close()
-    _report_corrupt(result)
-    if result["units"]["failed"]:
-        for failure in result["failed_units"]:
-            kind = failure["unit"]["kind"]
-            print(f"{_PROG}: unit {kind} failed: {failure['error']}", file=sys.stderr)
-        print(f"{_PROG}: {result['units']['failed']} unit(s) failed, listed in "
-              f"{Path(args.out) / 'study.json'}; rerun the same command to retry them", file=sys.stderr)
-        return 1
-    print(summary(result))
-    print(f"report: {Path(args.out) / 'study.json'}")
-    return 0
+    return run_command(_PROG, args, study, summary, executor)

@@ -25,11 +25,10 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-from deepres.activations import check_activation
 from deepres.study.convergence.compare import SOLVERS
-from deepres.study.shared.data import task_name, unit_task_name
+from deepres.study.shared.data import ConfigFieldError, bad_network_field, task_name, unit_task_name
 
-__all__ = ["PRESETS", "StudyConfig", "describe_presets", "preset"]
+__all__ = ["PRESETS", "StudyConfig", "StudyConfigError", "describe_presets", "preset"]
 
 
 def _record_steps(steps: int, count: int) -> list[int]:
@@ -37,6 +36,10 @@ def _record_steps(steps: int, count: int) -> list[int]:
     if count <= 1 or steps == 0:
         return [steps]
     return sorted({round(i * steps / (count - 1)) for i in range(count)})
+
+
+class StudyConfigError(ConfigFieldError):
+    """A bad :class:`StudyConfig` field; ``field`` names it."""
 
 
 @dataclass
@@ -108,54 +111,57 @@ class StudyConfig:
         for name in ("depths", "widths", "dims", "steps", "seeds", "alphas", "etas"):
             values = getattr(self, name)
             if not isinstance(values, (list, tuple)) or not values:
-                raise ValueError(f"{name} must be a non-empty list; got {values!r}")
+                raise StudyConfigError(name, f"must be a non-empty list; got {values!r}")
         for name in ("depths", "widths", "dims"):
             if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in getattr(self, name)):
-                raise ValueError(f"{name} must hold ints ≥ 1; got {getattr(self, name)!r}")
+                raise StudyConfigError(name, f"must hold ints ≥ 1; got {getattr(self, name)!r}")
         if any(not isinstance(v, int) or v < 0 for v in self.steps):
-            raise ValueError(f"steps must hold ints ≥ 0; got {self.steps!r}")
+            raise StudyConfigError("steps", f"must hold ints ≥ 0; got {self.steps!r}")
         for name in ("alphas", "etas", "lazy_alphas", "alpha_axis", "alpha_fit"):
             if any(not float(v) > 0 for v in getattr(self, name)):
-                raise ValueError(f"{name} must hold numbers > 0; got {getattr(self, name)!r}")
+                raise StudyConfigError(name, f"must hold numbers > 0; got {getattr(self, name)!r}")
         for name in ("depths", "widths", "dims", "alphas", "etas", "steps", "seeds", "lazy_alphas",
                      "alpha_axis"):
             values = list(getattr(self, name))
             if len(set(values)) != len(values):
                 # A repeated value would run its units once but report every measurement twice,
                 # or fit a line through two points at one x.
-                raise ValueError(f"{name} must not repeat a value; got {values!r}")
+                raise StudyConfigError(name, f"must not repeat a value; got {values!r}")
         if len(self.alpha_fit) != 2 or not self.alpha_fit[0] < self.alpha_fit[1]:
-            raise ValueError(f"alpha_fit must be [low, high] with low < high; got {self.alpha_fit!r}")
+            raise StudyConfigError("alpha_fit", f"must be [low, high] with low < high; "
+                                                f"got {self.alpha_fit!r}")
         for name in ("alpha_axis_depth", "alpha_axis_hidden", "lazy_depth", "lazy_hidden", "lazy_replicas"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be an int ≥ 1; got {value!r}")
+                raise StudyConfigError(name, f"must be an int ≥ 1; got {value!r}")
         if not float(self.lazy_fit_min) > 0:
-            raise ValueError(f"lazy_fit_min must be > 0; got {self.lazy_fit_min!r}")
+            raise StudyConfigError("lazy_fit_min", f"must be > 0; got {self.lazy_fit_min!r}")
         if self.antithetic and self.replicas % 2:
-            raise ValueError(f"replicas must be even with antithetic pairs; got {self.replicas}")
+            raise StudyConfigError("replicas", f"must be even with antithetic pairs; got {self.replicas}")
         if self.replicas < 2:
-            raise ValueError(f"replicas must be ≥ 2 (fluctuations need a spread); got {self.replicas}")
+            raise StudyConfigError("replicas", f"must be ≥ 2 (fluctuations need a spread); "
+                                               f"got {self.replicas}")
         if self.particles < 2 or self.particles % 2:
-            raise ValueError(f"particles must be even and ≥ 2 (antithetic pairs); got {self.particles}")
+            raise StudyConfigError("particles", f"must be even and ≥ 2 (antithetic pairs); "
+                                                f"got {self.particles}")
         if self.grid_steps < 2:
-            raise ValueError(f"grid_steps must be ≥ 2 (the grid check halves it); got {self.grid_steps}")
+            raise StudyConfigError("grid_steps", f"must be ≥ 2 (the grid check halves it); "
+                                                 f"got {self.grid_steps}")
         if self.limit_sets < 2:
-            raise ValueError(f"limit_sets must be ≥ 2 (their spread is the particle error); "
-                             f"got {self.limit_sets}")
+            raise StudyConfigError("limit_sets", f"must be ≥ 2 (their spread is the particle error); "
+                                                 f"got {self.limit_sets}")
         if self.solver is not None and self.solver not in SOLVERS:
-            raise ValueError(f"solver must be one of {SOLVERS} or None; got {self.solver!r}")
+            raise StudyConfigError("solver", f"must be one of {SOLVERS} or None; got {self.solver!r}")
         if self.particle_init is not None and self.particle_init not in ("sobol", "antithetic"):
-            raise ValueError(f"particle_init must be 'sobol', 'antithetic' or None; "
-                             f"got {self.particle_init!r}")
+            raise StudyConfigError("particle_init", f"must be 'sobol', 'antithetic' or None; "
+                                                    f"got {self.particle_init!r}")
+        if (bad := bad_network_field(self.task, self.activation, self.dtype)) is not None:
+            raise StudyConfigError(*bad)
         self.task = task_name(self.task)
-        check_activation(self.activation)
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64'; got {self.dtype!r}")
         if self.lazy_alphas and self.lazy_hidden % 2:
-            raise ValueError(f"lazy_hidden must be even (paired units); got {self.lazy_hidden}")
+            raise StudyConfigError("lazy_hidden", f"must be even (paired units); got {self.lazy_hidden}")
         if not 0 < self.ref_ratio <= 1:
-            raise ValueError(f"ref_ratio must be in (0, 1]; got {self.ref_ratio!r}")
+            raise StudyConfigError("ref_ratio", f"must be in (0, 1]; got {self.ref_ratio!r}")
 
     @property
     def resolved_solver(self) -> str:

@@ -25,14 +25,9 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 from typing import Any
 
 from deepres.options import (
-    OptionError,
-    check_backend,
-    check_device,
-    check_out_folder,
     finite_float,
     int_at_least,
     ints_at_least,
@@ -44,8 +39,14 @@ from deepres.study.phase.config import MAX_EXPONENT, PhaseConfig, PhaseConfigErr
 from deepres.study.phase.measure import phase_unit_bytes
 from deepres.study.phase.report import TABLES, summary
 from deepres.study.phase.run import run_phase
+from deepres.study.shared.command import (
+    PresetOptions,
+    add_flag_group,
+    check_run_options,
+    option_defaults,
+    run_command,
+)
 from deepres.study.shared.environment import set_threads
-from deepres.study.shared.files import run_locked
 from deepres.study.shared.memory import check_unit_memory
 from deepres.study.shared.outputs import check_outputs
 from deepres.study.shared.store import unit_identity
@@ -92,89 +93,49 @@ _PHASE_FLAGS: dict[str, tuple[str, Any, str]] = {
     "--phase-dim-hidden": ("dim_hidden", int_at_least(1), "fixed M of the dimension diagram"),
     "--phase-dim-replicas": ("dim_replicas", int_at_least(2), "replicas of the dimension diagram"),
 }
-#: ``deepres study`` flag → (PhaseConfig field, takes one value).
-_SHARED: dict[str, tuple[str, bool]] = {
-    "depths": ("depths", False), "widths": ("hidden", True), "dims": ("dim", True), "alphas": ("alpha", True),
-    "etas": ("eta", True), "steps": ("steps", True), "seeds": ("seed", True), "replicas": ("replicas", False),
-    "task": ("task", False), "samples": ("samples", False), "activation": ("activation", False),
-    "bootstrap": ("bootstrap", False), "dtype": ("dtype", False),
-}
-#: Options of ``deepres study`` that the phase study reads outside its config.
-_RUNTIME = {"preset", "seed", "device", "backend", "out", "no_plots", "no_progress", "threads", "wait",
-            "replace", "allow_large_units", "handler", "command", "argv"}
-
-
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
+_OPTIONS = PresetOptions(
+    preset="phase",
+    own={flag: name for flag, (name, _, _) in _PHASE_FLAGS.items()},
+    #: ``deepres study`` option → (PhaseConfig field, takes one value).
+    shared={
+        "depths": ("depths", False), "widths": ("hidden", True), "dims": ("dim", True),
+        "alphas": ("alpha", True), "etas": ("eta", True), "steps": ("steps", True), "seeds": ("seed", True),
+        "replicas": ("replicas", False), "task": ("task", False), "samples": ("samples", False),
+        "activation": ("activation", False), "bootstrap": ("bootstrap", False), "dtype": ("dtype", False),
+    },
+    #: Options of ``deepres study`` that the phase study reads outside its config.
+    runtime=frozenset({"preset", "seed", "device", "backend", "out", "no_plots", "no_progress", "threads",
+                       "wait", "replace", "allow_large_units", "handler", "command", "argv"}),
+    say=lambda flag, detail: f"{flag} {detail}",
+)
 
 
 def add_phase_arguments(parser: argparse.ArgumentParser) -> None:
     """Add the ``--phase-*`` options (used with ``--preset phase`` only) to ``parser``."""
-    group = parser.add_argument_group(
-        "phase preset", "with --preset phase: the (β, γ) phase diagram in depth and the (δ, λ) one in D "
-                        "(see docs/study.md, 'Phase diagram')")
-    defaults = PhaseConfig()
-    for flag, (name, kind, text) in _PHASE_FLAGS.items():
-        default = getattr(defaults, name)
-        metavar = None
-        if kind is _pairs:
-            default, metavar = ",".join(f"{a:g}:{b:g}" for a, b in default), "X:Y,..."
-        elif kind is _ints:
-            default, metavar = ",".join(map(str, default)), "D,..."
-        group.add_argument(flag, type=kind, default=None, metavar=metavar,
-                           help=f"{text} (default: {default})")
+    add_flag_group(parser, "phase preset", "with --preset phase: the (β, γ) phase diagram in depth and the "
+                   "(δ, λ) one in D (see docs/study.md, 'Phase diagram')", _PHASE_FLAGS, PhaseConfig(),
+                   _shown)
+
+
+def _shown(name: str, kind: Any, default: Any) -> tuple[str, str | None]:
+    """A default as written on the command line, and the metavar of its option."""
+    if kind is _pairs:
+        return ",".join(f"{a:g}:{b:g}" for a, b in default), "X:Y,..."
+    if kind is _ints:
+        return ",".join(map(str, default)), "D,..."
+    return default, None
 
 
 def phase_requested(args: argparse.Namespace) -> bool:
     """Whether ``args`` asks for the phase study (``--preset phase`` or any ``--phase-*`` flag)."""
-    return args.preset == "phase" or any(getattr(args, _dest(f), None) is not None for f in _PHASE_FLAGS)
-
-
-def _option_defaults() -> tuple[dict[str, Any], dict[str, str]]:
-    """Defaults and flag names of the other ``deepres study`` options, read from their parser."""
-    parser = argparse.ArgumentParser(add_help=False)
-    add_arguments(parser)
-    flags = {a.dest: a.option_strings[0] for a in parser._actions if a.option_strings}
-    return {a.dest: a.default for a in parser._actions}, flags
+    return _OPTIONS.requested(args)
 
 
 def config_from_args(args: argparse.Namespace) -> PhaseConfig:
     """The :class:`PhaseConfig` the options ask for; ValueError names a bad or foreign option."""
-    if args.preset != "phase":
-        given = next(f for f in _PHASE_FLAGS if getattr(args, _dest(f), None) is not None)
-        raise ValueError(f"{given} needs --preset phase; got --preset {args.preset}")
-    defaults, flags = _option_defaults()
-    own = {_dest(f) for f in _PHASE_FLAGS}
-    for dest, value in vars(args).items():
-        if dest in _SHARED or dest in _RUNTIME or dest in own or dest not in defaults:
-            continue
-        if value != defaults[dest]:
-            raise ValueError(f"{flags.get(dest, dest)} is not used by --preset phase; got {value!r}")
-    overrides: dict[str, Any] = {}
-    flag_of = {name: flag for flag, (name, _, _) in _PHASE_FLAGS.items()}
-    for dest, (name, single) in _SHARED.items():
-        value = getattr(args, dest, None)
-        if value is None:
-            continue
-        flag_of[name] = flags.get(dest, dest)
-        if single:
-            if not isinstance(value, list) or len(value) != 1:
-                raise ValueError(f"{flag_of[name]} takes one value with --preset phase; got {value!r}")
-            value = value[0]
-        overrides[name] = value
-    if getattr(args, "seed", None) is not None:
-        overrides["seed"] = args.seed
-        flag_of["seed"] = "--seed"
-    for flag, (name, _, _) in _PHASE_FLAGS.items():
-        value = getattr(args, _dest(flag), None)
-        if value is not None:
-            overrides[name] = value
-    try:
-        return PhaseConfig(**overrides)
-    except PhaseConfigError as error:
-        raise ValueError(f"{flag_of.get(error.field, error.field)} {error.detail}") from None
-
-
+    # The convergence study's options are refused unless the phase study reads them.
+    overrides, flag_of = _OPTIONS.overrides(args, *option_defaults(add_arguments))
+    return _OPTIONS.build(PhaseConfig, overrides, flag_of, PhaseConfigError)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -186,8 +147,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     device = args.device or "cpu"
     try:
-        check_backend(args.backend, check_device(device))
-        check_out_folder(args.out)
+        check_run_options(args)
         check_outputs(args.out, TABLES, config.as_dict(), unit_identity(device, args.backend),
                       replace=args.replace)
         if not args.allow_large_units:
@@ -201,14 +161,4 @@ def main(args: argparse.Namespace) -> int:
                          progress=not args.no_progress, plots=not args.no_plots, wait=wait,
                          argv=getattr(args, "argv", None))
 
-    try:
-        report = run_locked(phase, args.out, wait=args.wait, prog="deepres study")
-    except OptionError as error:
-        return print_error("deepres study", error)
-    except KeyboardInterrupt:
-        print(f"\ndeepres study: interrupted; the finished units are stored in {args.out}/units, "
-              "rerun the same command to resume", file=sys.stderr)
-        return 130
-    print(summary(report))
-    print(f"report: {Path(args.out) / 'study.json'}")
-    return 0
+    return run_command("deepres study", args, phase, summary)

@@ -12,8 +12,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deepres.activations import check_activation
-from deepres.study.shared.data import TASKS, task_name, unit_task_name
+from deepres.study.shared.data import ConfigFieldError, bad_network_field, task_name, unit_task_name
 
 __all__ = ["MAX_EXPONENT", "PhaseConfig", "PhaseConfigError"]
 
@@ -36,13 +35,8 @@ def _default_dim_points() -> list[list[float]]:
     return _grid([0.25, 0.5, 0.75], lambda d: 1 - 2 * d)
 
 
-class PhaseConfigError(ValueError):
+class PhaseConfigError(ConfigFieldError):
     """A bad :class:`PhaseConfig` field; ``field`` names it."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{name} {message}")
-        self.field = name
-        self.detail = message
 
 
 @dataclass
@@ -131,16 +125,9 @@ class PhaseConfig:
                 raise PhaseConfigError(name, f"must be a finite number > 0; got {value!r}")
         if not 0 < self.level < 1:
             raise PhaseConfigError("level", f"must be in (0, 1); got {self.level!r}")
-        try:
-            self.task = task_name(self.task)
-        except ValueError:
-            raise PhaseConfigError("task", f"must be one of {TASKS}; got {self.task!r}") from None
-        try:
-            check_activation(self.activation)
-        except (TypeError, ValueError) as error:
-            raise PhaseConfigError("activation", str(error)) from None
-        if self.dtype not in ("float32", "float64"):
-            raise PhaseConfigError("dtype", f"must be 'float32' or 'float64'; got {self.dtype!r}")
+        if (bad := bad_network_field(self.task, self.activation, self.dtype)) is not None:
+            raise PhaseConfigError(*bad)
+        self.task = task_name(self.task)
         self.points = [[float(a), float(b)] for a, b in self.points]
         self.dim_points = [[float(a), float(b)] for a, b in self.dim_points]
 

@@ -51,22 +51,15 @@ def write_tables(report: dict[str, Any], out: str | Path, *, plots: bool = True)
             row |= {name: fit["slope"], f"{name}_ci_low": fit["ci_low"],
                     f"{name}_ci_high": fit["ci_high"], f"{name}_theory": fit["theory"]}
         rows.append(row)
-    written = _write_csv(out / TABLES[0], rows, source)
+    written = write_csv(out / TABLES[0], rows, None, source)
     measurements = [{k: v for k, v in r.items() if k != "loss_curve"}
                     for d in ("depth", "dim") for r in phase.get(d, {}).get("measurements", [])]
-    written += _write_csv(out / TABLES[1], measurements, source)
+    written += write_csv(out / TABLES[1], measurements, None, source)
     if plots:
         from deepres.study.phase.plots import plot_phase
 
         written += plot_phase(report, out)
     return written
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]], source: dict[str, Any] | None) -> list[Path]:
-    names: list[str] = []
-    for row in rows:
-        names += [k for k in row if k not in names]
-    return write_csv(path, rows, names, source)
 
 
 def summary(report: dict[str, Any]) -> str:

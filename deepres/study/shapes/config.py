@@ -18,9 +18,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from deepres.activations import check_activation
 from deepres.study.shapes.network import STEP_IMPLS
-from deepres.study.shared.data import TASK_ALIASES, TASKS, unit_task_name
+from deepres.study.shared.data import ConfigFieldError, bad_network_field, unit_task_name
 
 __all__ = ["SWEEPS", "ShapesConfig", "ShapesConfigError", "shapes_unit_work"]
 
@@ -28,13 +27,8 @@ __all__ = ["SWEEPS", "ShapesConfig", "ShapesConfigError", "shapes_unit_work"]
 SWEEPS: tuple[str, ...] = ("dim", "width", "balanced", "contrast")
 
 
-class ShapesConfigError(ValueError):
+class ShapesConfigError(ConfigFieldError):
     """A bad :class:`ShapesConfig` field; ``field`` names it."""
-
-    def __init__(self, name: str, message: str) -> None:
-        super().__init__(f"{name} {message}")
-        self.field = name
-        self.detail = message
 
 
 def _positive_ints(name: str, values: Any, *, allow_empty: bool = False) -> list[int]:
@@ -119,14 +113,8 @@ class ShapesConfig:
             raise ShapesConfigError("level", f"must be in (0, 1); got {self.level!r}")
         if not 0 < self.ref_ratio <= 1:
             raise ShapesConfigError("ref_ratio", f"must be in (0, 1]; got {self.ref_ratio!r}")
-        if TASK_ALIASES.get(self.task, self.task) not in TASKS:
-            raise ShapesConfigError("task", f"must be one of {TASKS}; got {self.task!r}")
-        try:
-            check_activation(self.activation)
-        except (TypeError, ValueError) as error:
-            raise ShapesConfigError("activation", str(error)) from None
-        if self.dtype not in ("float32", "float64"):
-            raise ShapesConfigError("dtype", f"must be 'float32' or 'float64'; got {self.dtype!r}")
+        if (bad := bad_network_field(self.task, self.activation, self.dtype)) is not None:
+            raise ShapesConfigError(*bad)
         if self.step not in STEP_IMPLS:
             raise ShapesConfigError("step", f"must be one of {STEP_IMPLS}; got {self.step!r}")
         self.record_steps = sorted(set(_positive_ints("record_steps", self.record_steps)))

@@ -15,11 +15,12 @@ from typing import Any
 import torch
 
 from deepres._checks import check_positive_int, check_tensor
+from deepres.activations import check_activation
 from deepres.study.shared.store import read_torch_file
 from deepres.study.shared.sweep import derived_seed
 
-__all__ = ["TASKS", "TASK_ALIASES", "Task", "coupling_weights", "load_task", "make_task", "paper_task",
-           "task_name", "teacher_task", "unit_task", "unit_task_name"]
+__all__ = ["TASKS", "TASK_ALIASES", "ConfigFieldError", "Task", "bad_network_field", "coupling_weights",
+           "load_task", "make_task", "paper_task", "task_name", "teacher_task", "unit_task", "unit_task_name"]
 
 #: Names of the tasks: ``"memorize"`` (:func:`paper_task`, the companion paper's pure
 #: memorization of Gaussian targets) and ``"teacher"`` (:func:`teacher_task`).
@@ -77,6 +78,50 @@ class Task:
     @property
     def out_features(self) -> int:
         return int(self.y.shape[1])
+
+
+class ConfigFieldError(ValueError):
+    """A bad field of a study's config: ``field`` names it, ``detail`` says what is wrong with it.
+
+    The message is ``"FIELD DETAIL"``; a command line names the option that set the field
+    from ``field`` (never by reading the message).
+
+    Example:
+        >>> error = ConfigFieldError("replicas", "must be ≥ 2; got 1")
+        >>> str(error), error.field
+        ('replicas must be ≥ 2; got 1', 'replicas')
+    """
+
+    def __init__(self, name: str, message: str) -> None:
+        super().__init__(f"{name} {message}")
+        self.field = name
+        self.detail = message
+
+
+def bad_network_field(task: str, activation: str, dtype: str) -> tuple[str, str] | None:
+    """The first bad one of a study config's ``task``, ``activation`` and ``dtype``, or None.
+
+    Args:
+        task: one of :data:`TASKS` (or a former name, :data:`TASK_ALIASES`).
+            activation: a name of :mod:`deepres.activations`.
+        dtype: ``"float32"`` or ``"float64"``.
+
+    Returns:
+        ``(field, what is wrong with it)``, for the config's own error type; None if all three are good.
+
+    Example:
+        >>> bad_network_field("memorize", "tanh", "float16")
+        ('dtype', "must be 'float32' or 'float64'; got 'float16'")
+    """
+    if TASK_ALIASES.get(task, task) not in TASKS:
+        return "task", f"must be one of {TASKS}; got {task!r}"
+    try:
+        check_activation(activation)
+    except (TypeError, ValueError) as error:
+        return "activation", str(error)
+    if dtype not in ("float32", "float64"):
+        return "dtype", f"must be 'float32' or 'float64'; got {dtype!r}"
+    return None
 
 
 def _generator(seed: int) -> torch.Generator:

@@ -76,13 +76,34 @@ def sidecar_path(table: Path) -> Path:
     return table.with_name(f"{table.stem}.provenance.json")
 
 
-def write_csv(path: Path, rows: list[dict[str, Any]], fieldnames: Sequence[str],
-              source: dict[str, Any] | None) -> list[Path]:
+def write_csv(path: Path, rows: list[dict[str, Any]], fieldnames: Sequence[str] | None = None,
+              source: dict[str, Any] | None = None) -> list[Path]:
     """Write a CSV table and, with ``source`` (a :func:`provenance`), its sidecar; both atomically.
+
+    The one writer of every study's tables (JSON-safe values: NaN and infinities
+    become empty cells).
+
+    Args:
+        path: the table's file. rows: one dict per row.
+        fieldnames: the columns, in order. Default None: every key of the rows, in
+            the order they first appear.
+        source: the study's provenance, written to the sidecar with the table's
+            SHA-256. Default None: no sidecar.
 
     Returns:
         The paths written: the table, then its sidecar.
+
+    Example:
+        >>> import tempfile
+        >>> (path,) = write_csv(Path(tempfile.mkdtemp()) / "t.csv", [{"a": 1}, {"a": 2, "b": float("nan")}])
+        >>> path.read_text().splitlines()
+        ['a,b', '1,', '2,']
     """
+    if fieldnames is None:
+        fieldnames = []
+        for row in rows:
+            fieldnames += [k for k in row if k not in fieldnames]
+    path = Path(path)
     buffer = io.StringIO(newline="")
     writer = csv.DictWriter(buffer, fieldnames=list(fieldnames))
     writer.writeheader()
