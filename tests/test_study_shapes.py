@@ -190,6 +190,11 @@ def test_shapes_preset_end_to_end_through_the_cli(tmp_path, capsys):
     assert (tmp_path / "shapes_measurements.csv").read_text().startswith("sweep,")
     captured = capsys.readouterr()
     assert "embedding_vs_P" in captured.out and "estimated" in captured.err
+    # Provenance, as for every study: in study.json and in a sidecar beside each table.
+    assert report["provenance"]["preset"] == "shapes" and report["provenance"]["deepres_version"]
+    for table in ("shapes_measurements.csv", "shapes_fits.csv"):
+        sidecar = json.loads((tmp_path / table.replace(".csv", ".provenance.json")).read_text())
+        assert sidecar["file"] == table and sidecar["config_digest"] == report["provenance"]["config_digest"]
 
 
 @pytest.mark.parametrize(("argv", "flag"), [

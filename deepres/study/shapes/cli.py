@@ -160,6 +160,6 @@ def main(args: argparse.Namespace) -> int:
     def shapes(wait: bool) -> dict[str, Any]:
         return run_shapes(config, args.out, device=device, backend=args.backend,
                           progress=not args.no_progress, plots=not args.no_plots, executor=executor,
-                          wait=wait)
+                          wait=wait, argv=getattr(args, "argv", None))
 
     return run_command(_PROG, args, shapes, summary, executor)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from deepres.study.shared.report import require_matplotlib
+from deepres.study.shared.report import require_matplotlib, save_figure
 
 __all__ = ["plot_shapes"]
 
@@ -106,7 +106,7 @@ def plot_shapes(report: dict[str, Any], out: str | Path) -> list[Path]:
                      "dotted = the reference's own error")
         fig.tight_layout()
         path = Path(out) / f"shapes_{space}.png"
-        fig.savefig(path, dpi=110)
+        save_figure(fig, path, dpi=110)
         plt.close(fig)
         written.append(path)
     return written

@@ -18,6 +18,7 @@ from deepres.study.shapes.measure import run_shapes_unit
 from deepres.study.shapes.report import write_tables
 from deepres.study.shared.environment import study_environment
 from deepres.study.shared.files import OutputLock
+from deepres.study.shared.outputs import provenance
 from deepres.study.shared.report import write_json
 from deepres.study.shared.store import ResultStore
 from deepres.study.shared.sweep import Executor, LocalExecutor, run_units
@@ -29,7 +30,8 @@ _PROG = "deepres study"
 
 def run_shapes(config: ShapesConfig, out: str | Path, *, device: str = "cpu", backend: str = "auto",
                progress: bool = True, plots: bool = True, executor: Executor | None = None,
-               estimate: bool = True, wait: bool = False) -> dict[str, Any]:
+               estimate: bool = True, wait: bool = False, preset: str | None = "shapes",
+               argv: list[str] | None = None) -> dict[str, Any]:
     """Run (or resume) the shapes study, analyze it and write its report to ``out``.
 
     Args:
@@ -42,15 +44,18 @@ def run_shapes(config: ShapesConfig, out: str | Path, *, device: str = "cpu", ba
         estimate: time a probe and print the predicted time first. Default True.
         wait: wait for another study holding ``out``'s lock. Default False: raise
             :class:`~deepres.study.shared.files.FolderLockedError`.
+        preset, argv: the preset's name and the full command line, for ``provenance``
+            (:func:`~deepres.study.shared.outputs.provenance`). Defaults ``"shapes"`` and
+            the interpreter's ``sys.argv``.
 
     Returns:
-        The report written to ``out/study.json``: ``config``, ``environment``, ``units``,
+        The report written to ``out/study.json``: ``provenance``, ``config``, ``environment``, ``units``,
         ``estimate``, ``wall_seconds`` and ``shapes`` (:func:`~deepres.study.shapes.analysis.analyze_shapes`);
         ``failed_units`` (and no analysis) when an executor gave up on units.
     """
     with OutputLock(out).held(wait=wait):
         return _run_locked(config, out, device=device, backend=backend, progress=progress, plots=plots,
-                           executor=executor, estimate=estimate)
+                           executor=executor, estimate=estimate, preset=preset, argv=argv)
 
 
 def _probe_rate(config: ShapesConfig, device: str, backend: str) -> tuple[float, float]:
@@ -73,7 +78,8 @@ def _gmadds(unit: dict[str, Any]) -> float:
 
 
 def _run_locked(config: ShapesConfig, out: str | Path, *, device: str, backend: str, progress: bool,
-                plots: bool, executor: Executor | None, estimate: bool) -> dict[str, Any]:
+                plots: bool, executor: Executor | None, estimate: bool, preset: str | None,
+                argv: list[str] | None) -> dict[str, Any]:
     start = time.perf_counter()
     environment = study_environment(device) | {"executor": type(executor or LocalExecutor()).__name__}
     # The device type and the backend are part of every unit's key (see ResultStore).
@@ -102,7 +108,8 @@ def _run_locked(config: ShapesConfig, out: str | Path, *, device: str, backend: 
     counts = run_units(units, store, work, cost=_gmadds, executor=executor, progress=progress, desc="shapes",
                        total_text=total_text)
     ran = time.perf_counter() - ran_from
-    report: dict[str, Any] = {"config": config.as_dict(), "environment": environment,
+    report: dict[str, Any] = {"provenance": provenance(preset, config.as_dict(), store.identity, argv=argv),
+                              "config": config.as_dict(), "environment": environment,
                               "unit_identity": store.identity, "corrupt_files": store.corrupt,
                               "units": counts, "wall_seconds": {"run": ran}}
     if predicted is not None:
