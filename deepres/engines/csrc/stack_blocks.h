@@ -106,6 +106,29 @@ void activate_pair(int64_t act, T* __restrict z, T* __restrict s, int64_t n) {
   }
 }
 
+// acc[k][:] += w_k · x[:] for the four rows k of a register block (x: RB lanes).
+template <typename T, int RB>
+__attribute__((always_inline)) inline void accumulate4(T (&acc)[4][RB], T w0, T w1, T w2, T w3,
+                                                       const T* __restrict x) {
+  for (int i = 0; i < RB; ++i) {
+    acc[0][i] += w0 * x[i];
+    acc[1][i] += w1 * x[i];
+    acc[2][i] += w2 * x[i];
+    acc[3][i] += w3 * x[i];
+  }
+}
+
+// Y[k][:] (+)= (scale ·) acc[k][:] for the four rows k of a register block (rows in lanes).
+template <typename T, int RB, bool ACC, bool SCALE>
+__attribute__((always_inline)) inline void store4(const T (&acc)[4][RB], T* __restrict Y, T scale) {
+  for (int k = 0; k < 4; ++k)
+    for (int i = 0; i < RB; ++i) {
+      const T value = SCALE ? scale * acc[k][i] : acc[k][i];
+      T* y = Y + k * RB;
+      y[i] = ACC ? y[i] + value : value;
+    }
+}
+
 // Z[j][:] (+)= scale · Σ_d w[j][d] X[d][:]  for j < M; w is (M, D) row-major, X and Z rows in lanes.
 // DC is D when it is a compile-time constant, 0 otherwise.
 template <typename T, int RB, int DC, bool ACC>
@@ -117,20 +140,9 @@ inline void project(const T* __restrict w, const T* __restrict X, T* __restrict 
     T acc[4][RB] = {};
     const T* w0 = w + j * D;
     for (int64_t d = 0; d < D; ++d) {
-      const T* x = X + d * RB;
-      const T a0 = w0[d], a1 = w0[D + d], a2 = w0[2 * D + d], a3 = w0[3 * D + d];
-      for (int i = 0; i < RB; ++i) {
-        acc[0][i] += a0 * x[i];
-        acc[1][i] += a1 * x[i];
-        acc[2][i] += a2 * x[i];
-        acc[3][i] += a3 * x[i];
-      }
+      accumulate4<T, RB>(acc, w0[d], w0[D + d], w0[2 * D + d], w0[3 * D + d], X + d * RB);
     }
-    for (int k = 0; k < 4; ++k)
-      for (int i = 0; i < RB; ++i) {
-        T* z = Z + (j + k) * RB;
-        z[i] = ACC ? z[i] + scale * acc[k][i] : scale * acc[k][i];
-      }
+    store4<T, RB, ACC, true>(acc, Z + j * RB, scale);
   }
   for (; j < M; ++j) {
     T acc[RB] = {};
@@ -150,21 +162,10 @@ inline void expand(const T* __restrict w, const T* __restrict S, T* __restrict Y
   for (; d + 4 <= D; d += 4) {
     T acc[4][RB] = {};
     for (int64_t j = 0; j < M; ++j) {
-      const T* s = S + j * RB;
       const T* wj = w + j * D + d;
-      const T a0 = wj[0], a1 = wj[1], a2 = wj[2], a3 = wj[3];
-      for (int i = 0; i < RB; ++i) {
-        acc[0][i] += a0 * s[i];
-        acc[1][i] += a1 * s[i];
-        acc[2][i] += a2 * s[i];
-        acc[3][i] += a3 * s[i];
-      }
+      accumulate4<T, RB>(acc, wj[0], wj[1], wj[2], wj[3], S + j * RB);
     }
-    for (int k = 0; k < 4; ++k)
-      for (int i = 0; i < RB; ++i) {
-        T* y = Y + (d + k) * RB;
-        y[i] = ACC ? y[i] + acc[k][i] : acc[k][i];
-      }
+    store4<T, RB, ACC, false>(acc, Y + d * RB, T(1));
   }
   for (; d < D; ++d) {
     T acc[RB] = {};
