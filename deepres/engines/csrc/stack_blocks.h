@@ -192,7 +192,13 @@ inline void outer(const T* __restrict S, const T* __restrict Yt, T* __restrict o
   if constexpr (DC != 0) {  // float32 only (dispatch_shape): explicit vectors, broadcast s, load y
     using V = typename FloatVec<DC>::type;
     constexpr int W = FloatVec<DC>::width, NV = DC / W;
+    // JB·NV accumulators: 8 of AVX2's 16 vector registers. AVX-512 has 32 (ymm16-31 as well): there a
+    // block twice as tall reuses each loaded y for twice as many units j.
+#ifdef __AVX512F__
+    constexpr int JB = DC <= 8 ? 16 : (DC <= 16 ? 8 : 4);
+#else
     constexpr int JB = DC <= 8 ? 8 : (DC <= 16 ? 4 : 2);
+#endif
     int64_t j = 0;
     for (; j + JB <= M; j += JB) {
       V acc[JB][NV];
