@@ -183,6 +183,36 @@ struct FloatVec {
   typedef float type __attribute__((vector_size(width * sizeof(float))));
 };
 
+// Units j, j + JB, … of outer (below) in blocks of JB, then what is left in blocks of JB/2, …, 1:
+// a block keeps JB·NV vector accumulators, and a small M (4 at shape C) still gets a full block.
+// Each out[j][:] sums over i in the same order whatever block it falls in (bitwise the same).
+template <int JB, int RB, int DC>
+__attribute__((always_inline)) inline void outer_blocks(const float* __restrict S, const float* __restrict Yt,
+                                                        float* __restrict out, int64_t j, int64_t M,
+                                                        float scale) {
+  using V = typename FloatVec<DC>::type;
+  constexpr int W = FloatVec<DC>::width, NV = DC / W;
+  for (; j + JB <= M; j += JB) {
+    V acc[JB][NV];
+    for (int k = 0; k < JB; ++k)
+      for (int n = 0; n < NV; ++n) acc[k][n] = V{};
+    for (int i = 0; i < RB; ++i) {
+      V y[NV];
+      for (int n = 0; n < NV; ++n) std::memcpy(&y[n], Yt + i * DC + n * W, sizeof(V));
+      for (int k = 0; k < JB; ++k) {
+        const V b = S[(j + k) * RB + i] - V{};
+        for (int n = 0; n < NV; ++n) acc[k][n] += b * y[n];
+      }
+    }
+    for (int k = 0; k < JB; ++k)
+      for (int n = 0; n < NV; ++n) {
+        const V r = acc[k][n] * scale;
+        std::memcpy(out + (j + k) * DC + n * W, &r, sizeof(V));
+      }
+  }
+  if constexpr (JB > 1) outer_blocks<JB / 2, RB, DC>(S, Yt, out, j, M, scale);
+}
+
 // out[j][d] = scale · Σ_i S[j][i] Yt[i][d]: a reduction over the chunk's rows, with Yt the
 // transposed (RB, D) copy of a rows-in-lanes block, so that it vectorizes over d. With a
 // compile-time D, a block of JB units keeps JB·D accumulators in registers.
@@ -190,8 +220,6 @@ template <typename T, int RB, int DC>
 inline void outer(const T* __restrict S, const T* __restrict Yt, T* __restrict out, int64_t M, int64_t Drt,
                   T scale) {
   if constexpr (DC != 0) {  // float32 only (dispatch_shape): explicit vectors, broadcast s, load y
-    using V = typename FloatVec<DC>::type;
-    constexpr int W = FloatVec<DC>::width, NV = DC / W;
     // JB·NV accumulators: 8 of AVX2's 16 vector registers. AVX-512 has 32 (ymm16-31 as well): there a
     // block twice as tall reuses each loaded y for twice as many units j.
 #ifdef __AVX512F__
@@ -199,41 +227,7 @@ inline void outer(const T* __restrict S, const T* __restrict Yt, T* __restrict o
 #else
     constexpr int JB = DC <= 8 ? 8 : (DC <= 16 ? 4 : 2);
 #endif
-    int64_t j = 0;
-    for (; j + JB <= M; j += JB) {
-      V acc[JB][NV];
-      for (int k = 0; k < JB; ++k)
-        for (int n = 0; n < NV; ++n) acc[k][n] = V{};
-      for (int i = 0; i < RB; ++i) {
-        V y[NV];
-        for (int n = 0; n < NV; ++n) std::memcpy(&y[n], Yt + i * DC + n * W, sizeof(V));
-        for (int k = 0; k < JB; ++k) {
-          const V b = S[(j + k) * RB + i] - V{};
-          for (int n = 0; n < NV; ++n) acc[k][n] += b * y[n];
-        }
-      }
-      for (int k = 0; k < JB; ++k)
-        for (int n = 0; n < NV; ++n) {
-          const V r = acc[k][n] * scale;
-          std::memcpy(out + (j + k) * DC + n * W, &r, sizeof(V));
-        }
-    }
-    for (; j < M; ++j) {
-      V acc[NV];
-      for (int n = 0; n < NV; ++n) acc[n] = V{};
-      for (int i = 0; i < RB; ++i) {
-        const V b = S[j * RB + i] - V{};
-        for (int n = 0; n < NV; ++n) {
-          V y;
-          std::memcpy(&y, Yt + i * DC + n * W, sizeof(V));
-          acc[n] += b * y;
-        }
-      }
-      for (int n = 0; n < NV; ++n) {
-        const V r = acc[n] * scale;
-        std::memcpy(out + j * DC + n * W, &r, sizeof(V));
-      }
-    }
+    outer_blocks<JB, RB, DC>(S, Yt, out, 0, M, scale);
   } else {
     const int64_t D = Drt;
     for (int64_t j = 0; j < M; ++j) {
