@@ -68,15 +68,9 @@ def cpp_stack(h0: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: fl
               activation: str, every: int, save_checkpoints: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of the C++ engine: (h_L, checkpoints h_k, h_2k, … or an empty tensor).
 
-    Args:
-        h0: (R, B, D), float32 or float64. u, v: (R, L, M, D), h0's dtype.
-        multiplier: c. pre_scale: a. activation: an activation name.
-        every: checkpoint segment length k ≥ 1.
-        save_checkpoints: return the checkpoints after h_0, (⌈L/k⌉ − 1, R, B, D);
-            otherwise an empty (0,) tensor.
-
-    Returns:
-        (h_L (R, B, D), checkpoints).
+    Arguments and results are those of
+    :func:`deepres.engines.torch_engine.torch_stack`, except that h0 is float32 or
+    float64 and u, v are in h0's dtype.
     """
     code = ACTIVATION_CODES[activation]
     out, checkpoints = cpp_module().forward(h0, u, v, multiplier, pre_scale, code, every, save_checkpoints)
@@ -89,15 +83,9 @@ def cpp_stack_backward(grad_out: torch.Tensor, h0: torch.Tensor, checkpoints: to
                        needs: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of the C++ engine (the formulas of :mod:`deepres.engines.torch_engine`).
 
-    Args:
-        grad_out: ∂loss/∂h_L, (R, B, D). h0: the forward's input. checkpoints:
-            the forward's h_k, h_2k, …. u, v, multiplier, pre_scale, activation,
-            every: as in the forward. needs: three bools, whether ∂/∂h0, ∂/∂u,
-            ∂/∂v are wanted.
-
-    Returns:
-        (∂loss/∂h0 (R, B, D), ∂loss/∂u, ∂loss/∂v (R, L, M, D)); an empty (0,)
-        tensor in place of each gradient not wanted.
+    Arguments and results are those of
+    :func:`deepres.engines.torch_engine.torch_stack_backward`; the weight
+    gradients are in the weights' dtype, which is h0's.
     """
     need_h, need_u, need_v = needs
     grads = cpp_module().backward(grad_out, h0, checkpoints, u, v, multiplier, pre_scale,
@@ -152,20 +140,22 @@ CPP_OPS = StackOps("cpp", cpp_stack, cpp_stack_backward, _jvp)
 
 def cpp_residual_stack(h: torch.Tensor, u: torch.Tensor, v: torch.Tensor, multiplier: float, pre_scale: float,
                        activation: str, every: int) -> torch.Tensor:
-    """Run the C++ engine on replica-form tensors (no argument checks: see
-    :func:`deepres.residual_stack` for the public entry point).
+    """Run the C++ engine on replica-form tensors: :func:`deepres.engines.torch_engine.torch_residual_stack`
+    compiled (no argument checks: see :func:`deepres.residual_stack` for the public entry point).
 
     Args:
-        h: h_0, (R, B, D). u, v: (R, L, M, D), h's dtype. multiplier: c.
-        pre_scale: a. activation: an activation name. every: checkpoint
+        h: h_0, (R, B, D), float32 or float64. u, v: (R, L, M, D) in h's dtype.
+        multiplier, pre_scale, activation, every: c, a, σ's name, the checkpoint
         segment length k ≥ 1.
 
     Returns:
         h_L, (R, B, D), differentiable in h, u and v (to any order).
 
     Example:
-        >>> h, u, v = torch.randn(1, 4, 3), torch.randn(1, 8, 2, 3), torch.randn(1, 8, 2, 3)
-        >>> cpp_residual_stack(h, u, v, 1 / 16, 1 / 3, "tanh", every=3).shape
-        torch.Size([1, 4, 3])
+        >>> from deepres.engines.torch_engine import torch_residual_stack
+        >>> tensors = torch.randn(1, 4, 3), torch.randn(1, 8, 2, 3), torch.randn(1, 8, 2, 3)
+        >>> out = cpp_residual_stack(*tensors, 1 / 16, 1 / 3, "tanh", every=3)
+        >>> torch.allclose(out, torch_residual_stack(*tensors, 1 / 16, 1 / 3, "tanh", every=3), atol=1e-5)
+        True
     """
     return stack_apply(CPP_OPS, h, u, v, multiplier, pre_scale, activation, every)

@@ -24,6 +24,7 @@
 #include "stack_blocks.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -38,6 +39,32 @@ struct Shape {
   int64_t R, B, D, L, M, chunks;
 };
 
+// One chunk of rows of one replica: the work unit (see Layout).
+struct Unit {
+  int64_t index, r, n, offset;  // unit number, replica, rows in the chunk, offset of its first row in h
+};
+
+// Runs body(scratch, unit) for every unit, in parallel over units: scratch holds `numbers` T per thread.
+template <typename T, int RB, typename F>
+void for_each_unit(const Shape& s, int64_t numbers, F&& body) {
+  at::parallel_for(0, s.R * s.chunks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<T> scratch(numbers);
+    for (int64_t index = begin; index < end; ++index) {
+      const int64_t r = index / s.chunks, row0 = (index % s.chunks) * RB;
+      body(scratch.data(), Unit{index, r, std::min<int64_t>(RB, s.B - row0), (r * s.B + row0) * s.D});
+    }
+  });
+}
+
+// Consecutive pieces of a unit's scratch, of the given sizes, from base on.
+template <typename T, typename... N>
+std::array<T*, sizeof...(N)> carve(T* base, N... sizes) {
+  std::array<T*, sizeof...(N)> pieces{};
+  size_t i = 0;
+  ((pieces[i++] = base, base += sizes), ...);
+  return pieces;
+}
+
 // One layer forward on a chunk: H += c · vᵀ σ(a · u H). Z, S: M·RB scratch; A: D·RB scratch.
 template <typename T, int RB, int DC>
 inline void layer_forward(const T* u, const T* v, T* H, T* Z, T* S, T* A, int64_t M, int64_t D, T c, T a,
@@ -51,27 +78,17 @@ inline void layer_forward(const T* u, const T* v, T* H, T* Z, T* S, T* A, int64_
 template <typename T, int RB, int DC>
 void forward_kernel(const T* h0, const T* u, const T* v, T* out, T* ckpt, const Shape& s, T c, T a, int64_t act,
                     int64_t every, bool save) {
-  const int64_t units = s.R * s.chunks;
-  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buffer(s.D * RB * 2 + s.M * RB * 2);
-    T* H = buffer.data();
-    T* A = H + s.D * RB;
-    T* Z = A + s.D * RB;
-    T* S = Z + s.M * RB;
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t r = unit / s.chunks, row0 = (unit % s.chunks) * RB;
-      const int64_t n = std::min<int64_t>(RB, s.B - row0);
-      const int64_t offset = (r * s.B + row0) * s.D;
-      load_rows<T, RB>(h0 + offset, n, s.D, H);
-      const T* ur = u + r * s.L * s.M * s.D;
-      const T* vr = v + r * s.L * s.M * s.D;
-      for (int64_t l = 0; l < s.L; ++l) {
-        if (save && l > 0 && l % every == 0)
-          store_rows<T, RB>(H, n, s.D, ckpt + (l / every - 1) * s.R * s.B * s.D + offset);
-        layer_forward<T, RB, DC>(ur + l * s.M * s.D, vr + l * s.M * s.D, H, Z, S, A, s.M, s.D, c, a, act);
-      }
-      store_rows<T, RB>(H, n, s.D, out + offset);
+  for_each_unit<T, RB>(s, s.D * RB * 2 + s.M * RB * 2, [&](T* H, const Unit& w) {
+    const auto [A, Z, S] = carve(H + s.D * RB, s.D * RB, s.M * RB, s.M * RB);
+    load_rows<T, RB>(h0 + w.offset, w.n, s.D, H);
+    const T* ur = u + w.r * s.L * s.M * s.D;
+    const T* vr = v + w.r * s.L * s.M * s.D;
+    for (int64_t l = 0; l < s.L; ++l) {
+      if (save && l > 0 && l % every == 0)
+        store_rows<T, RB>(H, w.n, s.D, ckpt + (l / every - 1) * s.R * s.B * s.D + w.offset);
+      layer_forward<T, RB, DC>(ur + l * s.M * s.D, vr + l * s.M * s.D, H, Z, S, A, s.M, s.D, c, a, act);
     }
+    store_rows<T, RB>(H, w.n, s.D, out + w.offset);
   });
 }
 
@@ -100,59 +117,48 @@ void backward_kernel(const T* h0, const T* ckpt, const T* u, const T* v, T* G_al
     const int64_t g_lo = std::max<int64_t>(0, g_hi - group);
     const int64_t layer_lo = g_lo * every;
     const int64_t layer_hi = std::min(s.L, g_hi * every);
-    at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
-      const int64_t k = std::min(every, s.L);
-      std::vector<T> buffer(k * s.D * RB + s.D * RB * 4 + s.M * RB * 3);
-      T* Xs = buffer.data();
-      T* G = Xs + k * s.D * RB;
-      T* A = G + s.D * RB;
-      T* Gt = A + s.D * RB;
-      T* Xt = Gt + s.D * RB;
-      T* Z = Xt + s.D * RB;
-      T* S = Z + s.M * RB;
-      T* Q = S + s.M * RB;
-      for (int64_t unit = begin; unit < end; ++unit) {
-        const int64_t r = unit / s.chunks, row0 = (unit % s.chunks) * RB;
-        const int64_t n = std::min<int64_t>(RB, s.B - row0);
-        const int64_t offset = (r * s.B + row0) * s.D;
-        const T* ur = u + r * s.L * MD;
-        const T* vr = v + r * s.L * MD;
-        load_rows<T, RB>(G_all + offset, n, s.D, G);
-        for (int64_t seg = g_hi - 1; seg >= g_lo; --seg) {
-          const int64_t start = seg * every, stop = std::min(s.L, start + every);
-          const T* checkpoint = seg == 0 ? h0 : ckpt + (seg - 1) * s.R * s.B * s.D;
-          load_rows<T, RB>(checkpoint + offset, n, s.D, Xs);
-          for (int64_t l = start; l + 1 < stop; ++l) {
-            T* next = Xs + (l - start + 1) * s.D * RB;
-            std::copy(Xs + (l - start) * s.D * RB, next, next);
-            layer_forward<T, RB, DC>(ur + l * MD, vr + l * MD, next, Z, S, A, s.M, s.D, c, a, act);
-          }
-          for (int64_t l = stop - 1; l >= start; --l) {
-            const T* X = Xs + (l - start) * s.D * RB;
-            const T* ul = ur + l * MD;
-            const T* vl = vr + l * MD;
-            project<T, RB, DC, false>(ul, X, Z, s.M, s.D, a);
-            activate_pair(act, Z, S, s.M * RB);  // S = σ(z), Z = σ'(z)
-            project<T, RB, DC, false>(vl, G, Q, s.M, s.D, T(1));
-            for (int64_t e = 0; e < s.M * RB; ++e) Q[e] *= Z[e];  // P = σ'(z) ⊙ (v g)
-            if (need_v) {
-              T* dst = partial ? part_v.data() + (unit * group_layers + (l - layer_lo)) * MD
-                               : dv + (r * s.L + l) * MD;
-              transpose_block<T, RB, DC>(G, s.D, Gt);
-              outer<T, RB, DC>(S, Gt, dst, s.M, s.D, c);
-            }
-            if (need_u) {
-              T* dst = partial ? part_u.data() + (unit * group_layers + (l - layer_lo)) * MD
-                               : du + (r * s.L + l) * MD;
-              transpose_block<T, RB, DC>(X, s.D, Xt);
-              outer<T, RB, DC>(Q, Xt, dst, s.M, s.D, ca);
-            }
-            expand<T, RB, DC, false>(ul, Q, A, s.M, s.D);
-            for (int64_t e = 0; e < s.D * RB; ++e) G[e] += ca * A[e];
-          }
+    const int64_t k = std::min(every, s.L);
+    for_each_unit<T, RB>(s, k * s.D * RB + s.D * RB * 4 + s.M * RB * 3, [&](T* Xs, const Unit& w) {
+      const int64_t DR = s.D * RB, MR = s.M * RB;
+      const auto [G, A, Gt, Xt, Z, S, Q] = carve(Xs + k * DR, DR, DR, DR, DR, MR, MR, MR);
+      const int64_t unit = w.index, r = w.r, n = w.n, offset = w.offset;
+      const T* ur = u + r * s.L * MD;
+      const T* vr = v + r * s.L * MD;
+      load_rows<T, RB>(G_all + offset, n, s.D, G);
+      for (int64_t seg = g_hi - 1; seg >= g_lo; --seg) {
+        const int64_t start = seg * every, stop = std::min(s.L, start + every);
+        const T* checkpoint = seg == 0 ? h0 : ckpt + (seg - 1) * s.R * s.B * s.D;
+        load_rows<T, RB>(checkpoint + offset, n, s.D, Xs);
+        for (int64_t l = start; l + 1 < stop; ++l) {
+          T* next = Xs + (l - start + 1) * s.D * RB;
+          std::copy(Xs + (l - start) * s.D * RB, next, next);
+          layer_forward<T, RB, DC>(ur + l * MD, vr + l * MD, next, Z, S, A, s.M, s.D, c, a, act);
         }
-        store_rows<T, RB>(G, n, s.D, G_all + offset);
+        for (int64_t l = stop - 1; l >= start; --l) {
+          const T* X = Xs + (l - start) * s.D * RB;
+          const T* ul = ur + l * MD;
+          const T* vl = vr + l * MD;
+          project<T, RB, DC, false>(ul, X, Z, s.M, s.D, a);
+          activate_pair(act, Z, S, s.M * RB);  // S = σ(z), Z = σ'(z)
+          project<T, RB, DC, false>(vl, G, Q, s.M, s.D, T(1));
+          for (int64_t e = 0; e < s.M * RB; ++e) Q[e] *= Z[e];  // P = σ'(z) ⊙ (v g)
+          if (need_v) {
+            T* dst = partial ? part_v.data() + (unit * group_layers + (l - layer_lo)) * MD
+                             : dv + (r * s.L + l) * MD;
+            transpose_block<T, RB, DC>(G, s.D, Gt);
+            outer<T, RB, DC>(S, Gt, dst, s.M, s.D, c);
+          }
+          if (need_u) {
+            T* dst = partial ? part_u.data() + (unit * group_layers + (l - layer_lo)) * MD
+                             : du + (r * s.L + l) * MD;
+            transpose_block<T, RB, DC>(X, s.D, Xt);
+            outer<T, RB, DC>(Q, Xt, dst, s.M, s.D, ca);
+          }
+          expand<T, RB, DC, false>(ul, Q, A, s.M, s.D);
+          for (int64_t e = 0; e < s.D * RB; ++e) G[e] += ca * A[e];
+        }
       }
+      store_rows<T, RB>(G, n, s.D, G_all + offset);
     });
     if (partial) {
       // Sum the chunks' partials in chunk order: one (replica, layer, unit j) row of D numbers per task.
@@ -183,41 +189,30 @@ void backward_kernel(const T* h0, const T* ckpt, const T* u, const T* v, T* G_al
 template <typename T, int RB, int DC>
 void jvp_kernel(const T* h0, const T* u, const T* v, const T* h0d, const T* ud, const T* vd, T* out, T* outd,
                 const Shape& s, T c, T a, int64_t act) {
-  const int64_t units = s.R * s.chunks;
   const int64_t MD = s.M * s.D;
-  at::parallel_for(0, units, 1, [&](int64_t begin, int64_t end) {
-    std::vector<T> buffer(s.D * RB * 4 + s.M * RB * 3);
-    T* H = buffer.data();
-    T* Hd = H + s.D * RB;
-    T* A = Hd + s.D * RB;
-    T* Ad = A + s.D * RB;
-    T* Z = Ad + s.D * RB;
-    T* Zd = Z + s.M * RB;
-    T* S = Zd + s.M * RB;
-    for (int64_t unit = begin; unit < end; ++unit) {
-      const int64_t r = unit / s.chunks, row0 = (unit % s.chunks) * RB;
-      const int64_t n = std::min<int64_t>(RB, s.B - row0);
-      const int64_t offset = (r * s.B + row0) * s.D;
-      load_rows<T, RB>(h0 + offset, n, s.D, H);
-      load_rows<T, RB>(h0d + offset, n, s.D, Hd);
-      for (int64_t l = 0; l < s.L; ++l) {
-        const int64_t w = (r * s.L + l) * MD;
-        project<T, RB, DC, false>(u + w, H, Z, s.M, s.D, a);     // z
-        project<T, RB, DC, false>(ud + w, H, Zd, s.M, s.D, a);   // ż = a·(u̇ h + u ḣ)
-        project<T, RB, DC, true>(u + w, Hd, Zd, s.M, s.D, a);
-        activate_pair(act, Z, S, s.M * RB);                      // S = σ(z), Z = σ'(z)
-        for (int64_t e = 0; e < s.M * RB; ++e) Zd[e] *= Z[e];    // σ'(z) ż
-        expand<T, RB, DC, false>(v + w, S, A, s.M, s.D);         // Σ v σ(z)
-        expand<T, RB, DC, false>(vd + w, S, Ad, s.M, s.D);       // Σ v̇ σ(z) + v σ'(z) ż
-        expand<T, RB, DC, true>(v + w, Zd, Ad, s.M, s.D);
-        for (int64_t e = 0; e < s.D * RB; ++e) {
-          H[e] += c * A[e];
-          Hd[e] += c * Ad[e];
-        }
+  for_each_unit<T, RB>(s, s.D * RB * 4 + s.M * RB * 3, [&](T* H, const Unit& unit) {
+    const int64_t DR = s.D * RB, MR = s.M * RB;
+    const auto [Hd, A, Ad, Z, Zd, S] = carve(H + DR, DR, DR, DR, MR, MR, MR);
+    const int64_t r = unit.r, n = unit.n, offset = unit.offset;
+    load_rows<T, RB>(h0 + offset, n, s.D, H);
+    load_rows<T, RB>(h0d + offset, n, s.D, Hd);
+    for (int64_t l = 0; l < s.L; ++l) {
+      const int64_t w = (r * s.L + l) * MD;
+      project<T, RB, DC, false>(u + w, H, Z, s.M, s.D, a);     // z
+      project<T, RB, DC, false>(ud + w, H, Zd, s.M, s.D, a);   // ż = a·(u̇ h + u ḣ)
+      project<T, RB, DC, true>(u + w, Hd, Zd, s.M, s.D, a);
+      activate_pair(act, Z, S, s.M * RB);                      // S = σ(z), Z = σ'(z)
+      for (int64_t e = 0; e < s.M * RB; ++e) Zd[e] *= Z[e];    // σ'(z) ż
+      expand<T, RB, DC, false>(v + w, S, A, s.M, s.D);         // Σ v σ(z)
+      expand<T, RB, DC, false>(vd + w, S, Ad, s.M, s.D);       // Σ v̇ σ(z) + v σ'(z) ż
+      expand<T, RB, DC, true>(v + w, Zd, Ad, s.M, s.D);
+      for (int64_t e = 0; e < s.D * RB; ++e) {
+        H[e] += c * A[e];
+        Hd[e] += c * Ad[e];
       }
-      store_rows<T, RB>(H, n, s.D, out + offset);
-      store_rows<T, RB>(Hd, n, s.D, outd + offset);
     }
+    store_rows<T, RB>(H, n, s.D, out + offset);
+    store_rows<T, RB>(Hd, n, s.D, outd + offset);
   });
 }
 

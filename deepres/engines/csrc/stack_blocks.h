@@ -106,6 +106,29 @@ void activate_pair(int64_t act, T* __restrict z, T* __restrict s, int64_t n) {
   }
 }
 
+// acc[k][:] += w_k · x[:] for the four rows k of a register block (x: RB lanes).
+template <typename T, int RB>
+__attribute__((always_inline)) inline void accumulate4(T (&acc)[4][RB], T w0, T w1, T w2, T w3,
+                                                       const T* __restrict x) {
+  for (int i = 0; i < RB; ++i) {
+    acc[0][i] += w0 * x[i];
+    acc[1][i] += w1 * x[i];
+    acc[2][i] += w2 * x[i];
+    acc[3][i] += w3 * x[i];
+  }
+}
+
+// Y[k][:] (+)= (scale ·) acc[k][:] for the four rows k of a register block (rows in lanes).
+template <typename T, int RB, bool ACC, bool SCALE>
+__attribute__((always_inline)) inline void store4(const T (&acc)[4][RB], T* __restrict Y, T scale) {
+  for (int k = 0; k < 4; ++k)
+    for (int i = 0; i < RB; ++i) {
+      const T value = SCALE ? scale * acc[k][i] : acc[k][i];
+      T* y = Y + k * RB;
+      y[i] = ACC ? y[i] + value : value;
+    }
+}
+
 // Z[j][:] (+)= scale · Σ_d w[j][d] X[d][:]  for j < M; w is (M, D) row-major, X and Z rows in lanes.
 // DC is D when it is a compile-time constant, 0 otherwise.
 template <typename T, int RB, int DC, bool ACC>
@@ -117,20 +140,9 @@ inline void project(const T* __restrict w, const T* __restrict X, T* __restrict 
     T acc[4][RB] = {};
     const T* w0 = w + j * D;
     for (int64_t d = 0; d < D; ++d) {
-      const T* x = X + d * RB;
-      const T a0 = w0[d], a1 = w0[D + d], a2 = w0[2 * D + d], a3 = w0[3 * D + d];
-      for (int i = 0; i < RB; ++i) {
-        acc[0][i] += a0 * x[i];
-        acc[1][i] += a1 * x[i];
-        acc[2][i] += a2 * x[i];
-        acc[3][i] += a3 * x[i];
-      }
+      accumulate4<T, RB>(acc, w0[d], w0[D + d], w0[2 * D + d], w0[3 * D + d], X + d * RB);
     }
-    for (int k = 0; k < 4; ++k)
-      for (int i = 0; i < RB; ++i) {
-        T* z = Z + (j + k) * RB;
-        z[i] = ACC ? z[i] + scale * acc[k][i] : scale * acc[k][i];
-      }
+    store4<T, RB, ACC, true>(acc, Z + j * RB, scale);
   }
   for (; j < M; ++j) {
     T acc[RB] = {};
@@ -150,21 +162,10 @@ inline void expand(const T* __restrict w, const T* __restrict S, T* __restrict Y
   for (; d + 4 <= D; d += 4) {
     T acc[4][RB] = {};
     for (int64_t j = 0; j < M; ++j) {
-      const T* s = S + j * RB;
       const T* wj = w + j * D + d;
-      const T a0 = wj[0], a1 = wj[1], a2 = wj[2], a3 = wj[3];
-      for (int i = 0; i < RB; ++i) {
-        acc[0][i] += a0 * s[i];
-        acc[1][i] += a1 * s[i];
-        acc[2][i] += a2 * s[i];
-        acc[3][i] += a3 * s[i];
-      }
+      accumulate4<T, RB>(acc, wj[0], wj[1], wj[2], wj[3], S + j * RB);
     }
-    for (int k = 0; k < 4; ++k)
-      for (int i = 0; i < RB; ++i) {
-        T* y = Y + (d + k) * RB;
-        y[i] = ACC ? y[i] + acc[k][i] : acc[k][i];
-      }
+    store4<T, RB, ACC, false>(acc, Y + d * RB, T(1));
   }
   for (; d < D; ++d) {
     T acc[RB] = {};
@@ -182,6 +183,36 @@ struct FloatVec {
   typedef float type __attribute__((vector_size(width * sizeof(float))));
 };
 
+// Units j, j + JB, … of outer (below) in blocks of JB, then what is left in blocks of JB/2, …, 1:
+// a block keeps JB·NV vector accumulators, and a small M (4 at shape C) still gets a full block.
+// Each out[j][:] sums over i in the same order whatever block it falls in (bitwise the same).
+template <int JB, int RB, int DC>
+__attribute__((always_inline)) inline void outer_blocks(const float* __restrict S, const float* __restrict Yt,
+                                                        float* __restrict out, int64_t j, int64_t M,
+                                                        float scale) {
+  using V = typename FloatVec<DC>::type;
+  constexpr int W = FloatVec<DC>::width, NV = DC / W;
+  for (; j + JB <= M; j += JB) {
+    V acc[JB][NV];
+    for (int k = 0; k < JB; ++k)
+      for (int n = 0; n < NV; ++n) acc[k][n] = V{};
+    for (int i = 0; i < RB; ++i) {
+      V y[NV];
+      for (int n = 0; n < NV; ++n) std::memcpy(&y[n], Yt + i * DC + n * W, sizeof(V));
+      for (int k = 0; k < JB; ++k) {
+        const V b = S[(j + k) * RB + i] - V{};
+        for (int n = 0; n < NV; ++n) acc[k][n] += b * y[n];
+      }
+    }
+    for (int k = 0; k < JB; ++k)
+      for (int n = 0; n < NV; ++n) {
+        const V r = acc[k][n] * scale;
+        std::memcpy(out + (j + k) * DC + n * W, &r, sizeof(V));
+      }
+  }
+  if constexpr (JB > 1) outer_blocks<JB / 2, RB, DC>(S, Yt, out, j, M, scale);
+}
+
 // out[j][d] = scale · Σ_i S[j][i] Yt[i][d]: a reduction over the chunk's rows, with Yt the
 // transposed (RB, D) copy of a rows-in-lanes block, so that it vectorizes over d. With a
 // compile-time D, a block of JB units keeps JB·D accumulators in registers.
@@ -189,44 +220,14 @@ template <typename T, int RB, int DC>
 inline void outer(const T* __restrict S, const T* __restrict Yt, T* __restrict out, int64_t M, int64_t Drt,
                   T scale) {
   if constexpr (DC != 0) {  // float32 only (dispatch_shape): explicit vectors, broadcast s, load y
-    using V = typename FloatVec<DC>::type;
-    constexpr int W = FloatVec<DC>::width, NV = DC / W;
+    // JB·NV accumulators: 8 of AVX2's 16 vector registers. AVX-512 has 32 (ymm16-31 as well): there a
+    // block twice as tall reuses each loaded y for twice as many units j.
+#ifdef __AVX512F__
+    constexpr int JB = DC <= 8 ? 16 : (DC <= 16 ? 8 : 4);
+#else
     constexpr int JB = DC <= 8 ? 8 : (DC <= 16 ? 4 : 2);
-    int64_t j = 0;
-    for (; j + JB <= M; j += JB) {
-      V acc[JB][NV];
-      for (int k = 0; k < JB; ++k)
-        for (int n = 0; n < NV; ++n) acc[k][n] = V{};
-      for (int i = 0; i < RB; ++i) {
-        V y[NV];
-        for (int n = 0; n < NV; ++n) std::memcpy(&y[n], Yt + i * DC + n * W, sizeof(V));
-        for (int k = 0; k < JB; ++k) {
-          const V b = S[(j + k) * RB + i] - V{};
-          for (int n = 0; n < NV; ++n) acc[k][n] += b * y[n];
-        }
-      }
-      for (int k = 0; k < JB; ++k)
-        for (int n = 0; n < NV; ++n) {
-          const V r = acc[k][n] * scale;
-          std::memcpy(out + (j + k) * DC + n * W, &r, sizeof(V));
-        }
-    }
-    for (; j < M; ++j) {
-      V acc[NV];
-      for (int n = 0; n < NV; ++n) acc[n] = V{};
-      for (int i = 0; i < RB; ++i) {
-        const V b = S[j * RB + i] - V{};
-        for (int n = 0; n < NV; ++n) {
-          V y;
-          std::memcpy(&y, Yt + i * DC + n * W, sizeof(V));
-          acc[n] += b * y;
-        }
-      }
-      for (int n = 0; n < NV; ++n) {
-        const V r = acc[n] * scale;
-        std::memcpy(out + j * DC + n * W, &r, sizeof(V));
-      }
-    }
+#endif
+    outer_blocks<JB, RB, DC>(S, Yt, out, 0, M, scale);
   } else {
     const int64_t D = Drt;
     for (int64_t j = 0; j < M; ++j) {
