@@ -176,6 +176,74 @@ inline void expand(const T* __restrict w, const T* __restrict S, T* __restrict Y
   }
 }
 
+// The forward-mode pair of project: Z = scale · w X and Zd = scale · (w Xd + wd X), in one pass
+// over d that loads each w once for X and Xd (the jvp's first product pair).
+template <typename T, int RB, int DC>
+inline void project_pair(const T* __restrict w, const T* __restrict wd, const T* __restrict X,
+                         const T* __restrict Xd, T* __restrict Z, T* __restrict Zd, int64_t M, int64_t Drt,
+                         T scale) {
+  const int64_t D = DC ? DC : Drt;
+  int64_t j = 0;
+  for (; j + 4 <= M; j += 4) {
+    T acc[4][RB] = {}, accd[4][RB] = {};
+    const T* w0 = w + j * D;
+    const T* t0 = wd + j * D;
+    for (int64_t d = 0; d < D; ++d) {
+      accumulate4<T, RB>(acc, w0[d], w0[D + d], w0[2 * D + d], w0[3 * D + d], X + d * RB);
+      accumulate4<T, RB>(accd, w0[d], w0[D + d], w0[2 * D + d], w0[3 * D + d], Xd + d * RB);
+      accumulate4<T, RB>(accd, t0[d], t0[D + d], t0[2 * D + d], t0[3 * D + d], X + d * RB);
+    }
+    store4<T, RB, false, true>(acc, Z + j * RB, scale);
+    store4<T, RB, false, true>(accd, Zd + j * RB, scale);
+  }
+  for (; j < M; ++j) {
+    T acc[RB] = {}, accd[RB] = {};
+    for (int64_t d = 0; d < D; ++d)
+      for (int i = 0; i < RB; ++i) {
+        acc[i] += w[j * D + d] * X[d * RB + i];
+        accd[i] += w[j * D + d] * Xd[d * RB + i];
+        accd[i] += wd[j * D + d] * X[d * RB + i];
+      }
+    for (int i = 0; i < RB; ++i) {
+      Z[j * RB + i] = scale * acc[i];
+      Zd[j * RB + i] = scale * accd[i];
+    }
+  }
+}
+
+// The forward-mode pair of expand: Y = Σ_j w[j] S[j] and Yd = Σ_j (w[j] Sd[j] + wd[j] S[j]).
+template <typename T, int RB, int DC>
+inline void expand_pair(const T* __restrict w, const T* __restrict wd, const T* __restrict S,
+                        const T* __restrict Sd, T* __restrict Y, T* __restrict Yd, int64_t M, int64_t Drt) {
+  const int64_t D = DC ? DC : Drt;
+  int64_t d = 0;
+  for (; d + 4 <= D; d += 4) {
+    T acc[4][RB] = {}, accd[4][RB] = {};
+    for (int64_t j = 0; j < M; ++j) {
+      const T* wj = w + j * D + d;
+      const T* tj = wd + j * D + d;
+      accumulate4<T, RB>(acc, wj[0], wj[1], wj[2], wj[3], S + j * RB);
+      accumulate4<T, RB>(accd, wj[0], wj[1], wj[2], wj[3], Sd + j * RB);
+      accumulate4<T, RB>(accd, tj[0], tj[1], tj[2], tj[3], S + j * RB);
+    }
+    store4<T, RB, false, false>(acc, Y + d * RB, T(1));
+    store4<T, RB, false, false>(accd, Yd + d * RB, T(1));
+  }
+  for (; d < D; ++d) {
+    T acc[RB] = {}, accd[RB] = {};
+    for (int64_t j = 0; j < M; ++j)
+      for (int i = 0; i < RB; ++i) {
+        acc[i] += w[j * D + d] * S[j * RB + i];
+        accd[i] += w[j * D + d] * Sd[j * RB + i];
+        accd[i] += wd[j * D + d] * S[j * RB + i];
+      }
+    for (int i = 0; i < RB; ++i) {
+      Y[d * RB + i] = acc[i];
+      Yd[d * RB + i] = accd[i];
+    }
+  }
+}
+
 // A GCC/Clang vector of float32 for rows of DC numbers: 4 wide for D = 4, else 8 wide.
 template <int DC>
 struct FloatVec {
