@@ -98,6 +98,34 @@ def test_bitwise_identical_across_thread_counts(threads):
         assert torch.equal(a, b) and torch.equal(b, c)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_row_groups_change_no_bit_of_the_forward_or_the_jvp(threads):
+    # 300 rows are 19 chunks of 16: one thread walks them in groups of 16 and 3, several threads split
+    # a replica's chunks further. Rows do not interact, so every grouping gives the same bits: the
+    # results match the reference (float64), and slices of the batch (other groups, rows in other lanes).
+    h, u, v = (t.detach() for t in random_stack_inputs(300, 8, 5, 6, 1, dtype=torch.float64, seed=12))
+    tangents = tuple(torch.randn_like(t) for t in (h, u, v))
+    c, a = 0.3, 0.4
+    want = torch.func.jvp(lambda h, u, v: reference_residual_stack(h, u, v, c, a, "tanh"), (h, u, v), tangents)
+    h32, u32, v32, hd32, ud32, vd32 = (t.float() for t in (h, u, v, *tangents))
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(threads)
+        out = cpp_stack(h, u, v, c, a, "tanh", 2, True)[0]
+        got = cpp_stack_jvp(h, u, v, *tangents, c, a, "tanh")
+        out32 = cpp_stack(h32, u32, v32, c, a, "tanh", 2, True)
+        jvp32 = cpp_stack_jvp(h32, u32, v32, hd32, ud32, vd32, c, a, "tanh")
+    finally:
+        torch.set_num_threads(before)
+    assert relative_error(out, want[0]) <= 1e-12 and relative_error(got[1], want[1]) <= 1e-12
+    assert torch.equal(got[0], out) and torch.equal(jvp32[0], out32[0])  # the jvp's primal is the forward's
+    for rows in (slice(0, 16), slice(16, 48), slice(240, 300), slice(285, 300), slice(3, 290)):
+        part = cpp_stack(h32[:, rows], u32, v32, c, a, "tanh", 2, True)
+        part_jvp = cpp_stack_jvp(h32[:, rows], u32, v32, hd32[:, rows], ud32, vd32, c, a, "tanh")
+        assert torch.equal(out32[0][:, rows], part[0]) and torch.equal(out32[1][:, :, rows], part[1])
+        assert torch.equal(jvp32[1][:, rows], part_jvp[1])
+
+
 @pytest.mark.parametrize("activation", ACTIVATIONS)
 def test_jvp_matches_forward_mode_of_the_reference(activation):
     h, u, v = (t.detach() for t in random_stack_inputs(11, 5, 3, 8, 2, seed=8))

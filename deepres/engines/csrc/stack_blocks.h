@@ -198,9 +198,10 @@ inline void project_pair(const T* __restrict w, const T* __restrict wd, const T*
   }
   for (; j < M; ++j) {
     T acc[RB] = {}, accd[RB] = {};
+    for (int64_t d = 0; d < D; ++d)  // the loop of project's own remainder: the same z, bit for bit
+      for (int i = 0; i < RB; ++i) acc[i] += w[j * D + d] * X[d * RB + i];
     for (int64_t d = 0; d < D; ++d)
       for (int i = 0; i < RB; ++i) {
-        acc[i] += w[j * D + d] * X[d * RB + i];
         accd[i] += w[j * D + d] * Xd[d * RB + i];
         accd[i] += wd[j * D + d] * X[d * RB + i];
       }
@@ -231,9 +232,10 @@ inline void expand_pair(const T* __restrict w, const T* __restrict wd, const T* 
   }
   for (; d < D; ++d) {
     T acc[RB] = {}, accd[RB] = {};
+    for (int64_t j = 0; j < M; ++j)  // expand's own remainder loop: the same sum, bit for bit
+      for (int i = 0; i < RB; ++i) acc[i] += w[j * D + d] * S[j * RB + i];
     for (int64_t j = 0; j < M; ++j)
       for (int i = 0; i < RB; ++i) {
-        acc[i] += w[j * D + d] * S[j * RB + i];
         accd[i] += w[j * D + d] * Sd[j * RB + i];
         accd[i] += wd[j * D + d] * S[j * RB + i];
       }
