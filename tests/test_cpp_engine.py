@@ -98,6 +98,21 @@ def test_bitwise_identical_across_thread_counts(threads):
         assert torch.equal(a, b) and torch.equal(b, c)
 
 
+@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_the_recompute_changes_no_bit(activation, dtype):
+    # The backward recomputes a segment from its checkpoint; with k > 1 it keeps the recompute's σ(z)
+    # and σ'(z) (where they fit in cache) instead of evaluating them again on the way back. Either way
+    # the sums are the ones of k = 1 (no recompute), bit for bit, on every activation.
+    h, u, v = random_stack_inputs(20, 4, 5, 12, 2, dtype=dtype, seed=13)  # 2 chunks per replica
+    grads = {every: _grads(lambda h, u, v, every=every: residual_stack(
+        h, u, v, multiplier=0.1, pre_scale=0.5, activation=activation, backend="cpp", checkpoint_every=every),
+        h, u, v) for every in (1, 3, 5, 12)}
+    for every in (3, 5, 12):
+        for got, want in zip(grads[every], grads[1], strict=True):
+            assert torch.equal(got, want), every
+
+
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_row_groups_change_no_bit_of_the_forward_or_the_jvp(threads):
     # 300 rows are 19 chunks of 16: one thread walks them in groups of 16 and 3, several threads split

@@ -13,10 +13,12 @@
 // The weight gradients are reductions over the rows of the chunk (lanes), done against a
 // transposed copy of g and x so that they vectorize over D.
 //
-// Determinism. The partition into units depends on (R, B) only, never on the thread count; a unit
-// runs on one thread in a fixed order; when a replica has several chunks their weight-gradient
-// partials are summed chunk by chunk in order. Results are therefore bitwise identical whatever
-// torch.set_num_threads says.
+// Determinism. The chunks depend on B only, never on the thread count; a chunk's rows run on one
+// thread in a fixed order, and rows never interact, so how chunks are grouped (which depends on the
+// thread count) changes no bit. When a replica has several chunks, its weight gradients sum the
+// chunks' shares in chunk order, whether as they come (a replica's chunks in lockstep) or from
+// partial slots afterwards. Results are therefore bitwise identical whatever torch.set_num_threads
+// says.
 
 #include <torch/extension.h>
 #include <ATen/Parallel.h>
@@ -73,11 +75,11 @@ inline int64_t chunks_per_group(const Shape& s) {
   return std::clamp<int64_t>((s.chunks + groups_per_replica - 1) / groups_per_replica, 1, 16);
 }
 
-// Runs body(scratch, group, unit_of) for every group, in parallel over groups: scratch holds
+// Runs body(scratch, group, unit_of) for every group of `size` chunks (the last of a replica may have
+// fewer), in parallel over groups: scratch holds
 // `shared` T plus `per_chunk` T for each chunk of the group; unit_of(k) is the group's k-th chunk.
 template <typename T, int RB, typename F>
-void for_each_group(const Shape& s, int64_t shared, int64_t per_chunk, F&& body) {
-  const int64_t size = chunks_per_group(s);
+void for_each_group(const Shape& s, int64_t size, int64_t shared, int64_t per_chunk, F&& body) {
   const int64_t per_replica = (s.chunks + size - 1) / size;
   at::parallel_for(0, s.R * per_replica, 1, [&](int64_t begin, int64_t end) {
     std::vector<T> scratch(shared + size * per_chunk);
@@ -116,7 +118,7 @@ template <typename T, int RB, int DC>
 void forward_kernel(const T* h0, const T* u, const T* v, T* out, T* ckpt, const Shape& s, T c, T a, int64_t act,
                     int64_t every, bool save) {
   const int64_t DR = s.D * RB, MR = s.M * RB, MD = s.M * s.D;
-  for_each_group<T, RB>(s, DR + 2 * MR, DR, [&](T* scratch, const Group& g, auto unit_of) {
+  for_each_group<T, RB>(s, chunks_per_group(s), DR + 2 * MR, DR, [&](T* scratch, const Group& g, auto unit_of) {
     const auto [A, Z, S] = carve(scratch, DR, MR, MR);
     T* Hs = scratch + DR + 2 * MR;  // the group's chunks, DR numbers each
     for (int64_t k = 0; k < g.count; ++k) load_rows<T, RB>(h0 + unit_of(k).offset, unit_of(k).n, s.D, Hs + k * DR);
@@ -137,14 +139,22 @@ template <typename T, int RB, int DC>
 void backward_kernel(const T* h0, const T* ckpt, const T* u, const T* v, T* G_all, T* du, T* dv, const Shape& s,
                      T c, T a, int64_t act, int64_t every, bool need_u, bool need_v) {
   const int64_t units = s.R * s.chunks;
-  const int64_t MD = s.M * s.D;
+  const int64_t MD = s.M * s.D, DR = s.D * RB, MR = s.M * RB;
   const int64_t segs = (s.L + every - 1) / every;
-  // Several chunks per replica: each writes its weight-gradient share into a private partial slot,
-  // summed over chunks in a fixed order afterwards. Segments are taken in groups so that the partials
-  // stay under 2^18 numbers per gradient (at least one segment): in cache between the walk and the sum
-  // (2^22 numbers, out of cache, cost about 30 ms at A = (L 4096, B 64, D 16, M 64)), with few enough
-  // groups that the two parallel regions per group cost little (with 2^16, A took 512 regions).
-  const bool partial = s.chunks > 1 && (need_u || need_v);
+  const int64_t k = std::min(every, s.L);
+  // The weight gradients of a replica sum over its chunks, in chunk order: ∂w = p_0; ∂w += p_1; …
+  // Where every thread has a replica of its own (or there is one thread), a replica's chunks are one
+  // group that walks the layers back in lockstep and adds each chunk's share p_k to ∂w as it comes.
+  // Otherwise (fewer replicas than threads, several chunks) the chunks run apart, each writes its share
+  // into a private partial slot, and the slots are summed in chunk order afterwards: the same sums,
+  // bit for bit. Segments are then taken in groups so that the partials stay under 2^18 numbers per
+  // gradient (at least one segment): in cache between the walk and the sum (2^22 numbers, out of
+  // cache, cost about 30 ms at A = (L 4096, B 64, D 16, M 64)), with few enough groups that the two
+  // parallel regions per group cost little (with 2^16, A took 512 regions). Where one segment is
+  // long the partials are not small: at B = (L 1024, B 256, D 32, M 32) with checkpoint_every = L,
+  // 2^24 numbers per gradient; in lockstep one thread's backward there took 88-117 ms, not 152-177.
+  const bool lockstep = s.chunks == 1 || s.R >= at::get_num_threads();
+  const bool partial = !lockstep && (need_u || need_v);
   int64_t group = segs;
   if (partial) group = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, units * every * MD));
   group = std::min(group, segs);
@@ -153,53 +163,110 @@ void backward_kernel(const T* h0, const T* ckpt, const T* u, const T* v, T* G_al
   if (partial && need_u) part_u.resize(units * group_layers * MD);
   if (partial && need_v) part_v.resize(units * group_layers * MD);
   const T ca = c * a;
+  // A segment's recompute keeps each layer's σ(z) and σ'(z) where its two (k, M, RB) blocks fit in
+  // half of a 1 MiB L2: the walk back then evaluates neither the product u·x nor σ again (with k = 1
+  // there is no recompute, and nothing to keep). At the (512, 128, 10, 4, 16) study shape with
+  // checkpoint_every = L, one thread's backward took 29.9 ms with them, 34.8 ms without (of h alone:
+  // 18.4 against 25.5 ms).
+  const bool keep = k > 1 && 2 * k * MR * int64_t(sizeof(T)) <= (int64_t(1) << 19);
+  // The recompute must reproduce the forward's h bit for bit, and the walk back uses activate_pair's σ.
+  // For tanh, relu and identity activate_pair's σ is activate's (tests/test_cpp_engine.py checks the
+  // gradients against k = 1 bit for bit): one evaluation serves both. gelu's and silu's differ in the
+  // last bit, so they evaluate σ twice.
+  const bool pair_is_forward = act == kTanh || act == kRelu || act == kIdentity;
+  const int64_t per_chunk = k * DR + DR + (keep ? 2 * k * MR : 0);  // the segment's x, g, (σ, σ')
+  const int64_t shared = 3 * DR + 3 * MR + 2 * MD;
 
   for (int64_t g_hi = segs; g_hi > 0; g_hi -= group) {
     const int64_t g_lo = std::max<int64_t>(0, g_hi - group);
     const int64_t layer_lo = g_lo * every;
     const int64_t layer_hi = std::min(s.L, g_hi * every);
-    const int64_t k = std::min(every, s.L);
-    for_each_unit<T, RB>(s, k * s.D * RB + s.D * RB * 4 + s.M * RB * 3, [&](T* Xs, const Unit& w) {
-      const int64_t DR = s.D * RB, MR = s.M * RB;
-      const auto [G, A, Gt, Xt, Z, S, Q] = carve(Xs + k * DR, DR, DR, DR, DR, MR, MR, MR);
-      const int64_t unit = w.index, r = w.r, n = w.n, offset = w.offset;
+    for_each_group<T, RB>(s, lockstep ? s.chunks : 1, shared, per_chunk, [&](T* scratch, const Group& grp,
+                                                                            auto unit_of) {
+      const auto [A, Gt, Xt, Z, S, Q, share_u, share_v] = carve(scratch, DR, DR, DR, MR, MR, MR, MD, MD);
+      auto xs = [&](int64_t q) { return scratch + shared + q * per_chunk; };  // chunk q's x_l
+      auto gs = [&](int64_t q) { return xs(q) + k * DR; };                    // its g
+      auto ss = [&](int64_t q) { return gs(q) + DR; };                        // its σ(z_l)
+      auto ps = [&](int64_t q) { return ss(q) + k * MR; };                    // its σ'(z_l)
+      const int64_t r = grp.r;
       const T* ur = u + r * s.L * MD;
       const T* vr = v + r * s.L * MD;
-      load_rows<T, RB>(G_all + offset, n, s.D, G);
+      for (int64_t q = 0; q < grp.count; ++q) load_rows<T, RB>(G_all + unit_of(q).offset, unit_of(q).n, s.D, gs(q));
       for (int64_t seg = g_hi - 1; seg >= g_lo; --seg) {
         const int64_t start = seg * every, stop = std::min(s.L, start + every);
         const T* checkpoint = seg == 0 ? h0 : ckpt + (seg - 1) * s.R * s.B * s.D;
-        load_rows<T, RB>(checkpoint + offset, n, s.D, Xs);
-        for (int64_t l = start; l + 1 < stop; ++l) {
-          T* next = Xs + (l - start + 1) * s.D * RB;
-          std::copy(Xs + (l - start) * s.D * RB, next, next);
-          layer_forward<T, RB, DC>(ur + l * MD, vr + l * MD, next, Z, S, A, s.M, s.D, c, a, act);
+        for (int64_t q = 0; q < grp.count; ++q) {
+          T* Xs = xs(q);
+          load_rows<T, RB>(checkpoint + unit_of(q).offset, unit_of(q).n, s.D, Xs);
+          for (int64_t l = start; l < stop; ++l) {
+            T* X = Xs + (l - start) * DR;
+            if (keep) {  // the forward's layer (layer_forward's steps), keeping σ and σ'
+              T* Zl = ps(q) + (l - start) * MR;
+              T* Sl = ss(q) + (l - start) * MR;
+              project<T, RB, DC, false>(ur + l * MD, X, Zl, s.M, s.D, a);
+              if (pair_is_forward)
+                activate_pair(act, Zl, Sl, MR);  // Sl = σ(z), Zl = σ'(z)
+              else
+                activate(act, Zl, Sl, MR);
+              if (l + 1 < stop) {
+                expand<T, RB, DC, false>(vr + l * MD, Sl, A, s.M, s.D);
+                T* next = X + DR;
+                std::copy(X, next, next);
+                for (int64_t e = 0; e < DR; ++e) next[e] += c * A[e];
+              }
+              if (!pair_is_forward) activate_pair(act, Zl, Sl, MR);
+            } else if (l + 1 < stop) {
+              T* next = X + DR;
+              std::copy(X, next, next);
+              layer_forward<T, RB, DC>(ur + l * MD, vr + l * MD, next, Z, S, A, s.M, s.D, c, a, act);
+            }
+          }
         }
         for (int64_t l = stop - 1; l >= start; --l) {
-          const T* X = Xs + (l - start) * s.D * RB;
           const T* ul = ur + l * MD;
           const T* vl = vr + l * MD;
-          project<T, RB, DC, false>(ul, X, Z, s.M, s.D, a);
-          activate_pair(act, Z, S, s.M * RB);  // S = σ(z), Z = σ'(z)
-          project<T, RB, DC, false>(vl, G, Q, s.M, s.D, T(1));
-          for (int64_t e = 0; e < s.M * RB; ++e) Q[e] *= Z[e];  // P = σ'(z) ⊙ (v g)
-          if (need_v) {
-            T* dst = partial ? part_v.data() + (unit * group_layers + (l - layer_lo)) * MD
-                             : dv + (r * s.L + l) * MD;
-            transpose_block<T, RB, DC>(G, s.D, Gt);
-            outer<T, RB, DC>(S, Gt, dst, s.M, s.D, c);
+          for (int64_t q = 0; q < grp.count; ++q) {
+            const T* X = xs(q) + (l - start) * DR;
+            T* G = gs(q);
+            const T* Sv = S;  // σ(z)
+            const T* Pv = Z;  // σ'(z)
+            if (keep) {
+              Sv = ss(q) + (l - start) * MR;
+              Pv = ps(q) + (l - start) * MR;
+            } else {
+              project<T, RB, DC, false>(ul, X, Z, s.M, s.D, a);
+              activate_pair(act, Z, S, MR);  // S = σ(z), Z = σ'(z)
+            }
+            project<T, RB, DC, false>(vl, G, Q, s.M, s.D, T(1));
+            for (int64_t e = 0; e < MR; ++e) Q[e] *= Pv[e];  // P = σ'(z) ⊙ (v g)
+            const int64_t unit = unit_of(q).index;
+            // Where this chunk's share goes: its partial slot, ∂w itself (the first chunk), or a buffer
+            // added to ∂w (the others, in chunk order).
+            auto target = [&](std::vector<T>& part, T* grad, T* share) {
+              if (partial) return part.data() + (unit * group_layers + (l - layer_lo)) * MD;
+              return q == 0 ? grad + (r * s.L + l) * MD : share;
+            };
+            auto add_share = [&](T* grad, const T* share) {
+              if (partial || q == 0) return;
+              T* dst = grad + (r * s.L + l) * MD;
+              for (int64_t e = 0; e < MD; ++e) dst[e] += share[e];
+            };
+            if (need_v) {
+              transpose_block<T, RB, DC>(G, s.D, Gt);
+              outer<T, RB, DC>(Sv, Gt, target(part_v, dv, share_v), s.M, s.D, c);
+              add_share(dv, share_v);
+            }
+            if (need_u) {
+              transpose_block<T, RB, DC>(X, s.D, Xt);
+              outer<T, RB, DC>(Q, Xt, target(part_u, du, share_u), s.M, s.D, ca);
+              add_share(du, share_u);
+            }
+            expand<T, RB, DC, false>(ul, Q, A, s.M, s.D);
+            for (int64_t e = 0; e < DR; ++e) G[e] += ca * A[e];
           }
-          if (need_u) {
-            T* dst = partial ? part_u.data() + (unit * group_layers + (l - layer_lo)) * MD
-                             : du + (r * s.L + l) * MD;
-            transpose_block<T, RB, DC>(X, s.D, Xt);
-            outer<T, RB, DC>(Q, Xt, dst, s.M, s.D, ca);
-          }
-          expand<T, RB, DC, false>(ul, Q, A, s.M, s.D);
-          for (int64_t e = 0; e < s.D * RB; ++e) G[e] += ca * A[e];
         }
       }
-      store_rows<T, RB>(G, n, s.D, G_all + offset);
+      for (int64_t q = 0; q < grp.count; ++q) store_rows<T, RB>(gs(q), unit_of(q).n, s.D, G_all + unit_of(q).offset);
     });
     if (partial) {
       // Sum the chunks' partials in chunk order: one (replica, layer, unit j) row of D numbers per task.
@@ -235,7 +302,7 @@ template <typename T, int RB, int DC>
 void jvp_kernel(const T* h0, const T* u, const T* v, const T* h0d, const T* ud, const T* vd, T* out, T* outd,
                 const Shape& s, T c, T a, int64_t act) {
   const int64_t DR = s.D * RB, MR = s.M * RB, MD = s.M * s.D;
-  for_each_group<T, RB>(s, 2 * DR + 3 * MR, 2 * DR, [&](T* scratch, const Group& g, auto unit_of) {
+  for_each_group<T, RB>(s, chunks_per_group(s), 2 * DR + 3 * MR, 2 * DR, [&](T* scratch, const Group& g, auto unit_of) {
     const auto [A, Ad, Z, Zd, S] = carve(scratch, DR, DR, MR, MR, MR);
     T* Hs = scratch + 2 * DR + 3 * MR;  // per chunk: H, then Ḣ
     for (int64_t k = 0; k < g.count; ++k) {
