@@ -176,6 +176,21 @@ inline void expand(const T* __restrict w, const T* __restrict S, T* __restrict Y
   }
 }
 
+// One leftover row of the pairs below: acc = Σ_n w[n·ws] X[n] and accd = Σ_n (w[n·ws] Xd[n] +
+// wd[n·ws] X[n]) over n < count (X, Xd: rows of RB lanes). acc takes the loop of project's and
+// expand's own leftover rows, so the pair's primal is theirs, bit for bit.
+template <typename T, int RB>
+inline void pair_row(const T* __restrict w, const T* __restrict wd, int64_t ws, const T* __restrict X,
+                     const T* __restrict Xd, int64_t count, T (&acc)[RB], T (&accd)[RB]) {
+  for (int64_t n = 0; n < count; ++n)
+    for (int i = 0; i < RB; ++i) acc[i] += w[n * ws] * X[n * RB + i];
+  for (int64_t n = 0; n < count; ++n)
+    for (int i = 0; i < RB; ++i) {
+      accd[i] += w[n * ws] * Xd[n * RB + i];
+      accd[i] += wd[n * ws] * X[n * RB + i];
+    }
+}
+
 // The forward-mode pair of project: Z = scale · w X and Zd = scale · (w Xd + wd X), in one pass
 // over d that loads each w once for X and Xd (the jvp's first product pair).
 template <typename T, int RB, int DC>
@@ -198,13 +213,7 @@ inline void project_pair(const T* __restrict w, const T* __restrict wd, const T*
   }
   for (; j < M; ++j) {
     T acc[RB] = {}, accd[RB] = {};
-    for (int64_t d = 0; d < D; ++d)  // the loop of project's own remainder: the same z, bit for bit
-      for (int i = 0; i < RB; ++i) acc[i] += w[j * D + d] * X[d * RB + i];
-    for (int64_t d = 0; d < D; ++d)
-      for (int i = 0; i < RB; ++i) {
-        accd[i] += w[j * D + d] * Xd[d * RB + i];
-        accd[i] += wd[j * D + d] * X[d * RB + i];
-      }
+    pair_row<T, RB>(w + j * D, wd + j * D, 1, X, Xd, D, acc, accd);
     for (int i = 0; i < RB; ++i) {
       Z[j * RB + i] = scale * acc[i];
       Zd[j * RB + i] = scale * accd[i];
@@ -232,13 +241,7 @@ inline void expand_pair(const T* __restrict w, const T* __restrict wd, const T* 
   }
   for (; d < D; ++d) {
     T acc[RB] = {}, accd[RB] = {};
-    for (int64_t j = 0; j < M; ++j)  // expand's own remainder loop: the same sum, bit for bit
-      for (int i = 0; i < RB; ++i) acc[i] += w[j * D + d] * S[j * RB + i];
-    for (int64_t j = 0; j < M; ++j)
-      for (int i = 0; i < RB; ++i) {
-        accd[i] += w[j * D + d] * Sd[j * RB + i];
-        accd[i] += wd[j * D + d] * S[j * RB + i];
-      }
+    pair_row<T, RB>(w + d, wd + d, D, S, Sd, M, acc, accd);
     for (int i = 0; i < RB; ++i) {
       Y[d * RB + i] = acc[i];
       Yd[d * RB + i] = accd[i];
