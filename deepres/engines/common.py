@@ -141,6 +141,10 @@ def register_vjp(forward_op: torch.library.CustomOpDef, first_order: Callable[..
 
     def setup_context(ctx, inputs, output):
         ctx.mark_non_differentiable(*output[1:])
+        # The other outputs never carry a gradient: without this, autograd hands the backward a
+        # zero tensor of each (a checkpoints-sized fill per step: 0.37 ms of a 46 ms step at the
+        # (512, 128, 10, 4, 16) study shape).
+        ctx.set_materialize_grads(False)
         # The inputs themselves (not copies): h0 may be the first checkpoint, and a differentiable
         # gradient must reach their graphs.
         ctx.save_for_backward(*inputs[:differentiable], *(output[i] for i in saved_outputs))
@@ -148,6 +152,8 @@ def register_vjp(forward_op: torch.library.CustomOpDef, first_order: Callable[..
 
     def backward(ctx, grad_out, *_grad_aux):
         needs = list(ctx.needs_input_grad[:differentiable])
+        if grad_out is None:  # the result did not reach the loss: no gradient for any input
+            return (None,) * (differentiable + len(ctx.options))
         if torch.is_grad_enabled():
             grads = tuple(higher_order(ctx.saved_tensors, ctx.options, grad_out, needs))
         else:

