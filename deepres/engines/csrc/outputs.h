@@ -1,18 +1,23 @@
-// Where the C++ engine's large outputs live: the weight gradients and the checkpoints.
+// Where the C++ engine's large blocks live: the weight gradients, the checkpoints and the backward's
+// partial slots.
 //
-// From the default allocator a block of several MiB is a fresh mmap (or a trimmed heap top) whose
+// From the default allocator a block of a few MiB is a fresh mmap (or a trimmed heap top) whose
 // 4 KiB pages each fault, and are zeroed by the kernel, on first write; it goes back to the system
 // when the tensor dies. A training step frees its gradients (zero_grad) and its checkpoints (after
 // the backward) and asks for the same sizes again at the next step. At the (512, 128, 10, 4, 16)
 // study shape the two 16.8 MiB weight gradients took 9,000 faults per backward, and one thread's
-// backward took 53.4 ms. So blocks of 4 MiB or more
+// backward took 53.4 ms. So blocks of 2 MiB or more
 //   * start on a 2 MiB boundary and are advised onto transparent huge pages before anything is
 //     written (20 faults per backward, 34-37 ms; advising only the aligned interior of a default
 //     block left 1,000 faults);
 //   * are kept for reuse when their tensor dies, at most kMaxKept blocks and kMaxKeptBytes in all,
-//     handed out again to a request of the same rounded size (no fault, no zeroing).
+//     handed out again to a request of the same rounded size (no fault, no zeroing: 29 ms).
+// The backward's partial slots (2 MiB at A = (1, 4096, 64, 16, 64) on two threads) need the huge
+// pages most: on 4 KiB pages, in 10 of 18 fresh processes, two threads' backward at A took 44-48 ms
+// instead of 28-30 ms (which physical pages a process got decided it); on huge pages, 8 of 8 took
+// 28-29 ms.
 // The tensors are ordinary CPU tensors (resizable, shareable, picklable). Where huge pages are off,
-// or the kernel ignores the advice, only the alignment differs. Elsewhere than on Linux the outputs
+// or the kernel ignores the advice, only the alignment differs. Elsewhere than on Linux the blocks
 // come from the default allocator.
 
 #pragma once
@@ -35,10 +40,10 @@ namespace deepres_cpp {
 class OutputAllocator final : public c10::Allocator {
  public:
   static constexpr size_t kHugePage = size_t(1) << 21;
-  static constexpr size_t kLarge = 2 * kHugePage;
+  static constexpr size_t kLarge = kHugePage;
   static constexpr size_t kSmallAlignment = 64;
-  // The largest step the benchmarks and studies take frees three such blocks (the checkpoints and
-  // two weight gradients); several stacks per model, or the jvp's outputs, need a few more.
+  // A step frees four such blocks (the checkpoints, two weight gradients, the partial slots);
+  // several stacks per model need a few more.
   static constexpr size_t kMaxKept = 8;
   static constexpr size_t kMaxKeptBytes = size_t(256) << 20;
 

@@ -160,9 +160,12 @@ void backward_kernel(const T* h0, const T* ckpt, const T* u, const T* v, T* G_al
   if (partial) group = std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(1, units * every * MD));
   group = std::min(group, segs);
   const int64_t group_layers = std::min(s.L, group * every);
-  std::vector<T> part_u, part_v;
-  if (partial && need_u) part_u.resize(units * group_layers * MD);
-  if (partial && need_v) part_v.resize(units * group_layers * MD);
+  // The partial slots, one block for both gradients from the outputs' allocator (huge pages).
+  const int64_t part_numbers = partial ? units * group_layers * MD : 0;
+  auto parts_block = empty_output({(need_u ? part_numbers : 0) + (need_v ? part_numbers : 0)},
+                                  torch::dtype(c10::CppTypeToScalarType<T>::value));
+  T* part_u = need_u && partial ? parts_block.template data_ptr<T>() : nullptr;
+  T* part_v = need_v && partial ? parts_block.template data_ptr<T>() + (need_u ? part_numbers : 0) : nullptr;
   const T ca = c * a;
   // A segment's recompute keeps each layer's σ(z) and σ'(z) where its two (k, M, RB) blocks fit in
   // half of a 1 MiB L2: the walk back then evaluates neither the product u·x nor σ again (with k = 1
@@ -243,8 +246,8 @@ void backward_kernel(const T* h0, const T* ckpt, const T* u, const T* v, T* G_al
             const int64_t unit = unit_of(q).index;
             // Where this chunk's share goes: its partial slot, ∂w itself (the first chunk), or a buffer
             // added to ∂w (the others, in chunk order).
-            auto target = [&](std::vector<T>& part, T* grad, T* share) {
-              if (partial) return part.data() + (unit * group_layers + (l - layer_lo)) * MD;
+            auto target = [&](T* part, T* grad, T* share) {
+              if (partial) return part + (unit * group_layers + (l - layer_lo)) * MD;
               return q == 0 ? grad + (r * s.L + l) * MD : share;
             };
             auto add_share = [&](T* grad, const T* share) {
@@ -275,7 +278,7 @@ void backward_kernel(const T* h0, const T* ckpt, const T* u, const T* v, T* G_al
       const int64_t rows = s.R * layers * s.M;
       for (int which = 0; which < 2; ++which) {
         if ((which == 0 && !need_u) || (which == 1 && !need_v)) continue;
-        const T* parts = which == 0 ? part_u.data() : part_v.data();
+        const T* parts = which == 0 ? part_u : part_v;
         T* dst_all = which == 0 ? du : dv;
         at::parallel_for(0, rows, 64, [&](int64_t begin, int64_t end) {
           for (int64_t row = begin; row < end; ++row) {
