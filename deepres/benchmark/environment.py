@@ -112,7 +112,8 @@ def environment(argv: Sequence[str] | None = None, device: str = "cpu") -> dict[
         "cuda": _cuda_device() if cuda else None,
         "triton_interpret": os.environ.get("TRITON_INTERPRET", "0"),
         # Whether PyTorch puts CPU tensors of 2 MiB or more on huge pages, and the kernel's mode:
-        # on the 2-core CPU this decided whether two threads ran the C++ backward at A in 28 or 45 ms.
+        # on the 2-core CPU it decided whether two threads ran a C++ training step at A in 39-41 ms
+        # or in 57-60 ms (docs/engines.md).
         "thp_mem_alloc_enable": os.environ.get("THP_MEM_ALLOC_ENABLE", "0"),
         "transparent_hugepage": _transparent_hugepage_mode(),
         "git_commit": commit,

@@ -238,7 +238,7 @@ class StackFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out, _grad_checkpoints):
         if grad_out is None:  # h_L did not reach the loss
-            return (None,) * 10
+            return (None,) * len(ctx.needs_input_grad)
         h0, checkpoints, u, v = ctx.saved_tensors
         needs = tuple(bool(n) for n in ctx.needs_input_grad[:3])
         grads = StackBackwardFunction.apply(grad_out, h0, checkpoints, u, v, *ctx.stack, needs)
